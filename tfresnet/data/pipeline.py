@@ -1,0 +1,294 @@
+"""tf.data pipelines: shuffle -> batch -> augment whole batches -> prefetch.
+
+Images stay uint8 in memory. Every augmentation is a vectorised TensorFlow function of a
+whole batch and a per-step seed, so the same code runs in the tf.data map (host) or inside
+the compiled train step (``Classifier.train_augmenter``, on the accelerator), and the same
+seed and step always give the same batch -- which is what makes resumed runs exact.
+Normalisation is the model's first operation (`tfresnet.models.Classifier`), so it travels
+with the saved model.
+
+Augmentation specs are comma-separated names with ``:key=value`` parameters, for example
+``crop:pad=4:mode=zero,flip,cutout:size=8``, or one of the `PRESETS`.
+"""
+
+import tensorflow as tf
+
+from tfresnet.errors import UserError
+
+# name -> default parameters. ``size=None`` for cutout means 16 px for 100+ classes, else 8
+# (DeVries & Taylor, arXiv 1708.04552).
+AUGMENTATIONS = {
+    "crop": {"pad": 4, "mode": "reflect"},
+    "shift": {"fraction": 0.2, "mode": "nearest"},
+    "flip": {},
+    "cutout": {"size": None},
+    "mixup": {"alpha": 0.2},
+    "cutmix": {"alpha": 1.0},
+    "randaugment": {"num_ops": 2, "factor": 0.5},
+}
+PRESETS = {
+    "none": "",
+    "seed": "shift,flip",  # the seed's ImageDataGenerator: 0.2 shifts + horizontal flip
+    "standard": "crop,flip",
+    "strong": "crop,flip,cutout",
+}
+FILL_MODES = ("reflect", "zero", "nearest")
+
+
+def parse_augment(spec, num_classes=10):
+    """Parses a preset name or spec string into ``[(name, params), ...]``.
+
+    Raises:
+        UserError: unknown augmentation or parameter, or a value out of range.
+    """
+    spec = PRESETS.get(spec, spec)
+    parsed = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, *assignments = item.split(":")
+        if name not in AUGMENTATIONS:
+            raise UserError(f"unknown augmentation {name!r}; choose from "
+                            f"{', '.join(AUGMENTATIONS)} or a preset: {', '.join(PRESETS)}")
+        params = dict(AUGMENTATIONS[name])
+        for assignment in assignments:
+            key, _, value = assignment.partition("=")
+            if key not in params:
+                raise UserError(f"augmentation {name!r} has no parameter {key!r}; it takes "
+                                f"{', '.join(params) or 'none'}")
+            params[key] = value if key == "mode" else _number(name, key, value)
+        if name == "cutout" and params["size"] is None:
+            params["size"] = 16 if num_classes >= 100 else 8
+        _check(name, params)
+        parsed.append((name, params))
+    return parsed
+
+
+def _number(name, key, value):
+    try:
+        number = float(value)
+    except ValueError:
+        raise UserError(f"augmentation {name}:{key} needs a number. Received: {value!r}")
+    return int(number) if number.is_integer() and key in ("pad", "size", "num_ops") else number
+
+
+def _check(name, params):
+    mode = params.get("mode")
+    if mode is not None and mode not in FILL_MODES:
+        raise UserError(f"{name}:mode must be one of {', '.join(FILL_MODES)}. Received: {mode!r}")
+    for key, value in params.items():
+        if key != "mode" and (not isinstance(value, (int, float)) or value < 0):
+            raise UserError(f"{name}:{key} must be a non-negative number. Received: {value!r}")
+    if name in ("mixup", "cutmix") and params["alpha"] <= 0:
+        raise UserError(f"{name}:alpha must be > 0. Received: {params['alpha']}")
+    if name == "shift" and params["fraction"] >= 1:
+        raise UserError(f"shift:fraction must be < 1. Received: {params['fraction']}")
+
+
+# --- the batch operations: (images float32 BHWC, labels BK, seed [2]) -> same -------------
+
+
+def _source_index(index, size, mode):
+    """Maps output coordinates shifted outside ``[0, size)`` back inside, by fill mode."""
+    if mode == "reflect":
+        index = tf.abs(index)
+        return (size - 1) - tf.abs((size - 1) - index)
+    return tf.clip_by_value(index, 0, size - 1)
+
+
+def translate(images, dy, dx, mode):
+    """Moves each image by ``(dy[i], dx[i])`` pixels, filling the border by ``mode``."""
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    rows = tf.range(height)[None, :] - dy[:, None]
+    cols = tf.range(width)[None, :] - dx[:, None]
+    out = tf.gather(images, _source_index(rows, height, mode), axis=1, batch_dims=1)
+    out = tf.gather(out, _source_index(cols, width, mode), axis=2, batch_dims=1)
+    if mode == "zero":
+        inside_rows = (rows >= 0) & (rows < height)
+        inside_cols = (cols >= 0) & (cols < width)
+        inside = inside_rows[:, :, None] & inside_cols[:, None, :]
+        out = out * tf.cast(inside, out.dtype)[..., None]
+    return out
+
+
+def _offsets(batch, limit, seed):
+    return tf.random.stateless_uniform([batch], seed, -limit, limit + 1, dtype=tf.int32)
+
+
+def crop(images, labels, seed, pad, mode):
+    """Pad by ``pad`` and take a random crop of the original size (a shift of at most
+    ``pad`` pixels each way)."""
+    batch = tf.shape(images)[0]
+    dy = _offsets(batch, pad, seed)
+    dx = _offsets(batch, pad, tf.random.experimental.stateless_fold_in(seed, 1))
+    return translate(images, dy, dx, mode), labels
+
+
+def shift(images, labels, seed, fraction, mode):
+    """Random shifts of up to ``fraction`` of the height and width (the seed's 0.2)."""
+    batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+    max_dy = tf.cast(tf.round(fraction * tf.cast(height, tf.float32)), tf.int32)
+    max_dx = tf.cast(tf.round(fraction * tf.cast(width, tf.float32)), tf.int32)
+    dy = _offsets(batch, max_dy, seed)
+    dx = _offsets(batch, max_dx, tf.random.experimental.stateless_fold_in(seed, 1))
+    return translate(images, dy, dx, mode), labels
+
+
+def flip(images, labels, seed):
+    """Mirrors a random half of the images left-right."""
+    mirror = tf.random.stateless_uniform([tf.shape(images)[0]], seed) < 0.5
+    return tf.where(mirror[:, None, None, None], tf.reverse(images, [2]), images), labels
+
+
+def _box_mask(shape, centre_y, centre_x, box_h, box_w):
+    """1.0 inside each image's box (clipped at the borders), else 0.0; ``(B, H, W, 1)``."""
+    rows = tf.range(shape[1])[None, :]
+    cols = tf.range(shape[2])[None, :]
+    top, left = centre_y - box_h // 2, centre_x - box_w // 2
+    in_rows = (rows >= top[:, None]) & (rows < (top + box_h)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + box_w)[:, None])
+    return tf.cast(in_rows[:, :, None] & in_cols[:, None, :], tf.float32)[..., None]
+
+
+def _centres(shape, seed):
+    y = tf.random.stateless_uniform([shape[0]], seed, 0, shape[1], dtype=tf.int32)
+    x_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+    x = tf.random.stateless_uniform([shape[0]], x_seed, 0, shape[2], dtype=tf.int32)
+    return y, x
+
+
+def cutout(images, labels, seed, size):
+    """Zeroes one ``size`` x ``size`` square per image, centred anywhere (clipped at the
+    borders)."""
+    shape = tf.shape(images)
+    centre_y, centre_x = _centres(shape, seed)
+    box = tf.fill([shape[0]], tf.constant(int(size), tf.int32))
+    return images * (1.0 - _box_mask(shape, centre_y, centre_x, box, box)), labels
+
+
+def _beta(seed, alpha):
+    gammas = tf.random.stateless_gamma([2], seed, alpha=alpha)
+    return gammas[0] / (gammas[0] + gammas[1])
+
+
+def mixup(images, labels, seed, alpha):
+    """Blends each image and label with the batch's reversed order (Zhang et al.,
+    arXiv 1710.09412), one Beta(alpha, alpha) weight per batch."""
+    lam = _beta(seed, alpha)
+    mixed = lam * images + (1.0 - lam) * tf.reverse(images, [0])
+    return mixed, lam * labels + (1.0 - lam) * tf.reverse(labels, [0])
+
+
+def cutmix(images, labels, seed, alpha):
+    """Pastes a box from the reversed batch into each image; labels mix by the pasted area
+    (Yun et al., arXiv 1905.04899)."""
+    shape = tf.shape(images)
+    lam = _beta(seed, alpha)
+    side = tf.sqrt(1.0 - lam)
+    box_h = tf.fill([shape[0]], tf.cast(side * tf.cast(shape[1], tf.float32), tf.int32))
+    box_w = tf.fill([shape[0]], tf.cast(side * tf.cast(shape[2], tf.float32), tf.int32))
+    centre_y, centre_x = _centres(shape, tf.random.experimental.stateless_fold_in(seed, 2))
+    mask = _box_mask(shape, centre_y, centre_x, box_h, box_w)
+    pasted = images * (1.0 - mask) + tf.reverse(images, [0]) * mask
+    area = tf.reduce_mean(mask, axis=[1, 2, 3])[:, None]
+    return pasted, (1.0 - area) * labels + area * tf.reverse(labels, [0])
+
+
+class Augmenter:
+    """Applies a parsed augmentation list to ``(images, one-hot labels)`` batches.
+
+    Args:
+        spec: a preset or spec string (see `parse_augment`).
+        num_classes: for the size defaults.
+        seed: with the step number, fixes every random choice.
+    """
+
+    def __init__(self, spec, num_classes, seed=0):
+        self.spec = spec
+        self.ops = parse_augment(spec, num_classes)
+        self.seed = int(seed)
+        self._randaugment = {}
+
+    def __bool__(self):
+        return bool(self.ops)
+
+    def __call__(self, images, labels, step):
+        images = tf.cast(images, tf.float32)
+        labels = tf.cast(labels, tf.float32)
+        base = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+        for index, (name, params) in enumerate(self.ops):
+            seed = tf.random.experimental.stateless_fold_in(base, index)
+            if name == "randaugment":
+                images = self._rand_augment(index, params)(images, training=True)
+                continue
+            images, labels = _OPS[name](images, labels, seed, **params)
+        return images, labels
+
+    def _rand_augment(self, index, params):
+        # Keras' RandAugment draws from its own seeded generator, not from the step seed.
+        if index not in self._randaugment:
+            import keras
+
+            self._randaugment[index] = keras.layers.RandAugment(
+                value_range=(0, 255), num_ops=int(params["num_ops"]),
+                factor=params["factor"], seed=self.seed + index)
+        return self._randaugment[index]
+
+
+_OPS = {"crop": crop, "shift": shift, "flip": flip, "cutout": cutout,
+        "mixup": mixup, "cutmix": cutmix}
+
+
+# --- pipelines -------------------------------------------------------------------------
+
+
+def train_steps(num_images, batch_size):
+    """Steps per epoch: full batches only (a set smaller than a batch is one batch)."""
+    return max(1, num_images // batch_size)
+
+
+def make_train_pipeline(images, labels, num_classes, batch_size, augmenter=None, seed=0,
+                        start_epoch=0):
+    """An endless stream of training batches, epoch after epoch from ``start_epoch``.
+
+    Each epoch is a fresh permutation drawn from ``(seed, epoch)``; batch ``i`` of epoch
+    ``e`` is global step ``e * steps + i``, the number its augmentation is seeded with.
+    With ``augmenter=None`` batches are raw uint8 (augment later, on the device).
+
+    Returns:
+        ``(dataset, steps_per_epoch)``; pass both to ``model.fit``.
+    """
+    if batch_size <= 0:
+        raise UserError(f"batch size must be positive. Received: {batch_size}")
+    count = len(images)
+    batch = min(batch_size, count)
+    steps = train_steps(count, batch)
+    pixels = tf.constant(images)
+    targets = tf.constant(labels, tf.int32)
+
+    def epoch_indices(epoch):
+        keys = tf.random.stateless_uniform([count], tf.stack([tf.constant(seed, tf.int64), epoch]))
+        order = tf.reshape(tf.argsort(keys)[: steps * batch], [steps, batch])
+        first_step = epoch * steps
+        return tf.data.Dataset.from_tensor_slices(order).enumerate(start=first_step)
+
+    def load(step, index):
+        x = tf.gather(pixels, index)
+        y = tf.one_hot(tf.gather(targets, index), num_classes)
+        if augmenter:
+            return augmenter(x, y, step)
+        return x, y
+
+    dataset = tf.data.Dataset.counter(start_epoch).flat_map(epoch_indices)
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE), steps
+
+
+def make_eval_pipeline(images, labels, num_classes, batch_size):
+    """Batches in order, no augmentation, uint8 images and one-hot labels."""
+    if batch_size <= 0:
+        raise UserError(f"batch size must be positive. Received: {batch_size}")
+    pixels = tf.constant(images)
+    targets = tf.one_hot(tf.constant(labels, tf.int32), num_classes)
+    dataset = tf.data.Dataset.range(len(images)).batch(batch_size)
+    dataset = dataset.map(lambda index: (tf.gather(pixels, index), tf.gather(targets, index)),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,20 @@
+"""One-line errors for user mistakes, and the wrapper every CLI runs under."""
+
+import sys
+from typing import Callable, Optional, Sequence
+
+
+class UserError(ValueError):
+    """A mistake the user can fix: printed as one line, exit status 2, no traceback."""
+
+
+def run_cli(prog: str, main: Callable[[Optional[Sequence[str]]], int], argv=None) -> int:
+    """Runs ``main(argv)``, turning a `UserError` into ``prog: error: message`` on stderr."""
+    try:
+        return main(argv) or 0
+    except UserError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130

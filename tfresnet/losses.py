@@ -1,0 +1,47 @@
+"""Cross-entropy + L2: the loss the seed trained with, without its bug.
+
+The seed added ``1e-4 * sum(tf.nn.l2_loss(v))`` over variables chosen by
+``if 'kernel' or 'bias' in v.name`` -- always true, so BatchNorm's gamma and beta were
+decayed too. Here the penalty is ``l2 / 2 * sum(||w||^2)`` over conv and dense kernels by
+default (``l2_on="kernels"``); ``l2_on="all"`` reproduces the seed's variant. The
+`Classifier` model adds it in ``compute_loss`` and logs ``ce`` and ``l2`` separately.
+"""
+
+import keras
+
+from tfresnet.errors import UserError
+
+L2_TARGETS = ("kernels", "all")
+
+
+def l2_variables(model, l2_on="kernels"):
+    """The trainable variables the L2 penalty covers.
+
+    Args:
+        model: any Keras model.
+        l2_on: ``"kernels"`` (conv and dense kernels) or ``"all"`` (every trainable
+            variable, BN gamma/beta and biases included, as the seed did).
+    """
+    if l2_on not in L2_TARGETS:
+        raise UserError(f"unknown l2_on {l2_on!r}; choose one of {', '.join(L2_TARGETS)}")
+    variables = model.trainable_variables
+    if l2_on == "all":
+        return list(variables)
+    return [v for v in variables if v.path.endswith("kernel")]
+
+
+def l2_penalty(variables, l2):
+    """``l2 / 2 * sum(||w||^2)`` in float32 (``tf.nn.l2_loss`` times ``l2``)."""
+    if not variables or not l2:
+        return keras.ops.zeros((), "float32")
+    squares = [keras.ops.sum(keras.ops.square(keras.ops.cast(v, "float32"))) for v in variables]
+    return 0.5 * l2 * keras.ops.sum(keras.ops.stack(squares))
+
+
+def cross_entropy(label_smoothing=0.0):
+    """Softmax cross-entropy on logits and one-hot (or mixed) labels."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise UserError(f"label_smoothing must be in [0, 1). Received: {label_smoothing}")
+    return keras.losses.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=label_smoothing, name="ce"
+    )

@@ -1,0 +1,121 @@
+"""The seeds' comparison models: VGG16 with batch norm (CIFAR head) and seed 001's small CNN."""
+
+import keras
+from keras import layers
+
+from tfresnet.errors import UserError
+from tfresnet.models.resnet import HE_NORMAL_FAN_OUT, check_positive
+
+# Simonyan & Zisserman, arXiv 1409.1556, configuration D; "M" is a 2x2 max-pool.
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+                512, 512, 512, "M", 512, 512, 512, "M")
+
+
+@keras.saving.register_keras_serializable(package="tfresnet")
+class VGG(keras.Model):
+    """VGG with batch norm after every 3x3 conv and a single dense CIFAR head.
+
+    The ImageNet VGG's three 4096-wide dense layers are replaced by global average
+    pooling + one dense layer, the usual CIFAR variant (at 32 px the features are 1x1).
+
+    Args:
+        layout: channels per conv layer, ``"M"`` for max-pool.
+        num_classes: size of the logits.
+        width: channel multiplier.
+        dropout: dropout rate before the classifier.
+    """
+
+    def __init__(self, layout=VGG16_LAYOUT, num_classes=10, width=1.0, dropout=0.0, **kwargs):
+        check_positive("num_classes", num_classes, int)
+        check_positive("width", width)
+        if not 0.0 <= dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1). Received: dropout={dropout}")
+        super().__init__(**kwargs)
+        self.layout = tuple(layout)
+        self.num_classes = num_classes
+        self.width = width
+        self.dropout = dropout
+        self.features_layers = []
+        for index, item in enumerate(self.layout):
+            if item == "M":
+                self.features_layers.append(layers.MaxPooling2D(2, name=f"pool{index}"))
+                continue
+            self.features_layers += [
+                layers.Conv2D(max(1, round(item * width)), 3, padding="same", use_bias=False,
+                              kernel_initializer=keras.initializers.get(HE_NORMAL_FAN_OUT),
+                              name=f"conv{index}"),
+                layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"bn{index}"),
+                layers.ReLU(name=f"relu{index}"),
+            ]
+        self.pool = layers.GlobalAveragePooling2D(name="gap")
+        self.drop = layers.Dropout(dropout, name="dropout") if dropout else None
+        self.fc = layers.Dense(num_classes, dtype="float32", name="fc")
+
+    def features(self, inputs, training=None):
+        """The pooled penultimate features."""
+        x = inputs
+        for layer in self.features_layers:
+            x = layer(x, training=training)
+        return self.pool(x)
+
+    def call(self, inputs, training=None):
+        x = self.features(inputs, training=training)
+        if self.drop is not None:
+            x = self.drop(x, training=training)
+        return self.fc(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(layout=list(self.layout), num_classes=self.num_classes,
+                      width=self.width, dropout=self.dropout)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfresnet")
+class SmallCNN(keras.Model):
+    """Seed 001's small CNN: two (5x5 conv, ReLU, 2x2 max-pool) blocks of 16 and 32
+    channels, flattened into one dense layer.
+
+    Args:
+        num_classes: size of the logits.
+        width: channel multiplier.
+    """
+
+    def __init__(self, num_classes=10, width=1.0, **kwargs):
+        check_positive("num_classes", num_classes, int)
+        check_positive("width", width)
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.width = width
+        self.conv1 = layers.Conv2D(max(1, round(16 * width)), 5, padding="same",
+                                   activation="relu", name="conv1")
+        self.pool1 = layers.MaxPooling2D(2, name="pool1")
+        self.conv2 = layers.Conv2D(max(1, round(32 * width)), 5, padding="same",
+                                   activation="relu", name="conv2")
+        self.pool2 = layers.MaxPooling2D(2, name="pool2")
+        self.flatten = layers.Flatten(name="flatten")
+        self.fc = layers.Dense(num_classes, dtype="float32", name="fc")
+
+    def features(self, inputs, training=None):
+        """The flattened penultimate features."""
+        x = self.pool1(self.conv1(inputs))
+        x = self.pool2(self.conv2(x))
+        return self.flatten(x)
+
+    def call(self, inputs, training=None):
+        return self.fc(self.features(inputs, training=training))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, width=self.width)
+        return config
+
+
+def vgg16(num_classes=10, **kwargs):
+    """VGG-16 with batch norm and a CIFAR head (arXiv 1409.1556). Options as `VGG`."""
+    return VGG(VGG16_LAYOUT, num_classes, name=kwargs.pop("name", "vgg16"), **kwargs)
+
+
+def small_cnn(num_classes=10, **kwargs):
+    """The small CNN of seed 001. Options as `SmallCNN`."""
+    return SmallCNN(num_classes, name=kwargs.pop("name", "small_cnn"), **kwargs)

@@ -1,0 +1,75 @@
+"""`Classifier`: what a training run saves -- normalisation, backbone, L2 and class names.
+
+Everything needed to use a saved model travels inside the ``.keras`` file: the per-channel
+mean/std the images were normalised with, the input size and the class names. A model takes
+raw 0-255 pixels, so ``predict`` never has to re-guess the preprocessing.
+"""
+
+import keras
+
+from tfresnet.losses import l2_penalty, l2_variables
+
+
+@keras.saving.register_keras_serializable(package="tfresnet")
+class Classifier(keras.Model):
+    """Pixels (0-255) -> normalise -> backbone -> float32 logits, trained with CE + L2.
+
+    Args:
+        backbone: a registry model (or its serialized config) that returns logits.
+        mean: per-channel mean of the training pixels, 0-255 scale.
+        std: per-channel standard deviation, 0-255 scale.
+        class_names: the name of each output class.
+        image_size: ``(height, width)`` the backbone expects.
+        l2: weight of the ``l2 / 2 * sum(||w||^2)`` penalty added to the loss.
+        l2_on: ``"kernels"`` or ``"all"`` (see `tfresnet.losses`).
+        dataset: name of the data set it was trained on (metadata).
+    """
+
+    def __init__(self, backbone, mean, std, class_names, image_size=(32, 32), l2=0.0,
+                 l2_on="kernels", dataset=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(backbone, dict):
+            backbone = keras.saving.deserialize_keras_object(backbone)
+        self.backbone = backbone
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+        self.class_names = list(class_names)
+        self.image_size = tuple(image_size)
+        self.l2 = float(l2)
+        self.l2_on = l2_on
+        self.dataset = dataset
+        self.ce_tracker = keras.metrics.Mean(name="ce")
+        self.l2_tracker = keras.metrics.Mean(name="l2")
+        # Set by training to augment batches inside the compiled train step (on the device).
+        self.train_augmenter = None
+
+    def call(self, inputs, training=None):
+        x = keras.ops.cast(inputs, "float32")
+        x = (x - keras.ops.array(self.mean)) / keras.ops.array(self.std)
+        return keras.ops.cast(self.backbone(x, training=training), "float32")
+
+    def train_step(self, data):
+        if self.train_augmenter is not None:
+            data = self.train_augmenter(data[0], data[1], self.optimizer.iterations)
+        return super().train_step(data)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        ce = super().compute_loss(x, y, y_pred, sample_weight, training)
+        l2 = l2_penalty(l2_variables(self.backbone, self.l2_on), self.l2)
+        self.ce_tracker.update_state(ce)
+        self.l2_tracker.update_state(l2)
+        return ce + l2
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            backbone=keras.saving.serialize_keras_object(self.backbone),
+            mean=self.mean,
+            std=self.std,
+            class_names=self.class_names,
+            image_size=list(self.image_size),
+            l2=self.l2,
+            l2_on=self.l2_on,
+            dataset=self.dataset,
+        )
+        return config

@@ -1,0 +1,303 @@
+"""The ResNet family (He et al., "Deep Residual Learning", arXiv 1512.03385) in Keras 3.
+
+Reads top-down: conv/BN helpers -> `BasicBlock` -> `Bottleneck` -> `ResNet` -> the
+factories `resnet18` ... `resnet152`. Channels-last; bias-free convolutions followed by
+batch norm, as in torchvision, so parameter counts match the reference models exactly.
+"""
+
+import keras
+from keras import layers
+
+from tfresnet.errors import UserError
+
+STEMS = ("cifar", "imagenet", "seed")
+BLOCKS = ("basic", "bottleneck")
+
+# torchvision initialises convolutions with kaiming_normal_(mode="fan_out", relu).
+HE_NORMAL_FAN_OUT = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"},
+}
+
+
+def _conv(filters, kernel_size, strides=1, use_bias=False, padding="same", name=None):
+    return layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        use_bias=use_bias,
+        kernel_initializer=keras.initializers.get(HE_NORMAL_FAN_OUT),
+        name=name,
+    )
+
+
+def _bn(name, zero_gamma=False):
+    # PyTorch's BN momentum 0.1 is Keras' 0.9; Keras' default 0.99 lags badly in short runs.
+    return layers.BatchNormalization(
+        momentum=0.9,
+        epsilon=1e-5,
+        gamma_initializer="zeros" if zero_gamma else "ones",
+        name=name,
+    )
+
+
+def check_positive(name, value, kind=float):
+    """Raises a one-line `UserError` unless ``value`` is a positive ``kind``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UserError(f"{name} must be a positive {kind.__name__}. Received: {name}={value!r}")
+    if kind is int and int(value) != value:
+        raise UserError(f"{name} must be a positive int. Received: {name}={value!r}")
+
+
+class _ResidualBlock(layers.Layer):
+    """Shared plumbing of both block types: config and the projection shortcut."""
+
+    expansion = 1
+
+    def __init__(self, in_channels, filters, strides=1, use_bias=False,
+                 zero_init_residual=False, **kwargs):
+        super().__init__(**kwargs)
+        self.in_channels = in_channels
+        self.filters = filters
+        self.strides = strides
+        self.use_bias = use_bias
+        self.zero_init_residual = zero_init_residual
+        out_channels = filters * self.expansion
+        self.shortcut_conv = None
+        self.shortcut_bn = None
+        if strides != 1 or in_channels != out_channels:
+            self.shortcut_conv = _conv(out_channels, 1, strides, use_bias, name="shortcut_conv")
+            self.shortcut_bn = _bn("shortcut_bn")
+
+    def shortcut(self, inputs, training):
+        if self.shortcut_conv is None:
+            return inputs
+        x = self.shortcut_conv(inputs)
+        return self.shortcut_bn(x, training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            in_channels=self.in_channels,
+            filters=self.filters,
+            strides=self.strides,
+            use_bias=self.use_bias,
+            zero_init_residual=self.zero_init_residual,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfresnet")
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut; ResNet-18/34.
+
+    Args:
+        in_channels: channels of the input.
+        filters: channels of both convolutions (and of the output).
+        strides: stride of the first convolution and of the shortcut.
+        use_bias: add biases to the convolutions (only the seed's model does).
+        zero_init_residual: start the last BN's gamma at zero, so each block starts as the
+            identity (+0.2-0.3 % top-1, Goyal et al., arXiv 1706.02677).
+    """
+
+    expansion = 1
+
+    def __init__(self, in_channels, filters, strides=1, use_bias=False,
+                 zero_init_residual=False, **kwargs):
+        super().__init__(in_channels, filters, strides, use_bias, zero_init_residual, **kwargs)
+        self.conv1 = _conv(filters, 3, strides, use_bias, name="conv1")
+        self.bn1 = _bn("bn1")
+        self.conv2 = _conv(filters, 3, 1, use_bias, name="conv2")
+        self.bn2 = _bn("bn2", zero_gamma=zero_init_residual)
+
+    def call(self, inputs, training=None):
+        identity = self.shortcut(inputs, training)
+
+        x = self.conv1(inputs)
+        x = self.bn1(x, training=training)
+        x = keras.ops.relu(x)
+
+        x = self.conv2(x)
+        x = self.bn2(x, training=training)
+
+        return keras.ops.relu(x + identity)
+
+
+@keras.saving.register_keras_serializable(package="tfresnet")
+class Bottleneck(_ResidualBlock):
+    """1x1 reduce -> 3x3 -> 1x1 expand (x4), stride on the 3x3 (ResNet v1.5); ResNet-50+.
+
+    Args: as `BasicBlock`; the output has ``4 * filters`` channels.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_channels, filters, strides=1, use_bias=False,
+                 zero_init_residual=False, **kwargs):
+        super().__init__(in_channels, filters, strides, use_bias, zero_init_residual, **kwargs)
+        self.conv1 = _conv(filters, 1, 1, use_bias, name="conv1")
+        self.bn1 = _bn("bn1")
+        self.conv2 = _conv(filters, 3, strides, use_bias, name="conv2")
+        self.bn2 = _bn("bn2")
+        self.conv3 = _conv(filters * self.expansion, 1, 1, use_bias, name="conv3")
+        self.bn3 = _bn("bn3", zero_gamma=zero_init_residual)
+
+    def call(self, inputs, training=None):
+        identity = self.shortcut(inputs, training)
+
+        x = self.conv1(inputs)
+        x = self.bn1(x, training=training)
+        x = keras.ops.relu(x)
+
+        x = self.conv2(x)
+        x = self.bn2(x, training=training)
+        x = keras.ops.relu(x)
+
+        x = self.conv3(x)
+        x = self.bn3(x, training=training)
+
+        return keras.ops.relu(x + identity)
+
+
+_BLOCK_CLASSES = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+@keras.saving.register_keras_serializable(package="tfresnet")
+class ResNet(keras.Model):
+    """A ResNet classifier: stem -> four stages of residual blocks -> pool -> dense logits.
+
+    Args:
+        block: ``"basic"`` (ResNet-18/34) or ``"bottleneck"`` (ResNet-50/101/152).
+        stage_blocks: number of blocks in each of the four stages, e.g. ``(2, 2, 2, 2)``.
+        num_classes: size of the output (logits, no softmax).
+        stem: ``"cifar"``: 3x3 stride-1 conv, no max-pool (the common CIFAR variant);
+            ``"imagenet"``: 7x7 stride-2 conv + 3x3 stride-2 max-pool (torchvision);
+            ``"seed"``: the seed homework's 3x3 "valid" conv with bias + 2x2 stride-1
+            max-pool, with biased convolutions throughout (11,224,932 parameters).
+        width: multiplier of every stage's channels (64, 128, 256, 512 at 1.0).
+        zero_init_residual: zero the last BN gamma of every block.
+        dropout: dropout rate before the classifier (0 = none).
+
+    Example:
+        >>> model = ResNet("basic", (2, 2, 2, 2), num_classes=100, stem="cifar")
+        >>> logits = model(keras.ops.zeros((1, 32, 32, 3)))
+    """
+
+    def __init__(self, block="basic", stage_blocks=(2, 2, 2, 2), num_classes=1000,
+                 stem="cifar", width=1.0, zero_init_residual=False, dropout=0.0, **kwargs):
+        if block not in BLOCKS:
+            raise UserError(f"unknown block {block!r}; choose one of {', '.join(BLOCKS)}")
+        if stem not in STEMS:
+            raise UserError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
+        check_positive("num_classes", num_classes, int)
+        check_positive("width", width)
+        if not 0.0 <= dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1). Received: dropout={dropout}")
+        super().__init__(**kwargs)
+        self.block = block
+        self.stage_blocks = tuple(stage_blocks)
+        self.num_classes = num_classes
+        self.stem = stem
+        self.width = width
+        self.zero_init_residual = zero_init_residual
+        self.dropout = dropout
+
+        use_bias = stem == "seed"
+        stem_channels = max(1, round(64 * width))
+        if stem == "imagenet":
+            self.stem_conv = _conv(stem_channels, 7, 2, name="stem_conv")
+            self.stem_pool = layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")
+        elif stem == "seed":
+            self.stem_conv = _conv(stem_channels, 3, 1, True, padding="valid", name="stem_conv")
+            self.stem_pool = layers.MaxPooling2D(2, 1, padding="same", name="stem_pool")
+        else:
+            self.stem_conv = _conv(stem_channels, 3, 1, name="stem_conv")
+            self.stem_pool = None
+        self.stem_bn = _bn("stem_bn")
+
+        block_class = _BLOCK_CLASSES[block]
+        in_channels = stem_channels
+        self.blocks = []
+        for stage, num_blocks in enumerate(self.stage_blocks):
+            filters = max(1, round(64 * width * 2**stage))
+            for index in range(num_blocks):
+                strides = 2 if stage > 0 and index == 0 else 1
+                self.blocks.append(
+                    block_class(
+                        in_channels,
+                        filters,
+                        strides,
+                        use_bias=use_bias,
+                        zero_init_residual=zero_init_residual,
+                        name=f"stage{stage + 1}_block{index + 1}",
+                    )
+                )
+                in_channels = filters * block_class.expansion
+        self.num_features = in_channels
+
+        self.pool = layers.GlobalAveragePooling2D(name="pool")
+        self.drop = layers.Dropout(dropout, name="dropout") if dropout else None
+        # Logits in float32 even under mixed precision, for a stable softmax.
+        self.fc = layers.Dense(num_classes, dtype="float32", name="fc")
+
+    def features(self, inputs, training=None):
+        """The pooled penultimate features, ``(batch, num_features)``."""
+        x = self.stem_conv(inputs)
+        x = self.stem_bn(x, training=training)
+        x = keras.ops.relu(x)
+        if self.stem_pool is not None:
+            x = self.stem_pool(x)
+
+        for block in self.blocks:
+            x = block(x, training=training)
+
+        return self.pool(x)
+
+    def call(self, inputs, training=None):
+        x = self.features(inputs, training=training)
+        if self.drop is not None:
+            x = self.drop(x, training=training)
+        return self.fc(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            block=self.block,
+            stage_blocks=list(self.stage_blocks),
+            num_classes=self.num_classes,
+            stem=self.stem,
+            width=self.width,
+            zero_init_residual=self.zero_init_residual,
+            dropout=self.dropout,
+        )
+        return config
+
+
+def _resnet(arch, block, stage_blocks, num_classes, **kwargs):
+    return ResNet(block, stage_blocks, num_classes, name=kwargs.pop("name", arch), **kwargs)
+
+
+def resnet18(num_classes=1000, **kwargs):
+    """ResNet-18 (arXiv 1512.03385): basic blocks (2, 2, 2, 2). Options as `ResNet`."""
+    return _resnet("resnet18", "basic", (2, 2, 2, 2), num_classes, **kwargs)
+
+
+def resnet34(num_classes=1000, **kwargs):
+    """ResNet-34 (arXiv 1512.03385): basic blocks (3, 4, 6, 3). Options as `ResNet`."""
+    return _resnet("resnet34", "basic", (3, 4, 6, 3), num_classes, **kwargs)
+
+
+def resnet50(num_classes=1000, **kwargs):
+    """ResNet-50 (arXiv 1512.03385): bottlenecks (3, 4, 6, 3). Options as `ResNet`."""
+    return _resnet("resnet50", "bottleneck", (3, 4, 6, 3), num_classes, **kwargs)
+
+
+def resnet101(num_classes=1000, **kwargs):
+    """ResNet-101 (arXiv 1512.03385): bottlenecks (3, 4, 23, 3). Options as `ResNet`."""
+    return _resnet("resnet101", "bottleneck", (3, 4, 23, 3), num_classes, **kwargs)
+
+
+def resnet152(num_classes=1000, **kwargs):
+    """ResNet-152 (arXiv 1512.03385): bottlenecks (3, 8, 36, 3). Options as `ResNet`."""
+    return _resnet("resnet152", "bottleneck", (3, 8, 36, 3), num_classes, **kwargs)

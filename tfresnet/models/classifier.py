@@ -56,8 +56,9 @@ class Classifier(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         ce = super().compute_loss(x, y, y_pred, sample_weight, training)
         l2 = l2_penalty(l2_variables(self.backbone, self.l2_on), self.l2)
-        self.ce_tracker.update_state(ce)
-        self.l2_tracker.update_state(l2)
+        batch = keras.ops.shape(y_pred)[0]
+        self.ce_tracker.update_state(ce, sample_weight=batch)
+        self.l2_tracker.update_state(l2, sample_weight=batch)
         return ce + l2
 
     def get_config(self):

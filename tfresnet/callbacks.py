@@ -1,0 +1,160 @@
+"""Training callbacks: the run recorder (checkpoints, history, curves, progress) and the
+NaN guard."""
+
+import csv
+import io
+import math
+import sys
+import time
+from pathlib import Path
+
+import keras
+
+from tfresnet.checkpoint import (
+    atomic_copy,
+    atomic_save_figure,
+    atomic_save_model,
+    atomic_write_text,
+)
+from tfresnet.optim import current_learning_rate
+
+HISTORY_FIELDS = ("epoch", "lr", "loss", "ce", "l2", "accuracy", "top5", "val_loss", "val_ce",
+                  "val_l2", "val_accuracy", "val_top5", "seconds")
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stops training at the first step whose loss is NaN or infinite."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad_epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.bad_epoch = self.epoch + 1
+            self.model.stop_training = True
+
+
+def read_history(path):
+    """The rows of a ``history.csv`` as dicts of floats (epoch as int)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            rows.append({k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()
+                         if v not in ("", None)})
+    return rows
+
+
+def plot_curves(rows, title, path):
+    """Loss and accuracy against epoch, train vs validation, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
+        ax.plot(epochs, [r[key] for r in rows], "-", color="tab:red", label=f"train {label}")
+        if any(f"val_{key}" in r for r in rows):
+            ax.plot(epochs, [r.get(f"val_{key}", math.nan) for r in rows], "-",
+                    color="tab:blue", label=f"validation {label}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    atomic_save_figure(figure, path)
+    plt.close(figure)
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """After every epoch: best.keras (on a new best validation accuracy), history.csv,
+    curves.png, then last.keras -- all written atomically -- and a one-line summary with
+    the run's ETA. Epochs with a non-finite loss are never recorded.
+
+    Args:
+        run_dir: the run folder.
+        epochs: total epochs of the run.
+        rows: history rows of the epochs already done (when resuming).
+        has_validation: without a validation split the last epoch is the best.
+        guard: the `NanGuard`, whose verdict suppresses saving.
+        title: title of the curves plot.
+        write: False on non-chief workers (they only compute).
+    """
+
+    def __init__(self, run_dir, epochs, rows, has_validation, guard, title, write=True):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.epochs = epochs
+        self.rows = list(rows)
+        self.has_validation = has_validation
+        self.guard = guard
+        self.title = title
+        self.write = write
+        self.best = max((r.get("val_accuracy", -1.0) for r in self.rows), default=-1.0)
+        self.train_seconds = 0.0
+        self.trained_epochs = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.perf_counter()
+        self.validation_seconds = 0.0
+
+    def on_test_begin(self, logs=None):
+        self.validation_start = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self.validation_seconds += time.perf_counter() - self.validation_start
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        seconds = time.perf_counter() - self.epoch_start
+        self.train_seconds += seconds - self.validation_seconds
+        self.trained_epochs += 1
+        logs["lr"] = current_learning_rate(self.model.optimizer)
+        if self.guard.bad_epoch or not all(math.isfinite(float(v)) for v in logs.values()):
+            return
+        row = {"epoch": epoch + 1, "lr": logs["lr"], "seconds": round(seconds, 3)}
+        row.update({k: float(v) for k, v in logs.items() if k in HISTORY_FIELDS and k != "lr"})
+        self.rows.append(row)
+        if self.write:
+            self._save(row)
+        self._print_summary(row)
+
+    def _save(self, row):
+        improved = row.get("val_accuracy", -1.0) > self.best
+        if improved:
+            self.best = row["val_accuracy"]
+            atomic_save_model(self.model, self.run_dir / "best.keras")
+        atomic_write_text(self.run_dir / "history.csv", self._history_csv())
+        plot_curves(self.rows, self.title, self.run_dir / "curves.png")
+        atomic_save_model(self.model, self.run_dir / "last.keras")
+        if not self.has_validation:  # nothing to select on: the last epoch is the best
+            atomic_copy(self.run_dir / "last.keras", self.run_dir / "best.keras")
+
+    def _history_csv(self):
+        out = io.StringIO()
+        writer = csv.DictWriter(out, HISTORY_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return out.getvalue()
+
+    def _print_summary(self, row):
+        done = row["epoch"]
+        recent = [r["seconds"] for r in self.rows[-5:]]
+        eta = sum(recent) / len(recent) * (self.epochs - done)
+        parts = [f"epoch {done}/{self.epochs}", f"loss {row.get('loss', math.nan):.4f}",
+                 f"acc {row.get('accuracy', math.nan):.4f}"]
+        if "val_accuracy" in row:
+            parts.append(f"val_acc {row['val_accuracy']:.4f} (best {self.best:.4f})")
+        parts += [f"lr {row['lr']:.3g}", f"{row['seconds']:.1f}s",
+                  f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"]
+        print("  ".join(parts), file=sys.stdout, flush=True)

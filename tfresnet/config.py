@@ -1,0 +1,186 @@
+"""`TrainConfig`: every setting of a training run, its JSON form and its command line.
+
+Precedence: the defaults (the best recipe) <- ``--config file.json`` <- ``--hparams
+best_hparams.json`` (from ``tfresnet.tune``) <- flags given explicitly. A key or flag that
+does not exist is a one-line error. The resolved config is saved in the run folder.
+"""
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import List, Optional
+
+from tfresnet.errors import UserError
+
+
+def _field(default, help, group, choices=None, **kwargs):
+    metadata = {"help": help, "group": group, "choices": choices}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """One training run. The defaults are the recommended CIFAR-100 recipe: SGD with
+    Nesterov momentum at 0.1, cosine decay after a linear warm-up, L2 5e-4 on the kernels,
+    crop + flip, batch 128, 200 epochs."""
+
+    # Model
+    model: str = _field("resnet18", "registry name (see --help of tfresnet.models)", "model")
+    stem: str = _field("cifar", "ResNet stem", "model", ["cifar", "imagenet", "seed"])
+    width: float = _field(1.0, "channel width multiplier", "model")
+    dropout: float = _field(0.0, "dropout before the classifier", "model")
+    zero_init_residual: bool = _field(False, "zero the last BN gamma of each block", "model")
+    # Data
+    dataset: str = _field("cifar100", "cifar100, cifar10, digits or an image folder", "data")
+    data_dir: Optional[str] = _field(None, "folder with (or for) the CIFAR pickles", "data")
+    val_size: Optional[int] = _field(
+        None, "validation images held out of training (default 10%%; 0 = none)", "data")
+    image_size: Optional[int] = _field(None, "square input size for image folders", "data")
+    augment: str = _field("standard", "preset (none, seed, standard, strong) or spec", "data")
+    augment_on: str = _field("auto", "where augmentation runs (auto: device on a GPU)",
+                             "data", ["auto", "host", "device"])
+    # Optimizer
+    optimizer: str = _field("sgd", "optimizer", "optimizer", ["sgd", "adam", "adamw"])
+    lr: float = _field(0.1, "peak learning rate (per --batch-size, see --scale-lr)", "optimizer")
+    momentum: float = _field(0.9, "SGD momentum", "optimizer")
+    nesterov: bool = _field(True, "Nesterov momentum for SGD", "optimizer")
+    weight_decay: float = _field(0.0, "decoupled weight decay of the optimizer", "optimizer")
+    schedule: str = _field("cosine", "learning-rate schedule", "optimizer",
+                           ["constant", "inverse_time", "step", "cosine", "onecycle"])
+    warmup_epochs: float = _field(2.0, "linear warm-up epochs (cosine)", "optimizer")
+    milestones: List[int] = _field([60, 120, 160], "epochs where 'step' multiplies by gamma",
+                                   "optimizer")
+    gamma: float = _field(0.2, "factor of the 'step' schedule", "optimizer")
+    decay: float = _field(0.0, "inverse_time rate: lr / (1 + decay * step)", "optimizer")
+    scale_lr: bool = _field(False, "scale lr by global batch / 128", "optimizer")
+    # Loss
+    l2: float = _field(5e-4, "L2 weight: loss = ce + l2/2 * sum(w^2)", "loss")
+    l2_on: str = _field("kernels", "variables the L2 covers", "loss", ["kernels", "all"])
+    label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy", "loss")
+    # Training
+    epochs: int = _field(200, "epochs to train", "training")
+    batch_size: int = _field(128, "global batch size", "training")
+    seed: int = _field(0, "seed of initialisation, split, shuffling and augmentation", "training")
+    deterministic: bool = _field(False, "make TensorFlow ops deterministic (slower)", "training")
+    precision: str = _field("auto", "auto: mixed_float16 on a GPU, else float32", "training",
+                            ["auto", "float32", "mixed_float16", "mixed_bfloat16"])
+    jit: str = _field("auto", "XLA compilation (auto: on with a GPU)", "training",
+                      ["auto", "on", "off"])
+    steps_per_execution: int = _field(0, "train steps per compiled call (0 = auto)", "training")
+    strategy: str = _field("auto", "tf.distribute strategy", "training",
+                           ["auto", "one", "mirrored", "multiworker", "tpu"])
+    # Output
+    name: Optional[str] = _field(None, "run folder name (default model-dataset-time)", "output")
+    output_dir: str = _field("saved_models", "where run folders go", "output")
+    tensorboard: bool = _field(True, "write TensorBoard logs", "output")
+    visualize: bool = _field(True, "draw test_visualisation.png at the end", "output")
+
+    @classmethod
+    def keys(cls):
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def updated(self, values, source):
+        """A copy with ``values`` applied; unknown keys are an error naming ``source``."""
+        unknown = sorted(set(values) - set(self.keys()))
+        if unknown:
+            raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}; "
+                            f"see --help for the valid ones")
+        return dataclasses.replace(self, **values)
+
+    def validate(self):
+        """Raises a one-line `UserError` for a value no run can use."""
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive. "
+                                f"Received: {getattr(self, name)}")
+        for name in ("lr", "width"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name} must be positive. Received: {getattr(self, name)}")
+        for name in ("l2", "weight_decay", "warmup_epochs", "decay", "momentum"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0. "
+                                f"Received: {getattr(self, name)}")
+        if self.steps_per_execution < 0:
+            raise UserError("--steps-per-execution must be >= 0 (0 = auto)")
+        if self.image_size is not None and self.image_size < 8:
+            raise UserError(f"--image-size must be at least 8. Received: {self.image_size}")
+        for field in dataclasses.fields(self):
+            choices = field.metadata["choices"]
+            if choices and getattr(self, field.name) not in choices:
+                raise UserError(f"--{field.name.replace('_', '-')} must be one of "
+                                f"{', '.join(choices)}. Received: {getattr(self, field.name)!r}")
+        return self
+
+
+def read_json(path, what):
+    """Reads a JSON object from ``path``; any failure is a one-line `UserError`."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{what} file {path} does not exist")
+    except (OSError, ValueError) as err:
+        raise UserError(f"{what} file {path} is not valid JSON: {err}")
+    if not isinstance(values, dict):
+        raise UserError(f"{what} file {path} must hold a JSON object")
+    return values
+
+
+def _argument_type(field):
+    hint = field.type
+    args = typing.get_args(hint)
+    if args and type(None) in args:  # Optional[X]
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) in (list, List):
+        return typing.get_args(hint)[0], "+"
+    return hint, None
+
+
+def add_config_arguments(parser):
+    """Adds one flag per `TrainConfig` field, grouped; absent flags stay absent."""
+    groups = {}
+    for field in dataclasses.fields(TrainConfig):
+        group_name = field.metadata["group"]
+        if group_name not in groups:
+            groups[group_name] = parser.add_argument_group(group_name)
+        flag = "--" + field.name.replace("_", "-")
+        kwargs = {"dest": field.name, "default": argparse.SUPPRESS,
+                  "help": f"{field.metadata['help']} (default: {_default(field)})"}
+        kind, nargs = _argument_type(field)
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.update(type=kind, nargs=nargs, metavar=field.name.upper())
+            if field.metadata["choices"]:
+                kwargs["choices"] = field.metadata["choices"]
+                kwargs.pop("metavar")
+        groups[group_name].add_argument(flag, **kwargs)
+
+
+def _default(field):
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def resolve_config(args):
+    """Applies ``--config`` and ``--hparams`` files, then explicit flags, to the defaults."""
+    config = TrainConfig()
+    if getattr(args, "config", None):
+        config = config.updated(read_json(args.config, "--config"), args.config)
+    flags = {k: v for k, v in vars(args).items() if k in TrainConfig.keys()}
+    if getattr(args, "hparams", None):
+        hparams = read_json(args.hparams, "--hparams")
+        tuned_model = hparams.get("model")
+        wanted_model = flags.get("model", config.model if args.config else tuned_model)
+        if tuned_model is not None and tuned_model != wanted_model:
+            raise UserError(f"{args.hparams} was tuned for model {tuned_model!r}, not "
+                            f"{wanted_model!r}; tune again or drop --hparams")
+        config = config.updated(hparams, args.hparams)
+    return config.updated(flags, "command line").validate()

@@ -1,0 +1,108 @@
+"""Optimizers and learning-rate schedules, built from a `TrainConfig`.
+
+Every schedule is a function of the optimizer's step counter, so a resumed run continues
+exactly where it stopped. The seed's Keras 2 ``Adam(lr, decay=d)`` -- removed in Keras 3 --
+is ``schedule="inverse_time"`` with ``decay=d``: ``lr / (1 + d * step)``.
+"""
+
+import math
+
+import keras
+
+from tfresnet.errors import UserError
+
+
+@keras.saving.register_keras_serializable(package="tfresnet")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """One-cycle policy (Smith & Topin, arXiv 1708.07120): linear rise from
+    ``peak / div_factor`` to ``peak`` over ``pct_start`` of the steps, then cosine
+    annealing to ``peak / final_div_factor``."""
+
+    def __init__(self, peak, total_steps, pct_start=0.3, div_factor=25.0,
+                 final_div_factor=1e4):
+        self.peak = peak
+        self.total_steps = total_steps
+        self.pct_start = pct_start
+        self.div_factor = div_factor
+        self.final_div_factor = final_div_factor
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        rise = max(1.0, self.pct_start * self.total_steps)
+        fall = max(1.0, self.total_steps - rise)
+        start, end = self.peak / self.div_factor, self.peak / self.final_div_factor
+        up = start + (self.peak - start) * step / rise
+        progress = keras.ops.clip((step - rise) / fall, 0.0, 1.0)
+        down = end + (self.peak - end) * 0.5 * (1.0 + keras.ops.cos(math.pi * progress))
+        return keras.ops.where(step < rise, up, down)
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps,
+                "pct_start": self.pct_start, "div_factor": self.div_factor,
+                "final_div_factor": self.final_div_factor}
+
+
+def base_learning_rate(config):
+    """The configured lr, scaled linearly by global batch / 128 with ``scale_lr``."""
+    return config.lr * config.batch_size / 128 if config.scale_lr else config.lr
+
+
+def make_schedule(config, steps_per_epoch):
+    """The learning rate as a float or a schedule of the optimizer step."""
+    lr = base_learning_rate(config)
+    total = max(1, config.epochs * steps_per_epoch)
+    schedules = keras.optimizers.schedules
+    if config.schedule == "constant":
+        return lr
+    if config.schedule == "inverse_time":
+        return schedules.InverseTimeDecay(lr, decay_steps=1, decay_rate=config.decay)
+    if config.schedule == "step":
+        milestones = sorted(config.milestones)
+        if not milestones or milestones[0] <= 0:
+            raise UserError(f"--milestones must be positive epochs. Received: {milestones}")
+        values = [lr * config.gamma**i for i in range(len(milestones) + 1)]
+        return schedules.PiecewiseConstantDecay([m * steps_per_epoch for m in milestones],
+                                                values)
+    if config.schedule == "cosine":
+        warmup = min(total - 1, round(config.warmup_epochs * steps_per_epoch))
+        if warmup <= 0:
+            return schedules.CosineDecay(lr, total)
+        return schedules.CosineDecay(0.0, total - warmup, warmup_target=lr,
+                                     warmup_steps=warmup)
+    if config.schedule == "onecycle":
+        return OneCycle(lr, total)
+    raise UserError(f"unknown schedule {config.schedule!r}")
+
+
+def make_optimizer(config, steps_per_epoch, learning_rate=None):
+    """The configured optimizer. Decoupled ``weight_decay`` skips BN and bias variables.
+
+    Args:
+        config: a `TrainConfig`.
+        steps_per_epoch: optimizer steps in one epoch (for the schedules).
+        learning_rate: overrides the schedule (the LR range test uses its own).
+    """
+    lr = make_schedule(config, steps_per_epoch) if learning_rate is None else learning_rate
+    decay = config.weight_decay or None
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(lr, momentum=config.momentum,
+                                         nesterov=config.nesterov, weight_decay=decay)
+    elif config.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(lr, weight_decay=decay)
+    elif config.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
+    else:
+        raise UserError(f"unknown optimizer {config.optimizer!r}; choose sgd, adam or adamw")
+    if decay or config.optimizer == "adamw":
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
+
+
+def current_learning_rate(optimizer):
+    """The learning rate the optimizer applied at its latest step, as a float."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # under mixed precision
+    schedule = inner._learning_rate  # Keras keeps the schedule object here
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        step = max(0, int(inner.iterations.numpy()) - 1)
+        return float(keras.ops.convert_to_numpy(schedule(step)))
+    return float(keras.ops.convert_to_numpy(inner.learning_rate))

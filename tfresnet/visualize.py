@@ -1,0 +1,171 @@
+"""``python -m tfresnet.visualize``: the test images in rows by predicted class (OpenCV).
+
+One row per class (all of them, empty rows too), the class name at the left, the row's
+images ordered by confidence, each framed green (correct) or red (wrong), and a header
+with the model, data set and test accuracy -- the seed's ``test_visualisation.png``.
+
+Example:
+    python -m tfresnet.visualize saved_models/resnet18-cifar100-20261123-101500
+    python -m tfresnet.visualize best.keras --dataset cifar10 --per-row 30 --scale 3
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tfresnet.checkpoint import atomic_write_image
+from tfresnet.errors import UserError, run_cli
+
+GREEN = (60, 180, 60)  # BGR
+RED = (40, 40, 220)
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+HEADER_HEIGHT = 64
+BORDER = 2
+GAP = 2
+
+
+@dataclasses.dataclass
+class Layout:
+    """Geometry of the picture: where row ``r``, column ``c`` goes."""
+
+    image_size: int  # side of one (upscaled) image
+    per_row: int
+    label_width: int
+    rows: int
+
+    @property
+    def cell(self):
+        return self.image_size + 2 * BORDER + GAP
+
+    @property
+    def shape(self):
+        return (HEADER_HEIGHT + self.rows * self.cell,
+                self.label_width + self.per_row * self.cell, 3)
+
+    def origin(self, row, column):
+        """Top-left pixel (y, x) of the image (inside its border) at ``(row, column)``."""
+        return (HEADER_HEIGHT + row * self.cell + BORDER,
+                self.label_width + column * self.cell + BORDER)
+
+
+def make_layout(class_names, counts, image_size, per_row=None, max_width=4000):
+    """Chooses the label column and images per row; ``per_row=None`` fits ``max_width``."""
+    text_width = max(cv2.getTextSize(n, FONT, 0.5, 1)[0][0] for n in class_names)
+    label_width = text_width + 16
+    cell = image_size + 2 * BORDER + GAP
+    if per_row is None:
+        per_row = max(1, min(max(counts, default=1), (max_width - label_width) // cell))
+    return Layout(image_size, per_row, label_width, len(class_names))
+
+
+def draw_predictions(images, labels, probabilities, class_names, header, per_row=None,
+                     scale=2):
+    """Draws the picture; returns ``(BGR image, layout, placement)``.
+
+    ``placement[(row, column)]`` is the index of the image drawn there. Rows are predicted
+    classes; each row holds its most confident images first.
+    """
+    if len(images) != len(probabilities):
+        raise ValueError("one probability row per image is needed")
+    predicted = np.argmax(probabilities, axis=1)
+    confidence = probabilities[np.arange(len(images)), predicted]
+    members = [np.flatnonzero(predicted == c) for c in range(len(class_names))]
+    members = [m[np.argsort(-confidence[m], kind="stable")] for m in members]
+    size = images.shape[1] * scale
+    layout = make_layout(class_names, [len(m) for m in members], size, per_row)
+    canvas = np.full(layout.shape, 24, np.uint8)
+    cv2.putText(canvas, header, (10, 28), FONT, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(canvas, "rows: predicted class, most confident first; green frame = correct, "
+                "red = wrong", (10, 52), FONT, 0.5, (200, 200, 200), 1, cv2.LINE_AA)
+    placement = {}
+    for row, indices in enumerate(members):
+        top = HEADER_HEIGHT + row * layout.cell
+        cv2.putText(canvas, class_names[row], (8, top + layout.cell // 2 + 5), FONT, 0.5,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+        for column, index in enumerate(indices[: layout.per_row]):
+            y, x = layout.origin(row, column)
+            colour = GREEN if predicted[index] == labels[index] else RED
+            cv2.rectangle(canvas, (x - BORDER, y - BORDER),
+                          (x + size + BORDER - 1, y + size + BORDER - 1), colour, BORDER)
+            tile = cv2.resize(images[index], (size, size), interpolation=cv2.INTER_NEAREST)
+            canvas[y:y + size, x:x + size] = tile[..., ::-1]  # RGB -> BGR
+            placement[(row, column)] = int(index)
+    return canvas, layout, placement
+
+
+def load_for_run(target, dataset=None, data_dir=None, split="test"):
+    """The model of a run folder or ``.keras`` file and the labelled images to show.
+
+    The data set defaults to the one recorded in the run's config (or the model).
+    """
+    from tfresnet.checkpoint import load_model
+    from tfresnet.data import load_dataset
+
+    target = Path(target)
+    model = load_model(target)
+    config_path = target / "config.json" if target.is_dir() else target.parent / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    name = dataset or config.get("dataset") or model.dataset
+    if name is None:
+        raise UserError(f"{target} does not record its data set; pass --dataset")
+    data = load_dataset(name, data_dir=data_dir or config.get("data_dir"),
+                        val_size=config.get("val_size"), seed=config.get("seed", 0),
+                        image_size=model.image_size)
+    if data.num_classes != len(model.class_names):
+        raise UserError(f"{name} has {data.num_classes} classes but the model predicts "
+                        f"{len(model.class_names)}; pass the --dataset it was trained on")
+    if split == "test" and data.x_test is None:
+        split = "val"
+    images, labels = (data.x_test, data.y_test) if split == "test" else (data.x_val, data.y_val)
+    return model, data, images, labels, split
+
+
+def draw_run(target, dataset=None, data_dir=None, out=None, per_row=None, scale=2):
+    """Draws ``test_visualisation.png`` for a run folder or model; returns its path."""
+    from tfresnet.inference import predict_probabilities, topk_accuracy
+
+    model, data, images, labels, split = load_for_run(target, dataset, data_dir)
+    probabilities = predict_probabilities(model, images)
+    accuracy = topk_accuracy(probabilities, labels, 1)
+    header = (f"{model.backbone.name} on {data.name} ({split}, {len(images)} images): "
+              f"accuracy {100 * accuracy:.2f}%")
+    picture, _, _ = draw_predictions(images, labels, probabilities, model.class_names, header,
+                                     per_row, scale)
+    target = Path(target)
+    out = Path(out) if out else (target if target.is_dir() else target.parent) / \
+        "test_visualisation.png"
+    atomic_write_image(out, picture)
+    print(f"{out}: {picture.shape[1]}x{picture.shape[0]} px, {len(model.class_names)} rows")
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m tfresnet.visualize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", help="run folder (with best.keras) or a .keras file")
+    parser.add_argument("--dataset", help="data set to show (default: the run's own)")
+    parser.add_argument("--data-dir", help="folder with the CIFAR pickles")
+    parser.add_argument("--out", help="output PNG (default: test_visualisation.png beside "
+                                      "the model)")
+    parser.add_argument("--per-row", type=int, help="images per row (default: fit 4000 px)")
+    parser.add_argument("--scale", type=int, default=2, help="upscaling of each image")
+    args = parser.parse_args(argv)
+    if args.per_row is not None and args.per_row <= 0:
+        raise UserError(f"--per-row must be positive. Received: {args.per_row}")
+    if args.scale <= 0 or args.scale > 16:
+        raise UserError(f"--scale must be between 1 and 16. Received: {args.scale}")
+    draw_run(args.target, args.dataset, args.data_dir, args.out, args.per_row, args.scale)
+    return 0
+
+
+def cli():
+    sys.exit(run_cli("tfresnet.visualize", main))
+
+
+if __name__ == "__main__":
+    cli()

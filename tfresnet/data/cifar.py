@@ -19,8 +19,10 @@ ARCHIVES = {
                  "cifar-100-python"),
 }
 
-# What a CIFAR pickle may reconstruct: NumPy arrays and dtypes, nothing else.
+# What a CIFAR pickle may reconstruct: NumPy arrays and dtypes, nothing else. (Python 3
+# writes bytes at protocol 2 as _codecs.encode(text, "latin1"), which is harmless.)
 _ALLOWED_GLOBALS = {
+    ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"),

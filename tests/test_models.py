@@ -1,0 +1,136 @@
+import keras
+import numpy as np
+import pytest
+
+import tfresnet
+from tfresnet.errors import UserError
+from tfresnet.models import get_model, list_models
+
+
+def trainable_count(model):
+    return sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+
+
+def non_trainable_count(model):
+    return sum(int(np.prod(v.shape)) for v in model.non_trainable_variables)
+
+
+# Trainable figures: torchvision's parameter counts (ImageNet stem) and the common CIFAR
+# variant; the seed's model is 11,224,932.
+PARAMETER_COUNTS = [
+    ("resnet18", "imagenet", 1000, 11_689_512),
+    ("resnet34", "imagenet", 1000, 21_797_672),
+    ("resnet50", "imagenet", 1000, 25_557_032),
+    ("resnet101", "imagenet", 1000, 44_549_160),
+    ("resnet152", "imagenet", 1000, 60_192_808),
+    ("resnet18", "cifar", 100, 11_220_132),
+    ("resnet34", "cifar", 100, 21_328_292),
+    ("resnet50", "cifar", 100, 23_705_252),
+    ("resnet18", "cifar", 10, 11_173_962),
+    ("resnet18", "seed", 100, 11_224_932),
+]
+
+
+@pytest.mark.parametrize("name,stem,classes,trainable", PARAMETER_COUNTS,
+                         ids=[f"{n}-{s}-{c}-trainable{t}" for n, s, c, t in PARAMETER_COUNTS])
+def test_parameter_counts_match_reference(name, stem, classes, trainable):
+    model = get_model(name, classes, stem=stem)
+    model(np.zeros((1, 32, 32, 3), "float32"))
+    assert trainable_count(model) == trainable, f"trainable should be {trainable:,}"
+    # Keras' total also counts BN moving mean and variance: 2 per BN channel, = BN gammas.
+    bn_gammas = sum(int(np.prod(v.shape)) for v in model.trainable_variables
+                    if v.path.endswith("gamma"))
+    assert non_trainable_count(model) == 2 * bn_gammas
+    assert model.count_params() == trainable + 2 * bn_gammas
+
+
+@pytest.mark.parametrize("stem,size,expected", [("cifar", 32, 10), ("imagenet", 224, 10),
+                                                ("cifar", 224, 10), ("seed", 32, 10)])
+def test_output_shape(stem, size, expected):
+    model = get_model("resnet18", expected, stem=stem, width=0.125)
+    out = model(np.zeros((2, size, size, 3), "float32"))
+    assert tuple(out.shape) == (2, expected)
+
+
+def final_feature_map_size(model, size):
+    x = model.stem_conv(np.zeros((1, size, size, 3), "float32"))
+    if model.stem_pool is not None:
+        x = model.stem_pool(x)
+    for block in model.blocks:
+        x = block(x)
+    return tuple(x.shape[1:3])
+
+
+def test_stems_downsample_as_specified():
+    # CIFAR stem: only the three stride-2 stages (/8); ImageNet stem: also /4 in the stem.
+    assert final_feature_map_size(get_model("resnet18", 10, stem="cifar", width=0.125), 64) == (8, 8)
+    assert final_feature_map_size(get_model("resnet18", 10, stem="imagenet", width=0.125), 64) == (2, 2)
+    # The seed's "valid" 3x3 conv trims 32 -> 30 before the stages.
+    assert final_feature_map_size(get_model("resnet18", 10, stem="seed", width=0.125), 32) == (4, 4)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_keras_round_trip_gives_identical_outputs(name, tmp_path):
+    model = get_model(name, 7, width=0.125)
+    x = np.random.default_rng(0).random((3, 32, 32, 3)).astype("float32")
+    expected = model(x, training=False)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")  # no custom_objects, safe mode
+    assert type(loaded) is type(model)
+    assert loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(loaded(x, training=False), expected)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16", "small_cnn"])
+def test_forward_backward_step_changes_weights(name):
+    model = get_model(name, 5, width=0.125)
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(1).random((4, 32, 32, 3)).astype("float32")
+    y = np.array([0, 1, 2, 3])
+    model(x)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    loss = model.train_on_batch(x, y)
+    assert np.isfinite(loss)
+    changed = [not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables)]
+    assert all(changed[-2:]) and sum(changed) > len(changed) // 2
+
+
+def test_zero_init_residual_and_dropout_options():
+    model = get_model("resnet18", 10, width=0.125, zero_init_residual=True, dropout=0.3)
+    model(np.zeros((1, 32, 32, 3), "float32"))
+    assert all(np.all(b.bn2.gamma.numpy() == 0) for b in model.blocks)
+    assert np.all(model.blocks[0].bn1.gamma.numpy() == 1)
+    assert model.drop is not None and model.drop.rate == 0.3
+
+
+def test_seed_stem_has_biases_and_cifar_stem_does_not():
+    seed = get_model("resnet18", 100, stem="seed", width=0.125)
+    cifar = get_model("resnet18", 100, stem="cifar", width=0.125)
+    for model in (seed, cifar):
+        model(np.zeros((1, 32, 32, 3), "float32"))
+    assert any(v.path.endswith("conv1/bias") for v in seed.trainable_variables)
+    assert not any(v.path.endswith("conv1/bias") for v in cifar.trainable_variables)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"name": "resnet19"}, "unknown model 'resnet19'; choose one of resnet101"),
+    ({"stem": "tiny"}, "unknown stem 'tiny'; choose one of cifar, imagenet, seed"),
+    ({"num_classes": 0}, "num_classes must be a positive int"),
+    ({"width": -1.0}, "width must be a positive float"),
+    ({"colour": 1}, "bad options for model 'resnet18'"),
+])
+def test_bad_input_is_a_one_line_value_error(kwargs, message):
+    name = kwargs.pop("name", "resnet18")
+    classes = kwargs.pop("num_classes", 10)
+    with pytest.raises(ValueError) as info:
+        get_model(name, classes, **kwargs)
+    assert isinstance(info.value, UserError)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_registry_lists_the_family_and_baselines():
+    assert list_models() == sorted(["resnet18", "resnet34", "resnet50", "resnet101",
+                                    "resnet152", "vgg16", "small_cnn"])
+    assert tfresnet.get_model is get_model

@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfresnet.data.pipeline import (
+    Augmenter,
+    crop,
+    cutout,
+    flip,
+    make_eval_pipeline,
+    make_train_pipeline,
+    mixup,
+    parse_augment,
+)
+from tfresnet.errors import UserError
+
+
+def batch(count=8, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(1, 256, (count, size, size, 3)).astype(np.float32)
+    labels = tf.one_hot(np.arange(count) % 4, 4)
+    return tf.constant(images), labels
+
+
+SEED = tf.constant([5, 7], tf.int64)
+
+
+@pytest.mark.parametrize("mode,np_mode", [("reflect", "reflect"), ("zero", "constant")])
+def test_crop_is_a_padded_crop_within_pad_pixels(mode, np_mode):
+    images, labels = batch()
+    out, same_labels = crop(images, labels, SEED, pad=4, mode=mode)
+    out = out.numpy()
+    assert out.shape == images.shape
+    moved = 0
+    for image, result in zip(images.numpy(), out):
+        padded = np.pad(image, ((4, 4), (4, 4), (0, 0)), mode=np_mode)
+        matches = [(dy, dx) for dy in range(9) for dx in range(9)
+                   if np.array_equal(padded[dy:dy + 16, dx:dx + 16], result)]
+        assert matches, "every crop is a 16x16 window of the padded image"
+        moved += matches[0] != (4, 4)
+    assert moved > 0
+    np.testing.assert_array_equal(same_labels, labels)
+
+
+def test_flip_is_an_exact_mirror_of_some_images():
+    images, labels = batch(count=32)
+    out = flip(images, labels, SEED)[0].numpy()
+    mirrored = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images.numpy())]
+    unchanged = [np.array_equal(o, i) for o, i in zip(out, images.numpy())]
+    assert all(m or u for m, u in zip(mirrored, unchanged))
+    assert 0 < sum(mirrored) < 32
+
+
+def test_cutout_zeroes_exactly_one_square_per_image():
+    images, labels = batch(count=16, size=32)
+    out = cutout(images, labels, SEED, size=8)[0].numpy()
+    for result in out:
+        zero = np.all(result == 0, axis=-1)
+        rows, cols = np.flatnonzero(zero.any(axis=1)), np.flatnonzero(zero.any(axis=0))
+        # The zeroed pixels form one solid rectangle, 8x8 unless clipped by a border.
+        assert zero.sum() == len(rows) * len(cols)
+        assert np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1)
+        assert len(rows) <= 8 and len(cols) <= 8
+        if 0 not in rows and 31 not in rows:
+            assert len(rows) == 8
+
+
+def test_mixup_labels_sum_to_one_and_mix_images():
+    images, labels = batch()
+    mixed, mixed_labels = mixup(images, labels, SEED, alpha=0.4)
+    np.testing.assert_allclose(mixed_labels.numpy().sum(axis=1), 1.0, rtol=1e-6)
+    assert not np.array_equal(mixed.numpy(), images.numpy())
+
+
+def test_same_seed_same_batch_other_seed_other_batch():
+    x = np.random.default_rng(0).integers(0, 255, (64, 32, 32, 3), np.uint8)
+    y = np.arange(64) % 10
+
+    def first_batch(seed):
+        dataset, _ = make_train_pipeline(x, y, 10, 16, Augmenter("strong", 10, seed), seed)
+        return next(iter(dataset))[0].numpy()
+
+    np.testing.assert_array_equal(first_batch(1), first_batch(1))
+    assert not np.array_equal(first_batch(1), first_batch(2))
+
+
+def test_epochs_are_fresh_permutations_and_resume_is_exact():
+    x = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1).repeat(3, axis=-1)
+    y = np.arange(40) % 4
+    dataset, steps = make_train_pipeline(x, y, 4, 10, None, seed=3)
+    assert steps == 4
+    stream = [b[0].numpy()[:, 0, 0, 0] for b in dataset.take(8)]
+    epoch1, epoch2 = np.concatenate(stream[:4]), np.concatenate(stream[4:])
+    assert sorted(epoch1) == list(range(40)) and sorted(epoch2) == list(range(40))
+    assert not np.array_equal(epoch1, epoch2)
+    resumed, _ = make_train_pipeline(x, y, 4, 10, None, seed=3, start_epoch=1)
+    np.testing.assert_array_equal(
+        np.concatenate([b[0].numpy()[:, 0, 0, 0] for b in resumed.take(4)]), epoch2)
+
+
+def test_eval_pipeline_keeps_order_and_uint8():
+    x = np.random.default_rng(0).integers(0, 255, (10, 8, 8, 3), np.uint8)
+    batches = list(make_eval_pipeline(x, np.arange(10) % 3, 3, 4))
+    assert [len(b[0]) for b in batches] == [4, 4, 2]
+    assert batches[0][0].dtype == tf.uint8
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x)
+
+
+def test_presets_and_spec_parsing():
+    assert [n for n, _ in parse_augment("standard")] == ["crop", "flip"]
+    assert [n for n, _ in parse_augment("seed")] == ["shift", "flip"]
+    assert parse_augment("strong", num_classes=100)[2] == ("cutout", {"size": 16})
+    assert parse_augment("strong", num_classes=10)[2] == ("cutout", {"size": 8})
+    assert parse_augment("crop:pad=2:mode=zero") == [("crop", {"pad": 2, "mode": "zero"})]
+    assert parse_augment("none") == []
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("blur", "unknown augmentation 'blur'"),
+    ("crop:size=3", "has no parameter 'size'"),
+    ("crop:pad=x", "needs a number"),
+    ("crop:mode=wrap", "mode must be one of"),
+    ("mixup:alpha=0", "alpha must be > 0"),
+    ("cutout:size=-1", "non-negative"),
+])
+def test_bad_augmentation_specs(spec, message):
+    with pytest.raises(UserError, match=message):
+        parse_augment(spec)
+
+
+def test_every_augmentation_runs_on_a_batch():
+    images, labels = batch(size=32)
+    for name in ("shift", "cutmix", "randaugment"):
+        out, out_labels = Augmenter(name, 4, seed=0)(images, labels, 3)
+        assert out.shape == images.shape and out_labels.shape == labels.shape
+        np.testing.assert_allclose(out_labels.numpy().sum(axis=1), 1.0, rtol=1e-5)

@@ -63,10 +63,13 @@ def final_feature_map_size(model, size):
 
 def test_stems_downsample_as_specified():
     # CIFAR stem: only the three stride-2 stages (/8); ImageNet stem: also /4 in the stem.
-    assert final_feature_map_size(get_model("resnet18", 10, stem="cifar", width=0.125), 64) == (8, 8)
-    assert final_feature_map_size(get_model("resnet18", 10, stem="imagenet", width=0.125), 64) == (2, 2)
+    def size(stem, pixels):
+        return final_feature_map_size(get_model("resnet18", 10, stem=stem, width=0.125), pixels)
+
+    assert size("cifar", 64) == (8, 8)
+    assert size("imagenet", 64) == (2, 2)
     # The seed's "valid" 3x3 conv trims 32 -> 30 before the stages.
-    assert final_feature_map_size(get_model("resnet18", 10, stem="seed", width=0.125), 32) == (4, 4)
+    assert size("seed", 32) == (4, 4)
 
 
 @pytest.mark.parametrize("name", list_models())

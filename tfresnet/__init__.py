@@ -2,8 +2,12 @@
 
 import os
 
-# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) is noise for a CLI user.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tfresnet.quiet import native_stderr_silenced  # noqa: E402
+
+with native_stderr_silenced():
+    import tensorflow  # noqa: F401
 
 from tfresnet import losses, models  # noqa: E402  (registers every serializable class)
 from tfresnet.models import get_model, list_models  # noqa: E402

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import typing
 from pathlib import Path
-from typing import List, Optional
 
 from tfresnet.errors import UserError
 
@@ -36,10 +35,10 @@ class TrainConfig:
     zero_init_residual: bool = _field(False, "zero the last BN gamma of each block", "model")
     # Data
     dataset: str = _field("cifar100", "cifar100, cifar10, digits or an image folder", "data")
-    data_dir: Optional[str] = _field(None, "folder with (or for) the CIFAR pickles", "data")
-    val_size: Optional[int] = _field(
+    data_dir: str | None = _field(None, "folder with (or for) the CIFAR pickles", "data")
+    val_size: int | None = _field(
         None, "validation images held out of training (default 10%%; 0 = none)", "data")
-    image_size: Optional[int] = _field(None, "square input size for image folders", "data")
+    image_size: int | None = _field(None, "square input size for image folders", "data")
     augment: str = _field("standard", "preset (none, seed, standard, strong) or spec", "data")
     augment_on: str = _field("auto", "where augmentation runs (auto: device on a GPU)",
                              "data", ["auto", "host", "device"])
@@ -52,7 +51,7 @@ class TrainConfig:
     schedule: str = _field("cosine", "learning-rate schedule", "optimizer",
                            ["constant", "inverse_time", "step", "cosine", "onecycle"])
     warmup_epochs: float = _field(2.0, "linear warm-up epochs (cosine)", "optimizer")
-    milestones: List[int] = _field([60, 120, 160], "epochs where 'step' multiplies by gamma",
+    milestones: list[int] = _field([60, 120, 160], "epochs where 'step' multiplies by gamma",
                                    "optimizer")
     gamma: float = _field(0.2, "factor of the 'step' schedule", "optimizer")
     decay: float = _field(0.0, "inverse_time rate: lr / (1 + decay * step)", "optimizer")
@@ -74,7 +73,7 @@ class TrainConfig:
     strategy: str = _field("auto", "tf.distribute strategy", "training",
                            ["auto", "one", "mirrored", "multiworker", "tpu"])
     # Output
-    name: Optional[str] = _field(None, "run folder name (default model-dataset-time)", "output")
+    name: str | None = _field(None, "run folder name (default model-dataset-time)", "output")
     output_dir: str = _field("saved_models", "where run folders go", "output")
     tensorboard: bool = _field(True, "write TensorBoard logs", "output")
     visualize: bool = _field(True, "draw test_visualisation.png at the end", "output")
@@ -137,7 +136,7 @@ def _argument_type(field):
     args = typing.get_args(hint)
     if args and type(None) in args:  # Optional[X]
         hint = next(a for a in args if a is not type(None))
-    if typing.get_origin(hint) in (list, List):
+    if typing.get_origin(hint) in (list, list):
         return typing.get_args(hint)[0], "+"
     return hint, None
 

@@ -1,14 +1,14 @@
 """One-line errors for user mistakes, and the wrapper every CLI runs under."""
 
 import sys
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 
 class UserError(ValueError):
     """A mistake the user can fix: printed as one line, exit status 2, no traceback."""
 
 
-def run_cli(prog: str, main: Callable[[Optional[Sequence[str]]], int], argv=None) -> int:
+def run_cli(prog: str, main: Callable[[Sequence[str] | None], int], argv=None) -> int:
     """Runs ``main(argv)``, turning a `UserError` into ``prog: error: message`` on stderr."""
     try:
         return main(argv) or 0

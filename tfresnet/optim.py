@@ -61,8 +61,9 @@ def make_schedule(config, steps_per_epoch):
         if not milestones or milestones[0] <= 0:
             raise UserError(f"--milestones must be positive epochs. Received: {milestones}")
         values = [lr * config.gamma**i for i in range(len(milestones) + 1)]
-        return schedules.PiecewiseConstantDecay([m * steps_per_epoch for m in milestones],
-                                                values)
+        # Keras switches *after* a boundary step; epoch m starts at step m * steps_per_epoch.
+        boundaries = [m * steps_per_epoch - 1 for m in milestones]
+        return schedules.PiecewiseConstantDecay(boundaries, values)
     if config.schedule == "cosine":
         warmup = min(total - 1, round(config.warmup_epochs * steps_per_epoch))
         if warmup <= 0:

@@ -1,6 +1,7 @@
 """Where and how a run computes: seeds, determinism, precision, XLA and tf.distribute."""
 
 import dataclasses
+import functools
 import os
 import platform
 
@@ -9,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfresnet.errors import UserError
+from tfresnet.quiet import native_stderr_silenced
 
 
 @dataclasses.dataclass
@@ -31,8 +33,11 @@ class Runtime:
             and "chief" not in resolver.cluster_spec().as_dict())
 
 
+@functools.cache
 def gpus():
-    return tf.config.list_physical_devices("GPU")
+    """The visible GPUs (probing CUDA quietly)."""
+    with native_stderr_silenced():
+        return tf.config.list_physical_devices("GPU")
 
 
 def describe_device():

@@ -179,8 +179,8 @@ def train(config: TrainConfig, fresh=False):
     start = time.perf_counter()
     if start_epoch < config.epochs:
         model.fit(train_data, steps_per_epoch=steps, epochs=config.epochs,
-                  initial_epoch=start_epoch, validation_data=val_data, callbacks=callbacks, shuffle=False,
-                  verbose=1 if sys.stdout.isatty() else 0)
+                  initial_epoch=start_epoch, validation_data=val_data, callbacks=callbacks,
+                  shuffle=False, verbose=1 if sys.stdout.isatty() else 0)
     if guard.bad_epoch:
         raise UserError(f"the loss became NaN or infinite in epoch {guard.bad_epoch}; "
                         f"{run_dir}/best.keras and last.keras hold the last good epoch. "

@@ -2,7 +2,6 @@
 
 import dataclasses
 from pathlib import Path
-from typing import List, Optional
 
 import numpy as np
 
@@ -26,15 +25,15 @@ class Dataset:
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
-    x_test: Optional[np.ndarray]
-    y_test: Optional[np.ndarray]
-    class_names: List[str]
-    mean: List[float]
-    std: List[float]
-    coarse_names: Optional[List[str]] = None
-    coarse_train: Optional[np.ndarray] = None
-    coarse_val: Optional[np.ndarray] = None
-    coarse_test: Optional[np.ndarray] = None
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    class_names: list[str]
+    mean: list[float]
+    std: list[float]
+    coarse_names: list[str] | None = None
+    coarse_train: np.ndarray | None = None
+    coarse_val: np.ndarray | None = None
+    coarse_test: np.ndarray | None = None
 
     @property
     def num_classes(self):

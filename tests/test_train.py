@@ -1,0 +1,174 @@
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import TINY, run_cli
+from tfresnet import train as train_module
+from tfresnet.data import load_dataset
+from tfresnet.errors import UserError
+from tfresnet.errors import run_cli as wrap_cli
+from tfresnet.inference import predict_probabilities
+from tfresnet.models import Classifier, get_model
+from tfresnet.train import main
+
+RUN_FILES = {"best.keras", "last.keras", "history.csv", "curves.png", "summary.json",
+             "config.json", "class_indices.json", "tensorboard"}
+
+
+def history(run_dir):
+    with open(run_dir / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def weights(path):
+    return [np.asarray(w) for w in keras.saving.load_model(path).get_weights()]
+
+
+def test_run_writes_every_file_and_best_keras_reproduces_test_accuracy(tmp_path):
+    args = [*TINY, "--epochs", "2", "--name", "r", "--output-dir", tmp_path, "--tensorboard"]
+    assert main([str(a) for a in args]) == 0
+    run_dir = tmp_path / "r"
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    rows = history(run_dir)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert set(rows[0]) >= {"lr", "loss", "ce", "l2", "accuracy", "top5", "val_accuracy",
+                            "val_top5", "seconds"}
+    for row in rows:  # loss = ce + l2, logged separately
+        assert float(row["loss"]) == pytest.approx(float(row["ce"]) + float(row["l2"]), rel=1e-4)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["epochs"] == 2 and summary["parameters"] > 0
+    assert summary["best_epoch"] in (1, 2)
+
+    model = keras.saving.load_model(run_dir / "best.keras")  # plain Keras, safe mode
+    data = load_dataset("digits")
+    predicted = np.argmax(model.predict(data.x_test, verbose=0), axis=1)
+    assert np.mean(predicted == data.y_test) == pytest.approx(summary["test_accuracy"], abs=1e-9)
+    assert model.class_names == [str(d) for d in range(10)]
+
+
+def test_learning_rate_is_logged_per_epoch_from_the_schedule(tmp_path):
+    args = [*TINY, "--epochs", "2", "--name", "lr", "--output-dir", tmp_path,
+            "--optimizer", "adam", "--lr", "0.001", "--schedule", "inverse_time",
+            "--decay", "0.004", "--val-size", "0"]
+    assert main([str(a) for a in args]) == 0
+    rows = history(tmp_path / "lr")
+    steps = (1797 - 360) // 64  # digits: 1,437 training images, full batches
+    for row in rows:  # the seed's legacy Adam decay, evaluated at the epoch's last step
+        last_step = int(row["epoch"]) * steps - 1
+        assert float(row["lr"]) == pytest.approx(0.001 / (1 + 0.004 * last_step), rel=1e-5)
+    assert "val_accuracy" not in rows[0] or rows[0]["val_accuracy"] == ""
+    # No validation split: the last epoch is the best.
+    assert weights(tmp_path / "lr" / "best.keras")[0].tolist() == \
+        weights(tmp_path / "lr" / "last.keras")[0].tolist()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+    common = [*TINY, "--epochs", "3", "--batch-size", "16", "--deterministic",
+              "--output-dir", tmp_path, "--schedule", "cosine"]
+    reference = run_cli("tfresnet.train", *common, "--name", "ref")
+    assert reference.returncode == 0, reference.stderr
+
+    process = subprocess.Popen([sys.executable, "-m", "tfresnet.train", *map(str, common),
+                                "--name", "killed"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    history_file = tmp_path / "killed" / "history.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (history_file.exists() and history(history_file.parent)):
+        time.sleep(0.05)
+    time.sleep(0.5)  # into epoch 2
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(history(tmp_path / "killed"))
+    assert done < 3, "the kill should land before the run finished"
+    keras.saving.load_model(tmp_path / "killed" / "last.keras")  # readable after the kill
+
+    resumed = run_cli("tfresnet.train", *common, "--name", "killed")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    ref_rows, rows = history(tmp_path / "ref"), history(tmp_path / "killed")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    for ref_row, row in zip(ref_rows, rows):
+        assert float(row["lr"]) == pytest.approx(float(ref_row["lr"]), rel=1e-6)
+        assert float(row["loss"]) == pytest.approx(float(ref_row["loss"]), rel=1e-5)
+    for a, b in zip(weights(tmp_path / "ref" / "last.keras"),
+                    weights(tmp_path / "killed" / "last.keras")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_loss_stops_cleanly_and_keeps_best_keras(tmp_path, monkeypatch, capsys):
+    class PoisonWeights(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                kernel = self.model.backbone.fc.kernel
+                kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+    make_callbacks = train_module.make_callbacks
+    monkeypatch.setattr(train_module, "make_callbacks",
+                        lambda *a: make_callbacks(*a) + [PoisonWeights()])
+    args = [*TINY, "--epochs", "3", "--name", "nan", "--output-dir", tmp_path]
+    assert wrap_cli("tfresnet.train", main, [str(a) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "NaN or infinite in epoch 2" in err and len(err.splitlines()) == 1
+    rows = history(tmp_path / "nan")
+    assert [r["epoch"] for r in rows] == ["1"]
+    model = keras.saving.load_model(tmp_path / "nan" / "best.keras")
+    assert np.all(np.isfinite(model.backbone.fc.kernel.numpy()))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--optimizer", "rmsprop"], "invalid choice"),
+    (["--colour", "red"], "unrecognized arguments"),
+    (["--model", "resnet19"], "unknown model 'resnet19'"),
+    (["--config", "missing.json"], "--config file missing.json does not exist"),
+    (["--augment", "blur"], "unknown augmentation 'blur'"),
+])
+def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
+    result = run_cli("tfresnet.train", *TINY, "--output-dir", tmp_path, *args, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert message in lines[-1] and "Traceback" not in result.stderr
+
+
+def test_config_precedence_and_unknown_keys(tmp_path):
+    from tfresnet.config import resolve_config
+
+    config_file = tmp_path / "c.json"
+    config_file.write_text(json.dumps({"lr": 0.5, "epochs": 7, "optimizer": "adam"}))
+    hparams = tmp_path / "h.json"
+    hparams.write_text(json.dumps({"lr": 0.02, "model": "resnet18"}))
+    parser = train_module.build_parser()
+    config = resolve_config(parser.parse_args(["--config", str(config_file), "--hparams",
+                                               str(hparams), "--epochs", "3"]))
+    assert (config.lr, config.epochs, config.optimizer) == (0.02, 3, "adam")
+    config_file.write_text(json.dumps({"learning_rate": 0.1}))
+    with pytest.raises(UserError, match="unknown setting\\(s\\) learning_rate"):
+        resolve_config(parser.parse_args(["--config", str(config_file)]))
+    with pytest.raises(UserError, match="was tuned for model 'resnet18', not 'resnet34'"):
+        resolve_config(parser.parse_args(["--hparams", str(hparams), "--model", "resnet34"]))
+
+
+def test_run_folder_of_other_settings_is_refused(tmp_path):
+    base = [*TINY, "--epochs", "1", "--output-dir", str(tmp_path), "--name", "x"]
+    assert main(base) == 0
+    before = (tmp_path / "x" / "best.keras").read_bytes()
+    with pytest.raises(UserError, match="holds a run with other settings .*model"):
+        main([*base, "--model", "small_cnn"])
+    assert (tmp_path / "x" / "best.keras").read_bytes() == before
+
+
+def test_predict_probabilities_matches_model_predict():
+    clf = Classifier(get_model("small_cnn", 10, width=0.25), [120] * 3, [60] * 3,
+                     [str(i) for i in range(10)])
+    x = np.random.default_rng(0).integers(0, 255, (37, 32, 32, 3), np.uint8)
+    expected = keras.ops.softmax(clf.predict(x, verbose=0)).numpy()
+    np.testing.assert_allclose(predict_probabilities(clf, x, batch_size=16), expected,
+                               rtol=1e-5, atol=1e-6)

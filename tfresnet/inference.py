@@ -1,7 +1,18 @@
 """The fast inference path (one compiled function, fixed batch shape) and the metrics."""
 
+import weakref
+
 import numpy as np
 import tensorflow as tf
+
+_COMPILED = weakref.WeakKeyDictionary()  # model -> its compiled softmax call
+
+
+def compiled_softmax(model):
+    """``softmax(model(x))`` as one tf.function, built once per model."""
+    if model not in _COMPILED:
+        _COMPILED[model] = tf.function(lambda x: tf.nn.softmax(model(x, training=False)))
+    return _COMPILED[model]
 
 
 def predict_probabilities(model, images, batch_size=256):
@@ -10,7 +21,7 @@ def predict_probabilities(model, images, batch_size=256):
     Every batch, the last one padded, has the same shape, so the compiled call is traced
     once and never re-traced.
     """
-    call = tf.function(lambda x: tf.nn.softmax(model(x, training=False)))
+    call = compiled_softmax(model)
     batch_size = max(1, min(batch_size, len(images)))
     outputs = []
     for start in range(0, len(images), batch_size):

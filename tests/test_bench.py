@@ -1,0 +1,48 @@
+import json
+
+import pytest
+
+from conftest import run_cli
+from tfresnet.bench import build_parser, run
+from tfresnet.errors import UserError
+
+FIELDS = {"kind", "batch_size", "images", "images_per_second", "min", "max", "device",
+          "versions", "threads", "date"}
+
+
+def test_json_has_every_field_and_counts_images(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    args = build_parser().parse_args(
+        ["--train", "--inference", "--pipeline", "--augment", "standard", "--width", "0.0625",
+         "--batch-size", "8", "--steps", "3", "--repeats", "2", "--warmup", "1",
+         "--json", str(out)])
+    records = run(args)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == len(records) == 4  # pipeline, train, predict, compiled call
+    assert [r["kind"] for r in lines] == ["pipeline", "train", "inference", "inference"]
+    for record in lines:
+        assert FIELDS <= set(record)
+        assert record["images"] == 3 * 8  # N steps at batch B
+        assert record["min"] <= record["images_per_second"] <= record["max"]
+        assert record["versions"]["tensorflow"]
+    train = lines[1]
+    assert train["compile_seconds"] > 0 and train["peak_memory_mb"] > 0
+    assert {r.get("method") for r in lines[2:]} == {"predict", "compiled_call"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "resnet19"], "unknown model 'resnet19'"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--steps", "-1"], "--steps must be positive"),
+    (["--precision", "mixed_float16"], "needs a GPU"),
+])
+def test_nonsense_settings_are_refused(args, message):
+    with pytest.raises(UserError, match=message):
+        run(build_parser().parse_args(args))
+
+
+def test_cli_error_is_one_line():
+    result = run_cli("tfresnet.bench", "--batch-size", "-4")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "tfresnet.bench: error: --batch-size must be positive. Received: [-4]"]

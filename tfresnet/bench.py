@@ -1,0 +1,271 @@
+"""``python -m tfresnet.bench``: images per second of training, inference and the input
+pipeline, through the same code the product runs.
+
+Each measurement runs warm-up steps first (excluded), then ``--repeats`` timed repetitions
+of ``--steps`` batches; the median and the spread (min-max) are printed. ``--json FILE``
+appends one JSON line per measurement with device, versions and thread settings.
+
+Example:
+    python -m tfresnet.bench --pipeline                          # augmentation only
+    python -m tfresnet.bench --train --inference --batch-size 64 128
+    python -m tfresnet.bench --train --precision mixed_float16 --jit on --batch-size 512
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from tfresnet.errors import UserError, run_cli
+
+PIPELINE_PRESETS = ("standard", "strong")
+
+
+def synthetic_cifar(count, num_classes, seed=0):
+    """Random CIFAR-shaped uint8 images and labels (speed does not depend on content)."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (count, 32, 32, 3), np.uint8),
+            rng.integers(0, num_classes, count).astype(np.int32))
+
+
+def summarize(rates):
+    return {"images_per_second": round(statistics.median(rates), 1),
+            "min": round(min(rates), 1), "max": round(max(rates), 1)}
+
+
+def peak_memory_mb():
+    """Peak memory of this process: the GPU's when there is one, else resident RAM."""
+    from tfresnet.runtime import gpus
+
+    if gpus():
+        import tensorflow as tf
+
+        return round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def bench_pipeline(preset, batch_size, steps, repeats, warmup, num_classes=100):
+    """Augmented batches per second of the training pipeline on 50,000 CIFAR-shaped images."""
+    from tfresnet.data.pipeline import Augmenter, make_train_pipeline
+
+    images, labels = synthetic_cifar(50_000, num_classes)
+    dataset, _ = make_train_pipeline(images, labels, num_classes, batch_size,
+                                     Augmenter(preset, num_classes), seed=0)
+    iterator = iter(dataset)
+    for _ in range(warmup):
+        next(iterator)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            next(iterator)
+        rates.append(steps * batch_size / (time.perf_counter() - start))
+    return {"kind": "pipeline", "augment": preset, "batch_size": batch_size,
+            "images": steps * batch_size, **summarize(rates)}
+
+
+class _StepTimer:
+    """Records when each training epoch (one timed repetition) ends."""
+
+    def __init__(self):
+        import keras
+
+        timer = self
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                timer.start = time.perf_counter()
+
+            def on_train_batch_end(self, batch, logs=None):
+                if timer.first_step is None:
+                    timer.first_step = time.perf_counter() - timer.start
+
+            def on_epoch_begin(self, epoch, logs=None):
+                timer.epoch_start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                timer.epoch_seconds.append(time.perf_counter() - timer.epoch_start)
+
+        self.callback = Callback()
+        self.first_step = None
+        self.epoch_seconds = []
+
+
+def build_bench_model(model, batch_size, precision, jit, num_classes, width, steps):
+    """A compiled `Classifier` built exactly as ``tfresnet.train`` builds it."""
+    from tfresnet.config import TrainConfig
+    from tfresnet.data import Dataset
+    from tfresnet.runtime import configure
+    from tfresnet.train import build_model
+
+    config = TrainConfig(model=model, batch_size=batch_size, precision=precision,
+                         jit="on" if jit else "off", width=width, epochs=1,
+                         strategy="one").validate()
+    runtime = configure(config)
+    images, labels = synthetic_cifar(max(batch_size * steps, batch_size), num_classes)
+    data = Dataset("synthetic", images, labels, images[:0], labels[:0], None, None,
+                   [str(i) for i in range(num_classes)], [127.0] * 3, [64.0] * 3)
+    with runtime.strategy.scope():
+        classifier = build_model(config, data, steps, runtime)
+    return classifier, data, runtime, config
+
+
+def bench_train(model, batch_size, precision, jit, steps, repeats, num_classes, width,
+                augment="standard"):
+    """Training images/s of ``model.fit`` on the product's pipeline, loss and optimizer."""
+    from tfresnet.data.pipeline import Augmenter, make_train_pipeline
+
+    classifier, data, runtime, config = build_bench_model(
+        model, batch_size, precision, jit, num_classes, width, steps)
+    augmenter = Augmenter(augment, num_classes, 0)
+    on_device = runtime.jit
+    classifier.train_augmenter = augmenter if on_device else None
+    dataset, _ = make_train_pipeline(data.x_train, data.y_train, num_classes, batch_size,
+                                     None if on_device else augmenter, 0)
+    timer = _StepTimer()
+    epochs = 1 + repeats  # epoch 0 is the warm-up: compilation and the first steps
+    classifier.fit(dataset, steps_per_epoch=steps, epochs=epochs, verbose=0,
+                   callbacks=[timer.callback], shuffle=False)
+    rates = [steps * batch_size / s for s in timer.epoch_seconds[1:]]
+    return {"kind": "train", "model": model, "batch_size": batch_size,
+            "precision": runtime.precision, "jit": runtime.jit, "augment": augment,
+            "images": steps * batch_size, "compile_seconds": round(timer.first_step, 2),
+            **summarize(rates), "peak_memory_mb": peak_memory_mb()}
+
+
+def bench_inference(model, batch_size, precision, jit, steps, repeats, num_classes, width):
+    """Inference images/s: ``model.predict`` and the compiled call evaluation uses."""
+    from tfresnet.inference import predict_probabilities
+
+    classifier, data, runtime, _ = build_bench_model(
+        model, batch_size, precision, jit, num_classes, width, steps)
+    images = data.x_train[: steps * batch_size]
+    results = []
+    for method, run in (
+        ("predict", lambda: classifier.predict(images, batch_size=batch_size, verbose=0)),
+        ("compiled_call", lambda: predict_probabilities(classifier, images, batch_size)),
+    ):
+        start = time.perf_counter()
+        run()  # warm-up: tracing and compilation
+        compile_seconds = time.perf_counter() - start
+        rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            rates.append(len(images) / (time.perf_counter() - start))
+        results.append({"kind": "inference", "method": method, "model": model,
+                        "batch_size": batch_size, "precision": runtime.precision,
+                        "jit": runtime.jit, "images": len(images),
+                        "compile_seconds": round(compile_seconds, 2), **summarize(rates),
+                        "peak_memory_mb": peak_memory_mb()})
+    return results
+
+
+def environment():
+    """Device, versions and thread settings recorded with every measurement."""
+    import tensorflow as tf
+
+    from tfresnet.runtime import describe_device, versions
+
+    return {"device": describe_device(), "versions": versions(),
+            "threads": {"cpu_count": os.cpu_count(),
+                        "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                        "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def _print(record):
+    label = " ".join(f"{k}={record[k]}" for k in ("kind", "method", "model", "augment",
+                                                   "batch_size", "precision", "jit")
+                     if k in record)
+    extra = f"  compile {record['compile_seconds']}s" if "compile_seconds" in record else ""
+    memory = f"  peak {record['peak_memory_mb']} MB" if "peak_memory_mb" in record else ""
+    print(f"{label}: {record['images_per_second']:,.1f} img/s "
+          f"(min {record['min']:,.1f}, max {record['max']:,.1f}){extra}{memory}", flush=True)
+
+
+def run(args):
+    """Runs the selected measurements; returns the records."""
+    from tfresnet.models import list_models
+    from tfresnet.runtime import resolve_precision
+
+    for name in args.model:
+        if name not in list_models():
+            raise UserError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    for name in ("steps", "repeats", "num_classes"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive. "
+                            f"Received: {getattr(args, name)}")
+    if any(b <= 0 for b in args.batch_size):
+        raise UserError(f"--batch-size must be positive. Received: {args.batch_size}")
+    for precision in args.precision:
+        resolve_precision(precision)
+    everything = not (args.pipeline or args.train or args.inference)
+    records = []
+    if args.pipeline or everything:
+        for preset in args.augment:
+            for batch in args.batch_size:
+                records.append(bench_pipeline(preset, batch, args.steps, args.repeats,
+                                              args.warmup, args.num_classes))
+                _print(records[-1])
+    for name in args.model:
+        for batch in args.batch_size:
+            for precision in args.precision:
+                for jit in args.jit:
+                    settings = (name, batch, precision, jit == "on", args.steps,
+                                args.repeats, args.num_classes, args.width)
+                    if args.train or everything:
+                        records.append(bench_train(*settings))
+                        _print(records[-1])
+                    if args.inference or everything:
+                        for record in bench_inference(*settings):
+                            records.append(record)
+                            _print(record)
+    if args.json:
+        env = environment()
+        with open(args.json, "a") as f:
+            for record in records:
+                f.write(json.dumps({**record, **env}) + "\n")
+    return records
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m tfresnet.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline", action="store_true", help="measure the input pipeline")
+    parser.add_argument("--train", action="store_true", help="measure training (model.fit)")
+    parser.add_argument("--inference", action="store_true", help="measure inference")
+    parser.add_argument("--model", nargs="+", default=["resnet18"])
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[128])
+    parser.add_argument("--precision", nargs="+", default=["auto"],
+                        choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"])
+    parser.add_argument("--jit", nargs="+", default=["off"], choices=["on", "off"])
+    parser.add_argument("--augment", nargs="+", default=list(PIPELINE_PRESETS),
+                        help="pipeline presets to measure")
+    parser.add_argument("--steps", type=int, default=20, help="batches per repetition")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=5,
+                        help="untimed pipeline batches (training and inference always "
+                             "discard their first, compiling, repetition)")
+    parser.add_argument("--num-classes", type=int, default=100)
+    parser.add_argument("--width", type=float, default=1.0, help="model width multiplier")
+    parser.add_argument("--json", metavar="FILE", help="append one JSON line per measurement")
+    return parser
+
+
+def main(argv=None):
+    run(build_parser().parse_args(argv))
+    return 0
+
+
+def cli():
+    sys.exit(run_cli("tfresnet.bench", main))
+
+
+if __name__ == "__main__":
+    cli()

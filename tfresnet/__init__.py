@@ -7,7 +7,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tfresnet.quiet import native_stderr_silenced  # noqa: E402
 
 with native_stderr_silenced():
-    import tensorflow  # noqa: F401
+    import tensorflow
+
+    tensorflow.config.list_physical_devices("GPU")  # CUDA probing prints here, once
 
 from tfresnet import losses, models  # noqa: E402  (registers every serializable class)
 from tfresnet.models import get_model, list_models  # noqa: E402

@@ -1,9 +1,14 @@
-"""The fast inference path (one compiled function, fixed batch shape) and the metrics."""
+"""Loading a run for inference, the fast inference path (one compiled function, fixed batch
+shape) and the metrics."""
 
+import json
 import weakref
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+
+from tfresnet.errors import UserError
 
 _COMPILED = weakref.WeakKeyDictionary()  # model -> its compiled softmax call
 
@@ -54,3 +59,30 @@ def test_metrics(model, images, labels, fine_to_coarse=None, batch_size=256):
     if fine_to_coarse is not None:
         metrics["test_coarse_accuracy"] = coarse_accuracy(probabilities, labels, fine_to_coarse)
     return metrics
+
+
+def load_run(target, dataset=None, data_dir=None, split="test"):
+    """The model of a run folder or ``.keras`` file and the labelled images to show.
+
+    The data set defaults to the one recorded in the run's config (or the model).
+    """
+    from tfresnet.checkpoint import load_model
+    from tfresnet.data import load_dataset
+
+    target = Path(target)
+    model = load_model(target)
+    config_path = target / "config.json" if target.is_dir() else target.parent / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    name = dataset or config.get("dataset") or model.dataset
+    if name is None:
+        raise UserError(f"{target} does not record its data set; pass --dataset")
+    data = load_dataset(name, data_dir=data_dir or config.get("data_dir"),
+                        val_size=config.get("val_size"), seed=config.get("seed", 0),
+                        image_size=model.image_size)
+    if data.num_classes != len(model.class_names):
+        raise UserError(f"{name} has {data.num_classes} classes but the model predicts "
+                        f"{len(model.class_names)}; pass the --dataset it was trained on")
+    if split == "test" and data.x_test is None:
+        split = "val"
+    images, labels = (data.x_test, data.y_test) if split == "test" else (data.x_val, data.y_val)
+    return model, data, images, labels, split

@@ -11,7 +11,6 @@ Example:
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -98,38 +97,11 @@ def draw_predictions(images, labels, probabilities, class_names, header, per_row
     return canvas, layout, placement
 
 
-def load_for_run(target, dataset=None, data_dir=None, split="test"):
-    """The model of a run folder or ``.keras`` file and the labelled images to show.
-
-    The data set defaults to the one recorded in the run's config (or the model).
-    """
-    from tfresnet.checkpoint import load_model
-    from tfresnet.data import load_dataset
-
-    target = Path(target)
-    model = load_model(target)
-    config_path = target / "config.json" if target.is_dir() else target.parent / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    name = dataset or config.get("dataset") or model.dataset
-    if name is None:
-        raise UserError(f"{target} does not record its data set; pass --dataset")
-    data = load_dataset(name, data_dir=data_dir or config.get("data_dir"),
-                        val_size=config.get("val_size"), seed=config.get("seed", 0),
-                        image_size=model.image_size)
-    if data.num_classes != len(model.class_names):
-        raise UserError(f"{name} has {data.num_classes} classes but the model predicts "
-                        f"{len(model.class_names)}; pass the --dataset it was trained on")
-    if split == "test" and data.x_test is None:
-        split = "val"
-    images, labels = (data.x_test, data.y_test) if split == "test" else (data.x_val, data.y_val)
-    return model, data, images, labels, split
-
-
 def draw_run(target, dataset=None, data_dir=None, out=None, per_row=None, scale=2):
     """Draws ``test_visualisation.png`` for a run folder or model; returns its path."""
-    from tfresnet.inference import predict_probabilities, topk_accuracy
+    from tfresnet.inference import load_run, predict_probabilities, topk_accuracy
 
-    model, data, images, labels, split = load_for_run(target, dataset, data_dir)
+    model, data, images, labels, split = load_run(target, dataset, data_dir)
     probabilities = predict_probabilities(model, images)
     accuracy = topk_accuracy(probabilities, labels, 1)
     header = (f"{model.backbone.name} on {data.name} ({split}, {len(images)} images): "

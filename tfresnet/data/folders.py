@@ -56,7 +56,7 @@ def _read_split(split_dir, class_names, image_size, every_class=True):
             try:
                 images.append(read_image(path, image_size))
             except UserError as err:
-                print(f"warning: skipping {path}: {err}", file=sys.stderr)
+                print(f"warning: {err} (skipped)", file=sys.stderr)
                 continue
             labels.append(label)
             count += 1

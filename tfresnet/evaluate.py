@@ -1,0 +1,155 @@
+"""``python -m tfresnet.evaluate``: test metrics of a trained model, with the details.
+
+Writes, next to the model (or into ``--out-dir``): ``evaluation.json`` (top-1, top-5,
+CIFAR-100 superclass accuracy, expected calibration error, most-confused pairs),
+``per_class_accuracy.csv`` and ``confusion_matrix.png`` (CIFAR-100 classes grouped by
+superclass so the 100x100 matrix stays readable).
+
+Example:
+    python -m tfresnet.evaluate saved_models/resnet18-cifar100-20261123-101500 --tta flip
+"""
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tfresnet.checkpoint import atomic_save_figure, atomic_write_text
+from tfresnet.errors import run_cli
+from tfresnet.inference import coarse_accuracy, load_run, predict_probabilities, topk_accuracy
+
+
+def expected_calibration_error(probabilities, labels, bins=15):
+    """ECE (Guo et al., arXiv 1706.04599): the support-weighted mean, over confidence bins,
+    of |accuracy - mean confidence|."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    error = 0.0
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            error += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(error)
+
+
+def confusion_matrix(labels, predicted, num_classes):
+    """``matrix[true, predicted]`` counts."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return matrix
+
+
+def most_confused(matrix, class_names, count=10):
+    """The ``count`` largest off-diagonal cells as ``{true, predicted, count}``."""
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:count]
+    pairs = []
+    for flat in order:
+        true, predicted = divmod(int(flat), matrix.shape[0])
+        if off[true, predicted] == 0:
+            break
+        pairs.append({"true": class_names[true], "predicted": class_names[predicted],
+                      "count": int(off[true, predicted])})
+    return pairs
+
+
+def plot_confusion(matrix, class_names, fine_to_coarse, title, path):
+    """Row-normalised confusion matrix; classes grouped by superclass when known."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    order = np.arange(len(class_names))
+    if fine_to_coarse is not None:
+        order = np.lexsort((order, fine_to_coarse))
+    rates = matrix[np.ix_(order, order)] / np.maximum(matrix.sum(axis=1)[order, None], 1)
+    size = max(6.0, 0.16 * len(class_names))
+    figure, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(rates, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    font = 10 if len(class_names) <= 20 else 5
+    names = [class_names[i] for i in order]
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=font)
+    ax.set_yticks(range(len(names)), names, fontsize=font)
+    if fine_to_coarse is not None:
+        groups = fine_to_coarse[order]
+        for boundary in np.flatnonzero(np.diff(groups)) + 0.5:
+            ax.axhline(boundary, color="white", linewidth=0.4)
+            ax.axvline(boundary, color="white", linewidth=0.4)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true" + (" (grouped by superclass)" if fine_to_coarse is not None else ""))
+    ax.set_title(title)
+    figure.colorbar(image, ax=ax, fraction=0.03, label="fraction of the true class")
+    figure.tight_layout()
+    atomic_save_figure(figure, path)
+    plt.close(figure)
+
+
+def evaluate(target, dataset=None, data_dir=None, tta=None, out_dir=None):
+    """Evaluates a run folder or model file; returns the evaluation dict."""
+    model, data, images, labels, split = load_run(target, dataset, data_dir)
+    probabilities = predict_probabilities(model, images)
+    if tta == "flip":
+        probabilities = (probabilities + predict_probabilities(model, images[:, :, ::-1])) / 2
+    predicted = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(labels, predicted, data.num_classes)
+    result = {
+        "model": str(target), "dataset": data.name, "split": split, "images": len(images),
+        "tta": tta, "top1": topk_accuracy(probabilities, labels, 1),
+        "top5": topk_accuracy(probabilities, labels, 5),
+        "expected_calibration_error": expected_calibration_error(probabilities, labels),
+        "most_confused": most_confused(matrix, data.class_names),
+    }
+    if data.fine_to_coarse is not None:
+        result["coarse_accuracy"] = coarse_accuracy(probabilities, labels, data.fine_to_coarse)
+
+    target = Path(target)
+    out_dir = Path(out_dir) if out_dir else (target if target.is_dir() else target.parent)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["class", "images", "correct", "accuracy"])
+    for index, name in enumerate(data.class_names):
+        support, correct = int(matrix[index].sum()), int(matrix[index, index])
+        writer.writerow([name, support, correct, f"{correct / support:.4f}" if support else ""])
+    atomic_write_text(out_dir / "per_class_accuracy.csv", rows.getvalue())
+    plot_confusion(matrix, data.class_names, data.fine_to_coarse,
+                   f"{model.backbone.name} on {data.name} ({split}): top-1 "
+                   f"{100 * result['top1']:.2f}%", out_dir / "confusion_matrix.png")
+    atomic_write_text(out_dir / "evaluation.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m tfresnet.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", help="run folder (with best.keras) or a .keras file")
+    parser.add_argument("--dataset", help="data set to evaluate on (default: the run's own)")
+    parser.add_argument("--data-dir", help="folder with the CIFAR pickles")
+    parser.add_argument("--tta", choices=["flip"], help="test-time augmentation")
+    parser.add_argument("--out-dir", help="where the reports go (default: beside the model)")
+    args = parser.parse_args(argv)
+    result = evaluate(args.target, args.dataset, args.data_dir, args.tta, args.out_dir)
+    print(f"{result['dataset']} {result['split']} ({result['images']} images): "
+          f"top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%"
+          + (f"  superclass {100 * result['coarse_accuracy']:.2f}%"
+             if "coarse_accuracy" in result else "")
+          + f"  ECE {result['expected_calibration_error']:.4f}")
+    for pair in result["most_confused"][:5]:
+        print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
+    return 0
+
+
+def cli():
+    sys.exit(run_cli("tfresnet.evaluate", main))
+
+
+if __name__ == "__main__":
+    cli()
+

@@ -1,0 +1,109 @@
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli
+from tfresnet.train import main as train_main
+from tfresnet.tune import main as tune_main
+from tfresnet.tune import steepest_descent
+
+SEARCH = ["--dataset", "digits", "--width", "0.0625", "--batch-size", "64",
+          "--epochs-per-trial", "1", "--max-trials", "3"]
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_random_search_writes_results_and_train_consumes_them(tmp_path):
+    assert tune_main([*SEARCH, "--output-dir", str(tmp_path), "--name", "s"]) == 0
+    out = tmp_path / "tune" / "s"
+    trials = rows(out / "trials.csv")
+    assert len(trials) == 3
+    assert all(1e-4 <= float(t["lr"]) <= 1 for t in trials)
+    best = max(trials, key=lambda t: float(t["best_val_accuracy"]))
+    hparams = json.loads((out / "best_hparams.json").read_text())
+    assert hparams["lr"] == pytest.approx(float(best["lr"]))
+    assert hparams["model"] == "resnet18"
+    assert (out / "lr_search.png").stat().st_size > 0
+
+    run = ["--dataset", "digits", "--width", "0.0625", "--epochs", "1", "--no-visualize",
+           "--no-tensorboard", "--output-dir", str(tmp_path), "--name", "from-tune",
+           "--hparams", str(out / "best_hparams.json")]
+    assert train_main(run) == 0
+    saved = json.loads((tmp_path / "from-tune" / "config.json").read_text())
+    assert saved["lr"] == pytest.approx(hparams["lr"])
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
+    args = [*SEARCH, "--output-dir", str(tmp_path), "--name", "k"]
+    out = tmp_path / "tune" / "k"
+    process = subprocess.Popen([sys.executable, "-m", "tfresnet.tune", *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = out / "trial_seconds.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not seconds.exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    first = json.loads(seconds.read_text())
+    assert len(first) < 3, "the kill should land before the search finished"
+
+    resumed = run_cli("tfresnet.tune", *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(rows(out / "trials.csv")) == 3
+    final = json.loads(seconds.read_text())
+    for trial_id, value in first.items():  # finished trials were not run again
+        assert final[trial_id] == value
+
+
+def test_lr_range_test_suggests_a_rate_inside_the_sweep(tmp_path):
+    args = ["--method", "lr-range", "--dataset", "digits", "--width", "0.125", "--batch-size",
+            "32", "--range-steps", "100", "--lr-min", "1e-4", "--lr-max", "10",
+            "--output-dir", str(tmp_path), "--name", "r"]
+    assert tune_main(args) == 0
+    out = tmp_path / "tune" / "r"
+    lr = json.loads((out / "best_hparams.json").read_text())["lr"]
+    assert 1e-4 < lr < 10
+    assert (out / "lr_range.png").stat().st_size > 0
+    assert len(rows(out / "lr_range.csv")) >= 20
+
+
+def test_steepest_descent_finds_the_fastest_fall():
+    import numpy as np
+
+    rates = np.logspace(-4, 0, 200)
+    losses = 3 - 2 / (1 + np.exp(-(np.log10(rates) + 2) * 4))  # falls fastest at 1e-2
+    losses[-20:] += np.linspace(0, 5, 20)  # divergence after the minimum
+    assert steepest_descent(rates, losses) == pytest.approx(1e-2, rel=0.15)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lr-min", "1", "--lr-max", "0.1"], "0 < --lr-min < --lr-max"),
+    (["--max-trials", "0"], "--max-trials and --epochs-per-trial must be positive"),
+    (["--search", "momentum"], "unknown hyperparameter(s) momentum"),
+    (["--tuner", "grid"], "invalid choice: 'grid'"),
+])
+def test_bad_search_settings(tmp_path, args, message):
+    result = run_cli("tfresnet.tune", "--dataset", "digits", "--output-dir", tmp_path, *args)
+    assert result.returncode == 2
+    assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_folder_of_another_search_space_is_refused(tmp_path):
+    assert tune_main([*SEARCH, "--max-trials", "1", "--output-dir", str(tmp_path),
+                      "--name", "x"]) == 0
+    before = (tmp_path / "tune" / "x" / "trials.csv").read_text()
+    from tfresnet.errors import UserError
+
+    with pytest.raises(UserError, match="holds a search with another setup .*search"):
+        tune_main([*SEARCH, "--max-trials", "1", "--output-dir", str(tmp_path), "--name", "x",
+                   "--search", "optimizer"])
+    assert (tmp_path / "tune" / "x" / "trials.csv").read_text() == before

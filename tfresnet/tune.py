@@ -1,0 +1,367 @@
+"""``python -m tfresnet.tune``: search the learning rate (and more), resumably.
+
+Two methods:
+  keras-tuner (default): random, Bayesian or Hyperband search over the learning rate
+      (log-uniform) and, with ``--search``, optimizer, l2, weight_decay, label_smoothing,
+      batch_size and augment. Every trial trains through the same model, loss, optimizer
+      and pipeline as ``tfresnet.train``; the objective is validation accuracy, never test.
+      Re-running the same command continues the search; ``--fresh`` starts over.
+  lr-range: one short run with the learning rate growing exponentially per step; the
+      suggested rate is where the smoothed loss falls fastest, before it diverges.
+
+Both write ``best_hparams.json``, which ``tfresnet.train --hparams`` consumes.
+
+Example:
+    python -m tfresnet.tune --max-trials 10 --epochs-per-trial 3 --subset 0.2
+    python -m tfresnet.tune --method lr-range --dataset cifar10
+    python -m tfresnet.train --hparams saved_models/tune/<name>/best_hparams.json
+"""
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import keras
+import keras_tuner as kt
+import numpy as np
+
+from tfresnet.checkpoint import atomic_save_figure, atomic_write_text
+from tfresnet.config import add_config_arguments, resolve_config
+from tfresnet.data.pipeline import Augmenter, make_eval_pipeline, make_train_pipeline, train_steps
+from tfresnet.data.splits import stratified_split
+from tfresnet.errors import UserError, run_cli
+from tfresnet.runtime import configure
+from tfresnet.train import build_model, load_data
+
+SEARCHABLE = ("optimizer", "l2", "weight_decay", "label_smoothing", "batch_size", "augment")
+TUNERS = ("random", "bayesian", "hyperband")
+
+
+class ResNetHyperModel(kt.HyperModel):
+    """Trials are `tfresnet.train` runs of ``base`` with the searched values substituted:
+    the same model, loss, optimizer and pipeline, no second code path.
+
+    Args:
+        base: the `TrainConfig` every trial starts from.
+        data: the (possibly subset) `Dataset`, with a validation split.
+        runtime: the resolved `tfresnet.runtime.Runtime`.
+        search: names from `SEARCHABLE` to search besides the learning rate.
+        lr_range: ``(low, high)`` of the log-uniform learning rate.
+    """
+
+    def __init__(self, base, data, runtime, search, lr_range):
+        super().__init__()
+        self.base = base
+        self.data = data
+        self.runtime = runtime
+        self.search = set(search)
+        self.lr_range = lr_range
+
+    def trial_config(self, hp):
+        """The `TrainConfig` of one trial; also declares the search space."""
+        search = self.search
+        values = {"lr": hp.Float("lr", *self.lr_range, sampling="log")}
+        if "optimizer" in search:
+            values["optimizer"] = hp.Choice("optimizer", ["sgd", "adam", "adamw"])
+        if "l2" in search:
+            values["l2"] = hp.Float("l2", 1e-5, 1e-2, sampling="log")
+        if "weight_decay" in search:
+            values["weight_decay"] = hp.Float("weight_decay", 1e-5, 1e-2, sampling="log")
+        if "label_smoothing" in search:
+            values["label_smoothing"] = hp.Float("label_smoothing", 0.0, 0.2, step=0.05)
+        if "batch_size" in search:
+            values["batch_size"] = hp.Choice("batch_size", [64, 128, 256])
+        if "augment" in search:
+            values["augment"] = hp.Choice("augment", ["none", "seed", "standard", "strong"])
+        if "tuner/epochs" in hp.values:  # Hyperband's budget for this trial
+            values["epochs"] = int(hp.values["tuner/epochs"])
+        return self.base.updated(values, "search space")
+
+    def build(self, hp):
+        config = self.trial_config(hp)
+        data = self.data
+        steps = train_steps(len(data.x_train), min(config.batch_size, len(data.x_train)))
+        with self.runtime.strategy.scope():
+            return build_model(config, data, steps, self.runtime)
+
+    def fit(self, hp, model, *args, **kwargs):
+        config = self.trial_config(hp)
+        data = self.data
+        batch = min(config.batch_size, len(data.x_train))
+        augmenter = Augmenter(config.augment, data.num_classes, config.seed)
+        train_data, steps = make_train_pipeline(data.x_train, data.y_train,
+                                                data.num_classes, batch, augmenter,
+                                                config.seed)
+        val_data = make_eval_pipeline(data.x_val, data.y_val, data.num_classes, batch)
+        return model.fit(train_data, steps_per_epoch=steps,
+                         epochs=kwargs.pop("epochs", config.epochs),
+                         initial_epoch=kwargs.pop("initial_epoch", 0),
+                         validation_data=val_data, callbacks=kwargs.get("callbacks"),
+                         shuffle=False, verbose=0)
+
+
+def make_tuner(kind, hypermodel, args, out_dir, runtime):
+    """The keras-tuner tuner, timing each trial into ``trial_seconds.json``."""
+    base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization,
+            "hyperband": kt.Hyperband}[kind]
+
+    class TimedTuner(base):
+        def run_trial(self, trial, *trial_args, **trial_kwargs):
+            start = time.perf_counter()
+            result = super().run_trial(trial, *trial_args, **trial_kwargs)
+            seconds_path = out_dir / "trial_seconds.json"
+            seconds = json.loads(seconds_path.read_text()) if seconds_path.exists() else {}
+            seconds[trial.trial_id] = round(time.perf_counter() - start, 2)
+            atomic_write_text(seconds_path, json.dumps(seconds, indent=2))
+            print(f"trial {trial.trial_id}: {json.dumps(trial.hyperparameters.values)} "
+                  f"in {seconds[trial.trial_id]:.1f}s", flush=True)
+            return result
+
+    options = {"objective": kt.Objective("val_accuracy", "max"), "seed": args.seed,
+               "directory": str(out_dir), "project_name": "keras_tuner",
+               "overwrite": args.fresh}
+    if runtime.strategy.num_replicas_in_sync > 1:
+        options["distribution_strategy"] = runtime.strategy
+    if kind == "hyperband":
+        options.update(max_epochs=args.epochs_per_trial, factor=3,
+                       max_retries_per_trial=0)
+        tuner = TimedTuner(hypermodel, **options)
+        tuner.oracle.max_trials = args.max_trials
+        return tuner
+    return TimedTuner(hypermodel, max_trials=args.max_trials, **options)
+
+
+def finished_trials(tuner):
+    return [t for t in tuner.oracle.trials.values()
+            if t.status == kt.engine.trial.TrialStatus.COMPLETED and t.score is not None]
+
+
+def write_search_results(tuner, out_dir, base, epochs_per_trial):
+    """trials.csv, lr_search.png and best_hparams.json from the finished trials."""
+    trials = sorted(finished_trials(tuner), key=lambda t: int(t.trial_id))
+    if not trials:
+        raise UserError("no trial finished; see the errors above")
+    seconds_path = out_dir / "trial_seconds.json"
+    seconds = json.loads(seconds_path.read_text()) if seconds_path.exists() else {}
+    keys = sorted({k for t in trials for k in t.hyperparameters.values
+                   if not k.startswith("tuner/")})
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["trial", *keys, "best_val_accuracy", "epochs", "seconds"])
+    for t in trials:
+        values = t.hyperparameters.values
+        writer.writerow([t.trial_id, *(values.get(k, "") for k in keys), f"{t.score:.4f}",
+                         values.get("tuner/epochs", epochs_per_trial), seconds.get(t.trial_id, "")])
+    atomic_write_text(out_dir / "trials.csv", out.getvalue())
+
+    best = max(trials, key=lambda t: t.score)
+    hparams = {"model": base.model, **{k: v for k, v in best.hyperparameters.values.items()
+                                       if not k.startswith("tuner/")}}
+    atomic_write_text(out_dir / "best_hparams.json", json.dumps(hparams, indent=2) + "\n")
+    _plot(out_dir / "lr_search.png", "learning rate", "best validation accuracy",
+          [t.hyperparameters.values["lr"] for t in trials], [t.score for t in trials],
+          marker=(best.hyperparameters.values["lr"], best.score),
+          title=f"{base.model} on {base.dataset}: {len(trials)} trials")
+    return hparams, trials
+
+
+def _plot(path, xlabel, ylabel, xs, ys, marker, title, line=False):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(xs, ys, "-" if line else "o", color="tab:blue", alpha=0.8)
+    ax.plot(*marker, "*", color="tab:red", markersize=16,
+            label=f"chosen: {marker[0]:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    figure.tight_layout()
+    atomic_save_figure(figure, path)
+    plt.close(figure)
+
+
+def lr_range_test(base, data, runtime, lr_range, steps, out_dir):
+    """Trains ``steps`` batches with the LR growing from ``lr_range[0]`` to ``[1]``;
+    returns the suggested LR (steepest fall of the smoothed loss before divergence)."""
+    low, high = lr_range
+    schedule = keras.optimizers.schedules.ExponentialDecay(low, max(1, steps - 1), high / low)
+    batch = min(base.batch_size, len(data.x_train))
+    with runtime.strategy.scope():
+        model = build_model(base, data, steps, runtime)
+        model.optimizer.learning_rate = schedule
+    augmenter = Augmenter(base.augment, data.num_classes, base.seed)
+    train_data, _ = make_train_pipeline(data.x_train, data.y_train, data.num_classes, batch,
+                                        augmenter, base.seed)
+    record = []
+
+    class Recorder(keras.callbacks.Callback):
+        # One step per "epoch", so the logged loss is that batch's alone.
+        def on_epoch_end(self, epoch, logs=None):
+            record.append((float(schedule(epoch)), float(logs["loss"])))
+            smoothed = _smooth([loss for _, loss in record])
+            if not math.isfinite(record[-1][1]) or smoothed[-1] > 4 * min(smoothed):
+                self.model.stop_training = True
+
+    model.fit(train_data, steps_per_epoch=1, epochs=steps, callbacks=[Recorder()],
+              shuffle=False, verbose=0)
+    rates = np.array([lr for lr, _ in record])
+    smoothed = np.array(_smooth([loss for _, loss in record]))
+    finite = np.isfinite(smoothed)
+    rates, smoothed = rates[finite], smoothed[finite]
+    suggestion = steepest_descent(rates, smoothed)
+    out = io.StringIO()
+    out.write("step,lr,loss,smoothed_loss\n")
+    for step, ((lr, loss), smooth) in enumerate(zip(record, _smooth([v for _, v in record]))):
+        out.write(f"{step},{lr:.6g},{loss:.6g},{smooth:.6g}\n")
+    atomic_write_text(out_dir / "lr_range.csv", out.getvalue())
+    _plot(out_dir / "lr_range.png", "learning rate", "smoothed training loss", rates, smoothed,
+          marker=(suggestion, smoothed[int(np.argmin(np.abs(rates - suggestion)))]),
+          title=f"LR range test: {base.model} on {base.dataset}, {len(record)} steps",
+          line=True)
+    return suggestion
+
+
+def steepest_descent(rates, losses):
+    """The rate where the loss falls fastest per log-step of the rate, before its minimum.
+
+    Slopes are taken over a window of ``n/15`` steps and the first tenth of the sweep is
+    ignored, so the noise of the first steps cannot win.
+    """
+    lowest = int(np.argmin(losses))
+    start = len(losses) // 10
+    window = max(2, len(losses) // 15)
+    if lowest - start < 2 * window:
+        raise UserError("the loss never fell steadily; widen the range (lower --lr-min) or "
+                        "use more --range-steps")
+    log_rates = np.log(rates)
+    centres = np.arange(start + window, lowest - window + 1)
+    slopes = ((losses[centres + window] - losses[centres - window])
+              / (log_rates[centres + window] - log_rates[centres - window]))
+    return float(rates[centres[int(np.argmin(slopes))]])
+
+
+def _smooth(values, beta=0.98):
+    """Bias-corrected exponential moving average."""
+    average, out = 0.0, []
+    for i, value in enumerate(values, start=1):
+        average = beta * average + (1 - beta) * value
+        out.append(average / (1 - beta**i))
+    return out
+
+
+def subset(data, fraction, seed):
+    """Keeps a stratified ``fraction`` of the training split (validation untouched)."""
+    if fraction >= 1.0:
+        return data
+    _, kept = stratified_split(data.y_train, max(data.num_classes,
+                                                 round(fraction * len(data.y_train))), seed)
+    data.x_train, data.y_train = data.x_train[kept], data.y_train[kept]
+    if data.coarse_train is not None:
+        data.coarse_train = data.coarse_train[kept]
+    return data
+
+
+def check_arguments(args):
+    low, high = args.lr_min, args.lr_max
+    if not (0 < low < high):
+        raise UserError(f"the learning-rate range must satisfy 0 < --lr-min < --lr-max. "
+                        f"Received: {low} .. {high}")
+    if args.max_trials <= 0 or args.epochs_per_trial <= 0 or args.range_steps < 10:
+        raise UserError("--max-trials and --epochs-per-trial must be positive and "
+                        "--range-steps at least 10")
+    if not 0 < args.subset <= 1:
+        raise UserError(f"--subset must be in (0, 1]. Received: {args.subset}")
+    unknown = sorted(set(args.search) - set(SEARCHABLE))
+    if unknown:
+        raise UserError(f"unknown hyperparameter(s) {', '.join(unknown)}; searchable: lr "
+                        f"(always) and {', '.join(SEARCHABLE)}")
+
+
+def tune(args, base):
+    """Runs the chosen method; returns the best hyper-parameters written."""
+    check_arguments(args)
+    name = args.name or f"{base.model}-{Path(base.dataset).name}"
+    out_dir = Path(base.output_dir) / "tune" / name
+    space = {"method": args.method, "tuner": args.tuner, "search": sorted(args.search),
+             "lr_range": [args.lr_min, args.lr_max], "base": base.to_dict(),
+             "subset": args.subset, "epochs_per_trial": args.epochs_per_trial}
+    space_path = out_dir / "search.json"
+    if space_path.exists() and not args.fresh:
+        saved = json.loads(space_path.read_text())
+        if saved != space:
+            changed = sorted(k for k in space if saved.get(k) != space[k])
+            raise UserError(f"{out_dir} holds a search with another setup ({', '.join(changed)}"
+                            "); use another --name, or --fresh to start over")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(space_path, json.dumps(space, indent=2) + "\n")
+    runtime = configure(base)
+    data = subset(load_data(base), args.subset, base.seed)
+    if not len(data.x_val):
+        raise UserError("tuning needs a validation split; drop --val-size 0")
+    lr_range = (args.lr_min, args.lr_max)
+    if args.method == "lr-range":
+        suggestion = lr_range_test(base, data, runtime, lr_range, args.range_steps, out_dir)
+        hparams = {"model": base.model, "lr": suggestion}
+        atomic_write_text(out_dir / "best_hparams.json", json.dumps(hparams, indent=2) + "\n")
+        print(f"suggested learning rate: {suggestion:.3g}")
+    else:
+        hypermodel = ResNetHyperModel(base, data, runtime, args.search, lr_range)
+        tuner = make_tuner(args.tuner, hypermodel, args, out_dir, runtime)
+        tuner.search()
+        hparams, trials = write_search_results(tuner, out_dir, base, args.epochs_per_trial)
+        print(f"{len(trials)} trials; best: {json.dumps(hparams)}")
+    print(f"results: {out_dir}")
+    return hparams
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m tfresnet.tune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    search = parser.add_argument_group("search")
+    search.add_argument("--method", choices=["keras-tuner", "lr-range"], default="keras-tuner")
+    search.add_argument("--tuner", choices=TUNERS, default="random")
+    search.add_argument("--search", nargs="*", default=[], metavar="NAME",
+                        help=f"also search these: {', '.join(SEARCHABLE)}")
+    search.add_argument("--lr-min", type=float, default=1e-4)
+    search.add_argument("--lr-max", type=float, default=1.0)
+    search.add_argument("--max-trials", type=int, default=10)
+    search.add_argument("--epochs-per-trial", type=int, default=3)
+    search.add_argument("--range-steps", type=int, default=200,
+                        help="steps of the LR range test")
+    search.add_argument("--subset", type=float, default=1.0,
+                        help="fraction of the training set to search on")
+    search.add_argument("--fresh", action="store_true", help="restart the search")
+    parser.add_argument("--config", metavar="FILE", help="JSON file of base settings")
+    add_config_arguments(parser)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    args.hparams = None
+    base = resolve_config(args)
+    args.seed, args.name = base.seed, base.name
+    base = base.updated({"epochs": args.epochs_per_trial, "visualize": False,
+                         "tensorboard": False}, "tune")
+    tune(args, base)
+    return 0
+
+
+def cli():
+    sys.exit(run_cli("tfresnet.tune", main))
+
+
+if __name__ == "__main__":
+    cli()
+

@@ -111,16 +111,20 @@ def make_tuner(kind, hypermodel, args, out_dir, runtime):
             "hyperband": kt.Hyperband}[kind]
 
     class TimedTuner(base):
-        def run_trial(self, trial, *trial_args, **trial_kwargs):
-            start = time.perf_counter()
-            result = super().run_trial(trial, *trial_args, **trial_kwargs)
+        # Seconds are recorded after the oracle has saved the trial as finished, so a
+        # trial listed in trial_seconds.json is never run again on resume.
+        def on_trial_begin(self, trial):
+            self._trial_start = time.perf_counter()
+            super().on_trial_begin(trial)
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
             seconds_path = out_dir / "trial_seconds.json"
             seconds = json.loads(seconds_path.read_text()) if seconds_path.exists() else {}
-            seconds[trial.trial_id] = round(time.perf_counter() - start, 2)
+            seconds[trial.trial_id] = round(time.perf_counter() - self._trial_start, 2)
             atomic_write_text(seconds_path, json.dumps(seconds, indent=2))
             print(f"trial {trial.trial_id}: {json.dumps(trial.hyperparameters.values)} "
                   f"in {seconds[trial.trial_id]:.1f}s", flush=True)
-            return result
 
     options = {"objective": kt.Objective("val_accuracy", "max"), "seed": args.seed,
                "directory": str(out_dir), "project_name": "keras_tuner",

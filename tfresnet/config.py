@@ -33,12 +33,22 @@ class TrainConfig:
     width: float = _field(1.0, "channel width multiplier", "model")
     dropout: float = _field(0.0, "dropout before the classifier", "model")
     zero_init_residual: bool = _field(False, "zero the last BN gamma of each block", "model")
+    transfer: str = _field("none", "pretrained backbone mode (scratch: same net, random "
+                           "weights)", "transfer", ["none", "scratch", "frozen", "finetune",
+                                                    "two-stage"])
+    weights: str | None = _field(None, "'imagenet' or a local .weights.h5/.h5/.keras file",
+                                 "transfer")
+    backbone_lr: float = _field(0.1, "backbone LR multiplier (finetune, two-stage)",
+                                "transfer")
+    head_epochs: int = _field(3, "two-stage: epochs training only the head", "transfer")
     # Data
     dataset: str = _field("cifar100", "cifar100, cifar10, digits or an image folder", "data")
     data_dir: str | None = _field(None, "folder with (or for) the CIFAR pickles", "data")
     val_size: int | None = _field(
         None, "validation images held out of training (default 10%%; 0 = none)", "data")
-    image_size: int | None = _field(None, "square input size for image folders", "data")
+    image_size: int | None = _field(
+        None, "model input side: image folders are decoded at it, pretrained backbones "
+        "resize to it inside the model (default 64 for folders, 224 for transfer)", "data")
     augment: str = _field("standard", "preset (none, seed, standard, strong) or spec", "data")
     augment_on: str = _field("auto", "where augmentation runs (auto: device on a GPU)",
                              "data", ["auto", "host", "device"])
@@ -110,6 +120,12 @@ class TrainConfig:
             raise UserError("--steps-per-execution must be >= 0 (0 = auto)")
         if self.image_size is not None and self.image_size < 8:
             raise UserError(f"--image-size must be at least 8. Received: {self.image_size}")
+        if self.transfer == "scratch" and self.weights:
+            raise UserError("--transfer scratch trains from random weights; drop --weights")
+        if self.transfer in ("frozen", "finetune", "two-stage") and not self.weights:
+            raise UserError(f"--transfer {self.transfer} needs --weights imagenet or a file")
+        if self.head_epochs < 0 or self.backbone_lr < 0:
+            raise UserError("--head-epochs and --backbone-lr must be >= 0")
         for field in dataclasses.fields(self):
             choices = field.metadata["choices"]
             if choices and getattr(self, field.name) not in choices:

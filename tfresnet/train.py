@@ -22,7 +22,8 @@ from tfresnet.data.pipeline import Augmenter, make_eval_pipeline, make_train_pip
 from tfresnet.errors import UserError, run_cli
 from tfresnet.inference import test_metrics
 from tfresnet.losses import cross_entropy
-from tfresnet.models import Classifier, get_model
+from tfresnet.models import Classifier, TransferNet, get_model
+from tfresnet.models.transfer import load_pretrained
 from tfresnet.optim import make_optimizer
 from tfresnet.runtime import configure, versions
 
@@ -49,17 +50,34 @@ def load_data(config):
                         seed=config.seed, image_size=size)
 
 
+def make_backbone(config, num_classes):
+    """The network from the registry, or a pretrained backbone with a new head."""
+    pretrained = config.model.endswith("_imagenet")
+    if config.transfer == "none":
+        if pretrained:
+            raise UserError(f"{config.model} is a pretrained backbone: choose --transfer "
+                            "frozen, finetune, two-stage or scratch")
+        options = {"width": config.width}
+        if config.model.startswith("resnet"):
+            options.update(stem=config.stem, zero_init_residual=config.zero_init_residual)
+        if config.dropout:
+            options["dropout"] = config.dropout
+        return get_model(config.model, num_classes, **options)
+    frozen = config.transfer == "frozen"
+    return TransferNet(config.model.removesuffix("_imagenet"), num_classes,
+                       image_size=config.image_size or 224, dropout=config.dropout,
+                       frozen_base=frozen, trainable_base=not frozen)
+
+
 def build_model(config, data: Dataset, steps_per_epoch, runtime):
     """The compiled `Classifier` for ``config`` (call under the strategy's scope)."""
-    backbone_options = {"width": config.width}
-    if config.model.startswith("resnet"):
-        backbone_options.update(stem=config.stem, zero_init_residual=config.zero_init_residual)
-    if config.dropout:
-        backbone_options["dropout"] = config.dropout
-    backbone = get_model(config.model, data.num_classes, **backbone_options)
-    model = Classifier(backbone, data.mean, data.std, data.class_names, data.image_size,
-                       l2=config.l2, l2_on=config.l2_on, dataset=config.dataset,
-                       name=f"{config.model}_classifier")
+    backbone = make_backbone(config, data.num_classes)
+    # Pretrained backbones bring their own preprocessing; the others use the data's stats.
+    own_stats = isinstance(backbone, TransferNet)
+    model = Classifier(backbone, [0.0] * 3 if own_stats else data.mean,
+                       [1.0] * 3 if own_stats else data.std, data.class_names,
+                       data.image_size, l2=config.l2, l2_on=config.l2_on,
+                       dataset=config.dataset, name=f"{config.model}_classifier")
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch),
         loss=cross_entropy(config.label_smoothing),
@@ -71,6 +89,27 @@ def build_model(config, data: Dataset, steps_per_epoch, runtime):
     model(data.x_train[:1])
     model.optimizer.build(model.trainable_variables)
     return model
+
+
+class TransferStages(keras.callbacks.Callback):
+    """Sets the backbone's training mode at each epoch: two-stage trains only the head
+    (backbone fixed, BN in inference mode) for ``head_epochs``, then everything with the
+    backbone's updates scaled by ``backbone_lr``; finetune scales them from the start."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def on_epoch_begin(self, epoch, logs=None):
+        head_only = self.config.transfer == "two-stage" and epoch < self.config.head_epochs
+        multiplier = 0.0 if head_only else self.config.backbone_lr
+        backbone = self.model.backbone
+        if (backbone.frozen_base, self.model.base_lr_multiplier) != (head_only, multiplier):
+            backbone.frozen_base = head_only
+            self.model.base_lr_multiplier = multiplier
+            self.model.make_train_function(force=True)
+            if epoch == self.config.head_epochs and self.config.transfer == "two-stage":
+                print(f"epoch {epoch + 1}: unfreezing the backbone (LR x {multiplier})")
 
 
 def _run_dir(config):
@@ -141,6 +180,8 @@ def make_callbacks(config, run_dir, rows, data, runtime):
                            guard=guard, title=f"{config.model} on {config.dataset}",
                            write=runtime.is_chief)
     callbacks = [guard, recorder]
+    if config.transfer in ("finetune", "two-stage"):
+        callbacks.insert(0, TransferStages(config))
     if config.tensorboard and runtime.is_chief:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"),
                                                      profile_batch=0))
@@ -160,7 +201,12 @@ def train(config: TrainConfig, fresh=False):
     augmenter = Augmenter(config.augment, data.num_classes, config.seed)
     with runtime.strategy.scope():
         model = build_model(config, data, steps, runtime)
-    start_epoch = _restore(model, run_dir, steps) if resuming else 0
+    if resuming:
+        start_epoch = _restore(model, run_dir, steps)
+    else:
+        start_epoch = 0
+        if config.weights:
+            load_pretrained(model.backbone, config.weights)
     rows = [r for r in read_history(run_dir / "history.csv") if r["epoch"] <= start_epoch]
     if start_epoch >= config.epochs:
         print(f"{run_dir}: all {config.epochs} epochs already done")
@@ -175,7 +221,8 @@ def train(config: TrainConfig, fresh=False):
     val_data = (make_eval_pipeline(data.x_val, data.y_val, data.num_classes, batch)
                 if len(data.x_val) else None)
     callbacks = make_callbacks(config, run_dir, rows, data, runtime)
-    guard, recorder = callbacks[0], callbacks[1]
+    guard = next(c for c in callbacks if isinstance(c, NanGuard))
+    recorder = next(c for c in callbacks if isinstance(c, RunRecorder))
     start = time.perf_counter()
     if start_epoch < config.epochs:
         model.fit(train_data, steps_per_epoch=steps, epochs=config.epochs,

@@ -13,6 +13,7 @@ from tfresnet.models.resnet import (
     resnet101,
     resnet152,
 )
+from tfresnet.models.transfer import TransferNet
 
 _REGISTRY = {
     "resnet18": resnet18,
@@ -23,6 +24,10 @@ _REGISTRY = {
     "vgg16": vgg16,
     "small_cnn": small_cnn,
 }
+# Keras Applications' ImageNet ResNets with a new head (see `tfresnet.models.transfer`).
+for _arch in ("resnet50", "resnet101", "resnet152", "resnet50v2", "resnet101v2", "resnet152v2"):
+    _REGISTRY[f"{_arch}_imagenet"] = (
+        lambda num_classes, _arch=_arch, **options: TransferNet(_arch, num_classes, **options))
 
 
 def list_models():
@@ -52,7 +57,7 @@ def get_model(name, num_classes, **options):
 
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "Classifier", "ResNet", "SmallCNN", "VGG",
+    "BasicBlock", "Bottleneck", "Classifier", "ResNet", "SmallCNN", "TransferNet", "VGG",
     "get_model", "list_models", "resnet18", "resnet34", "resnet50", "resnet101",
     "resnet152", "small_cnn", "vgg16",
 ]

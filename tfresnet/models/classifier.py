@@ -40,8 +40,9 @@ class Classifier(keras.Model):
         self.dataset = dataset
         self.ce_tracker = keras.metrics.Mean(name="ce")
         self.l2_tracker = keras.metrics.Mean(name="l2")
-        # Set by training to augment batches inside the compiled train step (on the device).
-        self.train_augmenter = None
+        # Training state, not part of the saved model: set by `tfresnet.train`.
+        self.train_augmenter = None  # augments batches inside the compiled train step
+        self.base_lr_multiplier = None  # scales the pretrained backbone's updates
 
     def call(self, inputs, training=None):
         x = keras.ops.cast(inputs, "float32")
@@ -51,7 +52,16 @@ class Classifier(keras.Model):
     def train_step(self, data):
         if self.train_augmenter is not None:
             data = self.train_augmenter(data[0], data[1], self.optimizer.iterations)
-        return super().train_step(data)
+        if self.base_lr_multiplier is None:
+            return super().train_step(data)
+        # A per-layer learning rate for any optimizer: the pretrained backbone's update is
+        # scaled by the multiplier after the step (0 keeps it fixed).
+        base = self.backbone.base.trainable_variables
+        before = [keras.ops.copy(v) for v in base]  # snapshots, not references
+        logs = super().train_step(data)
+        for variable, old in zip(base, before):
+            variable.assign(old + self.base_lr_multiplier * (variable - old))
+        return logs
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         ce = super().compute_loss(x, y, y_pred, sample_weight, training)

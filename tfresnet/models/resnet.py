@@ -178,6 +178,8 @@ class ResNet(keras.Model):
         width: multiplier of every stage's channels (64, 128, 256, 512 at 1.0).
         zero_init_residual: zero the last BN gamma of every block.
         dropout: dropout rate before the classifier (0 = none).
+        include_top: False drops the classifier: the model returns pooled features
+            (``num_features`` wide), as a backbone for `TransferNet`.
 
     Example:
         >>> model = ResNet("basic", (2, 2, 2, 2), num_classes=100, stem="cifar")
@@ -185,7 +187,8 @@ class ResNet(keras.Model):
     """
 
     def __init__(self, block="basic", stage_blocks=(2, 2, 2, 2), num_classes=1000,
-                 stem="cifar", width=1.0, zero_init_residual=False, dropout=0.0, **kwargs):
+                 stem="cifar", width=1.0, zero_init_residual=False, dropout=0.0,
+                 include_top=True, **kwargs):
         if block not in BLOCKS:
             raise UserError(f"unknown block {block!r}; choose one of {', '.join(BLOCKS)}")
         if stem not in STEMS:
@@ -202,6 +205,7 @@ class ResNet(keras.Model):
         self.width = width
         self.zero_init_residual = zero_init_residual
         self.dropout = dropout
+        self.include_top = include_top
 
         use_bias = stem == "seed"
         stem_channels = max(1, round(64 * width))
@@ -237,9 +241,9 @@ class ResNet(keras.Model):
         self.num_features = in_channels
 
         self.pool = layers.GlobalAveragePooling2D(name="pool")
-        self.drop = layers.Dropout(dropout, name="dropout") if dropout else None
+        self.drop = layers.Dropout(dropout, name="dropout") if dropout and include_top else None
         # Logits in float32 even under mixed precision, for a stable softmax.
-        self.fc = layers.Dense(num_classes, dtype="float32", name="fc")
+        self.fc = layers.Dense(num_classes, dtype="float32", name="fc") if include_top else None
 
     def features(self, inputs, training=None):
         """The pooled penultimate features, ``(batch, num_features)``."""
@@ -256,6 +260,8 @@ class ResNet(keras.Model):
 
     def call(self, inputs, training=None):
         x = self.features(inputs, training=training)
+        if self.fc is None:
+            return x
         if self.drop is not None:
             x = self.drop(x, training=training)
         return self.fc(x)
@@ -263,6 +269,7 @@ class ResNet(keras.Model):
     def get_config(self):
         config = super().get_config()
         config.update(
+            include_top=self.include_top,
             block=self.block,
             stage_blocks=list(self.stage_blocks),
             num_classes=self.num_classes,

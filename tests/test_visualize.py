@@ -43,14 +43,19 @@ def test_cells_hold_their_images_with_the_right_border_and_order():
         assert row_conf == sorted(row_conf, reverse=True)
 
 
-def test_per_row_limit_keeps_the_most_confident():
+def test_per_row_limit_top_and_spread():
     images, labels, probabilities, names = fixture(count=60)
-    _, _, placement = draw_predictions(images, labels, probabilities, names, "h", per_row=2)
     predicted = probabilities.argmax(axis=1)
+    _, _, top = draw_predictions(images, labels, probabilities, names, "h", per_row=3,
+                                 select="top")
+    _, _, spread = draw_predictions(images, labels, probabilities, names, "h", per_row=3)
     for row in range(3):
         members = np.flatnonzero(predicted == row)
-        best = members[np.argsort(-probabilities[members, row])][:2]
-        assert [placement[(row, c)] for c in range(2)] == list(best)
+        ranked = members[np.argsort(-probabilities[members, row], kind="stable")]
+        assert [top[(row, c)] for c in range(3)] == list(ranked[:3])
+        # Most confident, the middle one and the least confident, in that order.
+        middle = ranked[round((len(ranked) - 1) / 2)]
+        assert [spread[(row, c)] for c in range(3)] == [ranked[0], middle, ranked[-1]]
 
 
 @pytest.mark.slow

@@ -62,12 +62,24 @@ def make_layout(class_names, counts, image_size, per_row=None, max_width=4000):
     return Layout(image_size, per_row, label_width, len(class_names))
 
 
+def pick(ranked, count, select):
+    """``count`` of the confidence-ranked indices: the first ones (``"top"``) or evenly
+    spaced ranks from most to least confident (``"spread"``), order kept."""
+    if len(ranked) <= count:
+        return ranked
+    if select == "top":
+        return ranked[:count]
+    return ranked[np.unique(np.linspace(0, len(ranked) - 1, count).round().astype(int))]
+
+
 def draw_predictions(images, labels, probabilities, class_names, header, per_row=None,
-                     scale=2):
+                     scale=2, select="spread"):
     """Draws the picture; returns ``(BGR image, layout, placement)``.
 
     ``placement[(row, column)]`` is the index of the image drawn there. Rows are predicted
-    classes; each row holds its most confident images first.
+    classes, ordered by confidence; a row with more images than fit shows the most
+    confident (``select="top"``) or a sample spread over the whole confidence range
+    (``"spread"``, so the doubtful -- often red -- end of the row is visible too).
     """
     if len(images) != len(probabilities):
         raise ValueError("one probability row per image is needed")
@@ -79,14 +91,16 @@ def draw_predictions(images, labels, probabilities, class_names, header, per_row
     layout = make_layout(class_names, [len(m) for m in members], size, per_row)
     canvas = np.full(layout.shape, 24, np.uint8)
     cv2.putText(canvas, header, (10, 28), FONT, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
-    cv2.putText(canvas, "rows: predicted class, most confident first; green frame = correct, "
-                "red = wrong", (10, 52), FONT, 0.5, (200, 200, 200), 1, cv2.LINE_AA)
+    legend = ("rows: predicted class, most confident first" +
+              ("" if select == "top" else " (sampled across the confidence range)") +
+              "; green frame = correct, red = wrong")
+    cv2.putText(canvas, legend, (10, 52), FONT, 0.5, (200, 200, 200), 1, cv2.LINE_AA)
     placement = {}
     for row, indices in enumerate(members):
         top = HEADER_HEIGHT + row * layout.cell
         cv2.putText(canvas, class_names[row], (8, top + layout.cell // 2 + 5), FONT, 0.5,
                     (255, 255, 255), 1, cv2.LINE_AA)
-        for column, index in enumerate(indices[: layout.per_row]):
+        for column, index in enumerate(pick(indices, layout.per_row, select)):
             y, x = layout.origin(row, column)
             colour = GREEN if predicted[index] == labels[index] else RED
             cv2.rectangle(canvas, (x - BORDER, y - BORDER),
@@ -97,7 +111,8 @@ def draw_predictions(images, labels, probabilities, class_names, header, per_row
     return canvas, layout, placement
 
 
-def draw_run(target, dataset=None, data_dir=None, out=None, per_row=None, scale=2):
+def draw_run(target, dataset=None, data_dir=None, out=None, per_row=None, scale=2,
+             select="spread"):
     """Draws ``test_visualisation.png`` for a run folder or model; returns its path."""
     from tfresnet.inference import load_run, predict_probabilities, topk_accuracy
 
@@ -107,7 +122,7 @@ def draw_run(target, dataset=None, data_dir=None, out=None, per_row=None, scale=
     header = (f"{model.backbone.name} on {data.name} ({split}, {len(images)} images): "
               f"accuracy {100 * accuracy:.2f}%")
     picture, _, _ = draw_predictions(images, labels, probabilities, model.class_names, header,
-                                     per_row, scale)
+                                     per_row, scale, select)
     target = Path(target)
     out = Path(out) if out else (target if target.is_dir() else target.parent) / \
         "test_visualisation.png"
@@ -126,12 +141,16 @@ def main(argv=None):
                                       "the model)")
     parser.add_argument("--per-row", type=int, help="images per row (default: fit 4000 px)")
     parser.add_argument("--scale", type=int, default=2, help="upscaling of each image")
+    parser.add_argument("--select", choices=["spread", "top"], default="spread",
+                        help="which images a full row shows: spread over the confidence "
+                             "range, or the most confident")
     args = parser.parse_args(argv)
     if args.per_row is not None and args.per_row <= 0:
         raise UserError(f"--per-row must be positive. Received: {args.per_row}")
     if args.scale <= 0 or args.scale > 16:
         raise UserError(f"--scale must be between 1 and 16. Received: {args.scale}")
-    draw_run(args.target, args.dataset, args.data_dir, args.out, args.per_row, args.scale)
+    draw_run(args.target, args.dataset, args.data_dir, args.out, args.per_row, args.scale,
+             args.select)
     return 0
 
 

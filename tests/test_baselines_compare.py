@@ -1,0 +1,65 @@
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY, run_cli
+from tfresnet.baselines import knn_sweep
+from tfresnet.baselines import main as baselines_main
+from tfresnet.compare import main as compare_main
+from tfresnet.train import main as train_main
+
+
+def test_knn_is_exact_on_separable_data_and_k_comes_from_validation():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 10.0], [0.0, 10.0]])
+    y_train = np.repeat(np.arange(3), 200)
+    x_train = centres[y_train] + rng.normal(0, 0.5, (600, 2))
+    y_val = np.arange(3).repeat(5)
+    x_val = centres[y_val] + rng.normal(0, 0.5, (15, 2))
+    table, best = knn_sweep(x_train, y_train, x_val, y_val, k_values=(1, 3, 5))
+    assert all(r["val_accuracy"] == 1.0 for r in table)
+    assert best["k"] == 1  # ties go to the smallest k
+
+    # Label noise next to each validation point: k=1 copies the noise, k=5 votes it away.
+    noisy_x = np.concatenate([x_train, x_val + 1e-4])
+    noisy_y = np.concatenate([y_train, (y_val + 1) % 3])
+    table, best = knn_sweep(noisy_x, noisy_y, x_val, y_val, k_values=(1, 5))
+    by_k = {(r["metric"], r["k"]): r["val_accuracy"] for r in table}
+    assert by_k[("euclidean", 1)] == 0.0 and by_k[("euclidean", 5)] == 1.0
+    assert best["k"] == 5
+
+
+def test_knn_cli_on_digits_writes_a_comparable_summary(tmp_path):
+    assert baselines_main(["knn", "--dataset", "digits", "--output-dir", str(tmp_path),
+                           "--name", "knn"]) == 0
+    summary = json.loads((tmp_path / "knn" / "summary.json").read_text())
+    assert summary["test_accuracy"] > 0.9  # kNN is strong on the clean digits
+    assert {"best_val_accuracy", "test_accuracy", "test_top5", "wall_seconds"} <= set(summary)
+    assert len(summary["validation_sweep"]) == 2 * 8
+
+
+def test_compare_runs_and_baselines(tmp_path):
+    assert train_main([*TINY, "--epochs", "2", "--output-dir", str(tmp_path), "--name", "a"]) == 0
+    assert baselines_main(["linear", "--dataset", "digits", "--output-dir", str(tmp_path),
+                           "--name", "lin"]) == 0
+    out = tmp_path / "cmp"
+    assert compare_main([str(tmp_path / "a"), str(tmp_path / "lin"), "--out-dir", str(out)]) == 0
+    table = (out / "comparison.md").read_text().splitlines()
+    assert len(table) == 4 and table[2].startswith("| a | resnet18 | digits")
+    assert "linear (raw pixels)" in table[3]
+    assert (out / "comparison.png").stat().st_size > 0
+    assert (out / "comparison.csv").read_text().count("\n") == 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["tfresnet.baselines", "svm"], "invalid choice: 'svm'"),
+    (["tfresnet.baselines", "knn", "--dataset", "nowhere"], "unknown data set 'nowhere'"),
+    (["tfresnet.baselines", "knn", "--dataset", "digits", "--train-subset", "0"],
+     "--train-subset must be positive"),
+    (["tfresnet.compare", "missing-run"], "has no summary.json"),
+])
+def test_bad_input(tmp_path, args, message):
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr.strip().splitlines()[-1]

@@ -1,0 +1,117 @@
+"""``python -m tfresnet.compare``: several runs side by side -- one table, one plot.
+
+Reads each run's ``summary.json`` (training runs and baselines alike) and, where present,
+its ``history.csv``. Writes ``comparison.md``, ``comparison.csv`` and ``comparison.png``
+(validation accuracy against epoch and against wall time) into ``--out-dir``.
+
+Example:
+    python -m tfresnet.compare saved_models/r18-scratch saved_models/r18-finetune \\
+        saved_models/knn-cifar10 --out-dir saved_models/comparison
+"""
+
+import argparse
+import csv
+import io
+import json
+import sys
+from itertools import accumulate
+from pathlib import Path
+
+from tfresnet.callbacks import read_history
+from tfresnet.checkpoint import atomic_save_figure, atomic_write_text
+from tfresnet.errors import UserError, run_cli
+
+COLUMNS = ("run", "model", "dataset", "transfer", "epochs", "best_val_accuracy",
+           "test_accuracy", "test_top5", "wall_seconds", "train_images_per_second")
+
+
+def load_runs(paths):
+    """``(row, history)`` for each run folder; a folder without summary.json is an error."""
+    runs = []
+    for path in map(Path, paths):
+        summary_path = path / "summary.json"
+        if not summary_path.is_file():
+            raise UserError(f"{path} has no summary.json; give finished run folders")
+        try:
+            summary = json.loads(summary_path.read_text())
+        except ValueError as err:
+            raise UserError(f"{summary_path} is not valid JSON ({err})")
+        config = summary.get("config", {})
+        row = {"run": path.name,
+               "model": summary.get("model") or config.get("model", "?"),
+               "dataset": summary.get("dataset") or config.get("dataset", "?"),
+               "transfer": config.get("transfer", ""),
+               **{k: summary.get(k) for k in COLUMNS[4:]}}
+        runs.append((row, read_history(path / "history.csv")))
+    return runs
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return f"{100 * value:.2f}%" if value <= 1 else f"{value:,.1f}"
+    return "" if value is None else str(value)
+
+
+def write_table(runs, out_dir):
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row, _ in runs]
+    atomic_write_text(out_dir / "comparison.md", "\n".join(lines) + "\n")
+    out = io.StringIO()
+    writer = csv.DictWriter(out, COLUMNS)
+    writer.writeheader()
+    writer.writerows(row for row, _ in runs)
+    atomic_write_text(out_dir / "comparison.csv", out.getvalue())
+    return lines
+
+
+def plot(runs, out_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for row, history in runs:
+        points = [r for r in history if "val_accuracy" in r]
+        if points:
+            minutes = list(accumulate(r["seconds"] / 60 for r in history))
+            epochs = [r["epoch"] for r in points]
+            elapsed = [minutes[history.index(r)] for r in points]
+            accuracy = [r["val_accuracy"] for r in points]
+            by_epoch.plot(epochs, accuracy, "-o", markersize=3, label=row["run"])
+            by_time.plot(elapsed, accuracy, "-o", markersize=3, label=row["run"])
+        elif row["best_val_accuracy"] is not None:  # a baseline without epochs
+            by_epoch.axhline(row["best_val_accuracy"], linestyle="--", color="gray")
+            by_epoch.annotate(row["run"], (0, row["best_val_accuracy"]), fontsize=8)
+    by_epoch.set_xlabel("epoch")
+    by_time.set_xlabel("wall time (minutes)")
+    by_epoch.set_ylabel("validation accuracy")
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3)
+    by_time.legend(fontsize=8)
+    figure.tight_layout()
+    atomic_save_figure(figure, out_dir / "comparison.png")
+    plt.close(figure)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m tfresnet.compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run folders (with summary.json)")
+    parser.add_argument("--out-dir", default="comparison", help="where the outputs go")
+    args = parser.parse_args(argv)
+    runs = load_runs(args.runs)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print("\n".join(write_table(runs, out_dir)))
+    plot(runs, out_dir)
+    print(f"written to {out_dir}/comparison.md, .csv, .png")
+    return 0
+
+
+def cli():
+    sys.exit(run_cli("tfresnet.compare", main))
+
+
+if __name__ == "__main__":
+    cli()

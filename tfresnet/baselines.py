@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tfresnet.checkpoint import atomic_write_text
-from tfresnet.errors import UserError, run_cli
+from tfresnet.errors import ArgumentParser, UserError, run_cli
 from tfresnet.inference import topk_accuracy
 
 K_VALUES = (1, 3, 5, 7, 10, 15, 20, 30)
@@ -142,7 +142,7 @@ def classical_baseline(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m tfresnet.baselines", description=__doc__,
+    parser = ArgumentParser(prog="python -m tfresnet.baselines", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("method", choices=["knn", "linear", "cnn"])
     return parser
@@ -155,7 +155,7 @@ def main(argv=None):
         from tfresnet.train import main as train_main
 
         return train_main(["--model", "small_cnn", *argv[1:]])
-    parser = argparse.ArgumentParser(prog=f"python -m tfresnet.baselines {method}")
+    parser = ArgumentParser(prog=f"python -m tfresnet.baselines {method}")
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--data-dir")
     parser.add_argument("--val-size", type=int)

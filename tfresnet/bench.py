@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from tfresnet.errors import UserError, run_cli
+from tfresnet.errors import ArgumentParser, UserError, run_cli
 
 PIPELINE_PRESETS = ("standard", "strong")
 
@@ -235,7 +235,7 @@ def run(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m tfresnet.bench", description=__doc__,
+    parser = ArgumentParser(prog="python -m tfresnet.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", action="store_true", help="measure the input pipeline")
     parser.add_argument("--train", action="store_true", help="measure training (model.fit)")

@@ -1,11 +1,19 @@
 """One-line errors for user mistakes, and the wrapper every CLI runs under."""
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
 
 
 class UserError(ValueError):
     """A mistake the user can fix: printed as one line, exit status 2, no traceback."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: a bad flag is a `UserError`, not a usage dump."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
 
 
 def run_cli(prog: str, main: Callable[[Sequence[str] | None], int], argv=None) -> int:

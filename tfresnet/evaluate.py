@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tfresnet.checkpoint import atomic_save_figure, atomic_write_text
-from tfresnet.errors import run_cli
+from tfresnet.errors import ArgumentParser, run_cli
 from tfresnet.inference import coarse_accuracy, load_run, predict_probabilities, topk_accuracy
 
 
@@ -127,7 +127,7 @@ def evaluate(target, dataset=None, data_dir=None, tta=None, out_dir=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tfresnet.evaluate", description=__doc__,
+    parser = ArgumentParser(prog="python -m tfresnet.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", help="run folder (with best.keras) or a .keras file")
     parser.add_argument("--dataset", help="data set to evaluate on (default: the run's own)")

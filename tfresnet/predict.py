@@ -17,7 +17,7 @@ import numpy as np
 
 from tfresnet.checkpoint import atomic_write_text, load_model
 from tfresnet.data.folders import read_image
-from tfresnet.errors import UserError, run_cli
+from tfresnet.errors import ArgumentParser, UserError, run_cli
 from tfresnet.inference import predict_probabilities
 
 
@@ -62,7 +62,7 @@ def predict(model_path, target, top_k=5):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tfresnet.predict", description=__doc__,
+    parser = ArgumentParser(prog="python -m tfresnet.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="run folder (with best.keras) or a .keras file")
     parser.add_argument("images", help="an image file or a folder of images")

@@ -34,7 +34,7 @@ from tfresnet.checkpoint import atomic_save_figure, atomic_write_text
 from tfresnet.config import add_config_arguments, resolve_config
 from tfresnet.data.pipeline import Augmenter, make_eval_pipeline, make_train_pipeline, train_steps
 from tfresnet.data.splits import stratified_split
-from tfresnet.errors import UserError, run_cli
+from tfresnet.errors import ArgumentParser, UserError, run_cli
 from tfresnet.runtime import configure
 from tfresnet.train import build_model, load_data
 
@@ -330,7 +330,7 @@ def tune(args, base):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m tfresnet.tune", description=__doc__,
+    parser = ArgumentParser(prog="python -m tfresnet.tune", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     search = parser.add_argument_group("search")
     search.add_argument("--method", choices=["keras-tuner", "lr-range"], default="keras-tuner")

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from tfresnet.checkpoint import atomic_write_image
-from tfresnet.errors import UserError, run_cli
+from tfresnet.errors import ArgumentParser, UserError, run_cli
 
 GREEN = (60, 180, 60)  # BGR
 RED = (40, 40, 220)
@@ -132,7 +132,7 @@ def draw_run(target, dataset=None, data_dir=None, out=None, per_row=None, scale=
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tfresnet.visualize", description=__doc__,
+    parser = ArgumentParser(prog="python -m tfresnet.visualize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", help="run folder (with best.keras) or a .keras file")
     parser.add_argument("--dataset", help="data set to show (default: the run's own)")

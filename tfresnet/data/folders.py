@@ -13,7 +13,21 @@ import numpy as np
 
 from tfresnet.errors import UserError
 
-MAX_PIXELS = 50_000_000  # refuse images larger than this (decompression bombs)
+MAX_PIXELS = 50_000_000  # refused before decoding (decompression bombs)
+
+
+def _header_pixels(path):
+    """Width x height from the file header alone (Pillow reads headers lazily), or None
+    when Pillow does not know the format (OpenCV may still)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size[0] * image.size[1]
+    except Image.DecompressionBombError:  # Pillow's own limit, far above ours
+        return MAX_PIXELS + 1
+    except Exception:  # unknown or broken header: leave the verdict to OpenCV
+        return None
 
 
 def read_image(path, image_size=None):
@@ -25,13 +39,15 @@ def read_image(path, image_size=None):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such image file: {path}")
+    pixels = _header_pixels(path)
+    if pixels is not None and pixels > MAX_PIXELS:
+        raise UserError(f"{path} has more than the {MAX_PIXELS:,} pixels allowed; "
+                        "downscale it first")
     data = np.fromfile(path, np.uint8)
-    header = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_8) if data.size else None
-    if header is None:
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
         raise UserError(f"{path} is not an image OpenCV can read; remove or replace it")
-    if header.shape[0] * header.shape[1] * 64 > MAX_PIXELS:
-        raise UserError(f"{path} is larger than {MAX_PIXELS:,} pixels; downscale it first")
-    image = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if image_size is not None and image.shape[:2] != tuple(image_size):
         image = cv2.resize(image, (image_size[1], image_size[0]), interpolation=cv2.INTER_AREA)
     return image

@@ -88,10 +88,9 @@ class RunRecorder(keras.callbacks.Callback):
         has_validation: without a validation split the last epoch is the best.
         guard: the `NanGuard`, whose verdict suppresses saving.
         title: title of the curves plot.
-        write: False on non-chief workers (they only compute).
     """
 
-    def __init__(self, run_dir, epochs, rows, has_validation, guard, title, write=True):
+    def __init__(self, run_dir, epochs, rows, has_validation, guard, title):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.epochs = epochs
@@ -99,7 +98,6 @@ class RunRecorder(keras.callbacks.Callback):
         self.has_validation = has_validation
         self.guard = guard
         self.title = title
-        self.write = write
         self.best = max((r.get("val_accuracy", -1.0) for r in self.rows), default=-1.0)
         self.train_seconds = 0.0
         self.trained_epochs = 0
@@ -125,8 +123,7 @@ class RunRecorder(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, "lr": logs["lr"], "seconds": round(seconds, 3)}
         row.update({k: float(v) for k, v in logs.items() if k in HISTORY_FIELDS and k != "lr"})
         self.rows.append(row)
-        if self.write:
-            self._save(row)
+        self._save(row)
         self._print_summary(row)
 
     def _save(self, row):

@@ -173,16 +173,15 @@ def _restore(model, run_dir, steps_per_epoch):
     return int(model.optimizer.iterations.numpy()) // steps_per_epoch
 
 
-def make_callbacks(config, run_dir, rows, data, runtime):
+def make_callbacks(config, run_dir, rows, data):
     """The callbacks of a run: NaN guard first, recorder, then TensorBoard."""
     guard = NanGuard()
     recorder = RunRecorder(run_dir, config.epochs, rows, has_validation=len(data.x_val) > 0,
-                           guard=guard, title=f"{config.model} on {config.dataset}",
-                           write=runtime.is_chief)
+                           guard=guard, title=f"{config.model} on {config.dataset}")
     callbacks = [guard, recorder]
     if config.transfer in ("finetune", "two-stage"):
         callbacks.insert(0, TransferStages(config))
-    if config.tensorboard and runtime.is_chief:
+    if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"),
                                                      profile_batch=0))
     return callbacks
@@ -191,8 +190,8 @@ def make_callbacks(config, run_dir, rows, data, runtime):
 def train(config: TrainConfig, fresh=False):
     """Runs (or resumes) one training run; returns its summary dict."""
     config.validate()
-    run_dir, resuming = prepare_run_dir(config, fresh)
     runtime = configure(config)
+    run_dir, resuming = prepare_run_dir(config, fresh)
     data = load_data(config)
     atomic_write_text(run_dir / "class_indices.json",
                       json.dumps(dict(enumerate(data.class_names)), indent=2) + "\n")
@@ -215,12 +214,11 @@ def train(config: TrainConfig, fresh=False):
 
     on_device = config.augment_on == "device" or (config.augment_on == "auto" and runtime.jit)
     model.train_augmenter = augmenter if (on_device and augmenter) else None
-    train_data, _ = make_train_pipeline(data.x_train, data.y_train, data.num_classes, batch,
-                                        None if on_device else augmenter, config.seed,
-                                        start_epoch)
+    train_data = _train_data(config, data, batch, None if on_device else augmenter,
+                             start_epoch, runtime.strategy)
     val_data = (make_eval_pipeline(data.x_val, data.y_val, data.num_classes, batch)
                 if len(data.x_val) else None)
-    callbacks = make_callbacks(config, run_dir, rows, data, runtime)
+    callbacks = make_callbacks(config, run_dir, rows, data)
     guard = next(c for c in callbacks if isinstance(c, NanGuard))
     recorder = next(c for c in callbacks if isinstance(c, RunRecorder))
     start = time.perf_counter()
@@ -232,8 +230,6 @@ def train(config: TrainConfig, fresh=False):
         raise UserError(f"the loss became NaN or infinite in epoch {guard.bad_epoch}; "
                         f"{run_dir}/best.keras and last.keras hold the last good epoch. "
                         "Lower --lr (or raise --warmup-epochs) and rerun with --fresh")
-    if not runtime.is_chief:
-        return {}
     summary = summarize(config, run_dir, data, runtime, recorder,
                         wall_seconds=time.perf_counter() - start, images=batch * steps)
     if config.visualize and data.x_test is not None:
@@ -241,6 +237,20 @@ def train(config: TrainConfig, fresh=False):
 
         draw_run(run_dir)
     return summary
+
+
+def _train_data(config, data, batch, augmenter, start_epoch, strategy):
+    """The training stream; under tf.distribute each input pipeline (worker) yields its
+    replicas' parts of every global batch."""
+    def pipeline(split=None):
+        return make_train_pipeline(data.x_train, data.y_train, data.num_classes, batch,
+                                   augmenter, config.seed, start_epoch, split)[0]
+
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
+        return pipeline()
+    return strategy.distribute_datasets_from_function(lambda context: pipeline(
+        (replicas, context.num_input_pipelines, context.input_pipeline_id)))
 
 
 def summarize(config, run_dir, data, runtime, recorder, wall_seconds, images):

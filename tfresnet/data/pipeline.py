@@ -246,12 +246,18 @@ def train_steps(num_images, batch_size):
 
 
 def make_train_pipeline(images, labels, num_classes, batch_size, augmenter=None, seed=0,
-                        start_epoch=0):
+                        start_epoch=0, split=None):
     """An endless stream of training batches, epoch after epoch from ``start_epoch``.
 
     Each epoch is a fresh permutation drawn from ``(seed, epoch)``; batch ``i`` of epoch
     ``e`` is global step ``e * steps + i``, the number its augmentation is seeded with.
     With ``augmenter=None`` batches are raw uint8 (augment later, on the device).
+
+    Args:
+        split: ``(replicas, pipelines, pipeline_id)`` under tf.distribute: every global
+            batch is cut into ``replicas`` equal parts, and this input pipeline (one per
+            worker) yields its own ``replicas / pipelines`` parts, one per local replica.
+            The union over workers is exactly the single-process global batch.
 
     Returns:
         ``(dataset, steps_per_epoch)``; pass both to ``model.fit``.
@@ -261,19 +267,29 @@ def make_train_pipeline(images, labels, num_classes, batch_size, augmenter=None,
     count = len(images)
     batch = min(batch_size, count)
     steps = train_steps(count, batch)
+    replicas, pipelines, pipeline_id = split or (1, 1, 0)
+    if batch % replicas:
+        raise UserError(f"the global batch {batch} must divide evenly over {replicas} replicas")
+    local = replicas // pipelines
+    part = batch // replicas
     pixels = tf.constant(images)
     targets = tf.constant(labels, tf.int32)
 
     def epoch_indices(epoch):
         keys = tf.random.stateless_uniform([count], tf.stack([tf.constant(seed, tf.int64), epoch]))
-        order = tf.reshape(tf.argsort(keys)[: steps * batch], [steps, batch])
-        first_step = epoch * steps
-        return tf.data.Dataset.from_tensor_slices(order).enumerate(start=first_step)
+        order = tf.reshape(tf.argsort(keys)[: steps * batch], [steps, pipelines, local, part])
+        order = tf.reshape(order[:, pipeline_id], [steps * local, part])
+        # Element k is replica (k % local) of global step (epoch * steps + k // local).
+        first = epoch * steps * local
+        return tf.data.Dataset.from_tensor_slices(order).enumerate(start=first)
 
-    def load(step, index):
+    def load(element, index):
         x = tf.gather(pixels, index)
         y = tf.one_hot(tf.gather(targets, index), num_classes)
         if augmenter:
+            step = element // local
+            if replicas > 1:
+                step = step * replicas + pipeline_id * local + element % local
             return augmenter(x, y, step)
         return x, y
 

@@ -6,6 +6,7 @@ raw 0-255 pixels, so ``predict`` never has to re-guess the preprocessing.
 """
 
 import keras
+import tensorflow as tf
 
 from tfresnet.losses import l2_penalty, l2_variables
 
@@ -64,12 +65,15 @@ class Classifier(keras.Model):
         return logs
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # Under tf.distribute Keras divides the compiled loss by the number of replicas
+        # (their gradients are summed); the L2 term must be divided the same way.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         ce = super().compute_loss(x, y, y_pred, sample_weight, training)
         l2 = l2_penalty(l2_variables(self.backbone, self.l2_on), self.l2)
         batch = keras.ops.shape(y_pred)[0]
-        self.ce_tracker.update_state(ce, sample_weight=batch)
+        self.ce_tracker.update_state(ce * replicas, sample_weight=batch)
         self.l2_tracker.update_state(l2, sample_weight=batch)
-        return ce + l2
+        return ce + l2 / replicas
 
     def get_config(self):
         config = super().get_config()

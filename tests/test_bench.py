@@ -2,7 +2,6 @@ import json
 
 import pytest
 
-from conftest import run_cli
 from tfresnet.bench import build_parser, run
 from tfresnet.errors import UserError
 
@@ -39,10 +38,3 @@ def test_json_has_every_field_and_counts_images(tmp_path):
 def test_nonsense_settings_are_refused(args, message):
     with pytest.raises(UserError, match=message):
         run(build_parser().parse_args(args))
-
-
-def test_cli_error_is_one_line():
-    result = run_cli("tfresnet.bench", "--batch-size", "-4")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "tfresnet.bench: error: --batch-size must be positive. Received: [-4]"]

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 
-from conftest import run_cli
 from tfresnet.callbacks import read_history
 
 # Splits the CPU into two logical devices before TensorFlow starts, then runs train's main.
@@ -38,10 +37,3 @@ def test_mirrored_on_two_devices_matches_one_device(tmp_path):
         # Same global batch, same data order: the curves agree to float32 reduction order.
         for key in ("loss", "ce", "l2", "accuracy"):
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), key
-
-
-def test_multiworker_is_refused_with_the_upstream_reason(tmp_path):
-    result = run_cli("tfresnet.train", "--dataset", "digits", "--strategy", "multiworker",
-                     "--output-dir", tmp_path)
-    assert result.returncode == 2
-    assert "keras-team/keras#20585" in result.stderr.strip().splitlines()[-1]

@@ -47,7 +47,7 @@ def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
     out = tmp_path / "tune" / "k"
     process = subprocess.Popen([sys.executable, "-m", "tfresnet.tune", *args],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    seconds = out / "trial_seconds.json"
+    seconds = out / "trial_stats.json"
     deadline = time.time() + 120
     while time.time() < deadline and not seconds.exists():
         time.sleep(0.05)
@@ -83,18 +83,6 @@ def test_steepest_descent_finds_the_fastest_fall():
     losses = 3 - 2 / (1 + np.exp(-(np.log10(rates) + 2) * 4))  # falls fastest at 1e-2
     losses[-20:] += np.linspace(0, 5, 20)  # divergence after the minimum
     assert steepest_descent(rates, losses) == pytest.approx(1e-2, rel=0.15)
-
-
-@pytest.mark.parametrize("args,message", [
-    (["--lr-min", "1", "--lr-max", "0.1"], "0 < --lr-min < --lr-max"),
-    (["--max-trials", "0"], "--max-trials and --epochs-per-trial must be positive"),
-    (["--search", "momentum"], "unknown hyperparameter(s) momentum"),
-    (["--tuner", "grid"], "invalid choice: 'grid'"),
-])
-def test_bad_search_settings(tmp_path, args, message):
-    result = run_cli("tfresnet.tune", "--dataset", "digits", "--output-dir", tmp_path, *args)
-    assert result.returncode == 2
-    assert message in result.stderr.strip().splitlines()[-1]
 
 
 def test_folder_of_another_search_space_is_refused(tmp_path):

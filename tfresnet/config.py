@@ -126,6 +126,16 @@ class TrainConfig:
             raise UserError(f"--transfer {self.transfer} needs --weights imagenet or a file")
         if self.head_epochs < 0 or self.backbone_lr < 0:
             raise UserError("--head-epochs and --backbone-lr must be >= 0")
+        from tfresnet.models import list_models
+        from tfresnet.models.transfer import ARCHITECTURES
+
+        # Checked here, before any data is loaded or downloaded.
+        if self.model not in list_models():
+            raise UserError(f"unknown model {self.model!r}; choose one of "
+                            f"{', '.join(list_models())}")
+        if self.transfer != "none" and self.model.removesuffix("_imagenet") not in ARCHITECTURES:
+            raise UserError(f"no pretrained variant of {self.model!r}; --transfer works with "
+                            f"{', '.join(ARCHITECTURES)} (and their _imagenet names)")
         for field in dataclasses.fields(self):
             choices = field.metadata["choices"]
             if choices and getattr(self, field.name) not in choices:

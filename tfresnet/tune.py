@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -106,25 +107,27 @@ class ResNetHyperModel(kt.HyperModel):
 
 
 def make_tuner(kind, hypermodel, args, out_dir, runtime):
-    """The keras-tuner tuner, timing each trial into ``trial_seconds.json``."""
+    """The keras-tuner tuner, recording each trial's seconds and the process's resident
+    memory after it into ``trial_stats.json``."""
     base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization,
             "hyperband": kt.Hyperband}[kind]
 
     class TimedTuner(base):
-        # Seconds are recorded after the oracle has saved the trial as finished, so a
-        # trial listed in trial_seconds.json is never run again on resume.
+        # Stats are recorded after the oracle has saved the trial as finished, so a trial
+        # listed in trial_stats.json is never run again on resume.
         def on_trial_begin(self, trial):
             self._trial_start = time.perf_counter()
             super().on_trial_begin(trial)
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
-            seconds_path = out_dir / "trial_seconds.json"
-            seconds = json.loads(seconds_path.read_text()) if seconds_path.exists() else {}
-            seconds[trial.trial_id] = round(time.perf_counter() - self._trial_start, 2)
-            atomic_write_text(seconds_path, json.dumps(seconds, indent=2))
+            stats_path = out_dir / "trial_stats.json"
+            stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+            stats[trial.trial_id] = {"seconds": round(time.perf_counter() - self._trial_start, 2),
+                                     "rss_mb": resident_memory_mb()}
+            atomic_write_text(stats_path, json.dumps(stats, indent=2))
             print(f"trial {trial.trial_id}: {json.dumps(trial.hyperparameters.values)} "
-                  f"in {seconds[trial.trial_id]:.1f}s", flush=True)
+                  f"{stats[trial.trial_id]}", flush=True)
 
     options = {"objective": kt.Objective("val_accuracy", "max"), "seed": args.seed,
                "directory": str(out_dir), "project_name": "keras_tuner",
@@ -140,6 +143,15 @@ def make_tuner(kind, hypermodel, args, out_dir, runtime):
     return TimedTuner(hypermodel, max_trials=args.max_trials, **options)
 
 
+def resident_memory_mb():
+    """Current resident memory of this process (Linux /proc), in MB."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
 def finished_trials(tuner):
     return [t for t in tuner.oracle.trials.values()
             if t.status == kt.engine.trial.TrialStatus.COMPLETED and t.score is not None]
@@ -150,17 +162,19 @@ def write_search_results(tuner, out_dir, base, epochs_per_trial):
     trials = sorted(finished_trials(tuner), key=lambda t: int(t.trial_id))
     if not trials:
         raise UserError("no trial finished; see the errors above")
-    seconds_path = out_dir / "trial_seconds.json"
-    seconds = json.loads(seconds_path.read_text()) if seconds_path.exists() else {}
+    stats_path = out_dir / "trial_stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
     keys = sorted({k for t in trials for k in t.hyperparameters.values
                    if not k.startswith("tuner/")})
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["trial", *keys, "best_val_accuracy", "epochs", "seconds"])
+    writer.writerow(["trial", *keys, "best_val_accuracy", "epochs", "seconds", "rss_mb"])
     for t in trials:
         values = t.hyperparameters.values
+        trial_stats = stats.get(t.trial_id, {})
         writer.writerow([t.trial_id, *(values.get(k, "") for k in keys), f"{t.score:.4f}",
-                         values.get("tuner/epochs", epochs_per_trial), seconds.get(t.trial_id, "")])
+                         values.get("tuner/epochs", epochs_per_trial),
+                         trial_stats.get("seconds", ""), trial_stats.get("rss_mb", "")])
     atomic_write_text(out_dir / "trials.csv", out.getvalue())
 
     best = max(trials, key=lambda t: t.score)

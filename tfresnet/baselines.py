@@ -16,7 +16,6 @@ Example:
     python -m tfresnet.baselines cnn --dataset cifar10 --epochs 10
 """
 
-import argparse
 import json
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tfresnet.checkpoint import atomic_write_text
-from tfresnet.errors import ArgumentParser, UserError, run_cli
+from tfresnet.errors import ArgumentParser, UserError, command_parser, run_cli
 from tfresnet.inference import topk_accuracy
 
 K_VALUES = (1, 3, 5, 7, 10, 15, 20, 30)
@@ -142,8 +141,7 @@ def classical_baseline(args):
 
 
 def build_parser():
-    parser = ArgumentParser(prog="python -m tfresnet.baselines", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("tfresnet.baselines", __doc__)
     parser.add_argument("method", choices=["knn", "linear", "cnn"])
     return parser
 

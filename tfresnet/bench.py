@@ -11,7 +11,6 @@ Example:
     python -m tfresnet.bench --train --precision mixed_float16 --jit on --batch-size 512
 """
 
-import argparse
 import json
 import os
 import resource
@@ -21,7 +20,7 @@ import time
 
 import numpy as np
 
-from tfresnet.errors import ArgumentParser, UserError, run_cli
+from tfresnet.errors import UserError, command_parser, run_cli
 
 PIPELINE_PRESETS = ("standard", "strong")
 
@@ -235,8 +234,7 @@ def run(args):
 
 
 def build_parser():
-    parser = ArgumentParser(prog="python -m tfresnet.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("tfresnet.bench", __doc__)
     parser.add_argument("--pipeline", action="store_true", help="measure the input pipeline")
     parser.add_argument("--train", action="store_true", help="measure training (model.fit)")
     parser.add_argument("--inference", action="store_true", help="measure inference")

@@ -9,7 +9,6 @@ Example:
         saved_models/knn-cifar10 --out-dir saved_models/comparison
 """
 
-import argparse
 import csv
 import io
 import json
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from tfresnet.callbacks import read_history
 from tfresnet.checkpoint import atomic_save_figure, atomic_write_text
-from tfresnet.errors import ArgumentParser, UserError, run_cli
+from tfresnet.errors import UserError, command_parser, run_cli
 
 COLUMNS = ("run", "model", "dataset", "transfer", "epochs", "best_val_accuracy",
            "test_accuracy", "test_top5", "wall_seconds", "train_images_per_second")
@@ -95,8 +94,7 @@ def plot(runs, out_dir):
 
 
 def main(argv=None):
-    parser = ArgumentParser(prog="python -m tfresnet.compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("tfresnet.compare", __doc__)
     parser.add_argument("runs", nargs="+", help="run folders (with summary.json)")
     parser.add_argument("--out-dir", default="comparison", help="where the outputs go")
     args = parser.parse_args(argv)

@@ -16,6 +16,12 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see --help)")
 
 
+def command_parser(module, doc):
+    """The parser of ``python -m module``, its module docstring as the help text."""
+    return ArgumentParser(prog=f"python -m {module}", description=doc,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def run_cli(prog: str, main: Callable[[Sequence[str] | None], int], argv=None) -> int:
     """Runs ``main(argv)``, turning a `UserError` into ``prog: error: message`` on stderr."""
     try:

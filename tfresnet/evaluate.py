@@ -9,7 +9,6 @@ Example:
     python -m tfresnet.evaluate saved_models/resnet18-cifar100-20261123-101500 --tta flip
 """
 
-import argparse
 import csv
 import io
 import json
@@ -19,8 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from tfresnet.checkpoint import atomic_save_figure, atomic_write_text
-from tfresnet.errors import ArgumentParser, run_cli
-from tfresnet.inference import coarse_accuracy, load_run, predict_probabilities, topk_accuracy
+from tfresnet.errors import command_parser, run_cli
+from tfresnet.inference import (
+    add_run_arguments,
+    coarse_accuracy,
+    load_run,
+    predict_probabilities,
+    topk_accuracy,
+)
 
 
 def expected_calibration_error(probabilities, labels, bins=15):
@@ -127,11 +132,8 @@ def evaluate(target, dataset=None, data_dir=None, tta=None, out_dir=None):
 
 
 def main(argv=None):
-    parser = ArgumentParser(prog="python -m tfresnet.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", help="run folder (with best.keras) or a .keras file")
-    parser.add_argument("--dataset", help="data set to evaluate on (default: the run's own)")
-    parser.add_argument("--data-dir", help="folder with the CIFAR pickles")
+    parser = command_parser("tfresnet.evaluate", __doc__)
+    add_run_arguments(parser)
     parser.add_argument("--tta", choices=["flip"], help="test-time augmentation")
     parser.add_argument("--out-dir", help="where the reports go (default: beside the model)")
     args = parser.parse_args(argv)

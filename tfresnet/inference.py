@@ -61,6 +61,13 @@ def test_metrics(model, images, labels, fine_to_coarse=None, batch_size=256):
     return metrics
 
 
+def add_run_arguments(parser):
+    """The arguments of a command that loads a run: target, --dataset, --data-dir."""
+    parser.add_argument("target", help="run folder (with best.keras) or a .keras file")
+    parser.add_argument("--dataset", help="data set to use (default: the run's own)")
+    parser.add_argument("--data-dir", help="folder with the CIFAR pickles")
+
+
 def load_run(target, dataset=None, data_dir=None, split="test"):
     """The model of a run folder or ``.keras`` file and the labelled images to show.
 

@@ -8,7 +8,6 @@ Example:
     python -m tfresnet.predict best.keras photos/ --json photos.json
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 
 from tfresnet.checkpoint import atomic_write_text, load_model
 from tfresnet.data.folders import read_image
-from tfresnet.errors import ArgumentParser, UserError, run_cli
+from tfresnet.errors import UserError, command_parser, run_cli
 from tfresnet.inference import predict_probabilities
 
 
@@ -62,8 +61,7 @@ def predict(model_path, target, top_k=5):
 
 
 def main(argv=None):
-    parser = ArgumentParser(prog="python -m tfresnet.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("tfresnet.predict", __doc__)
     parser.add_argument("model", help="run folder (with best.keras) or a .keras file")
     parser.add_argument("images", help="an image file or a folder of images")
     parser.add_argument("--top-k", type=int, default=5)

@@ -6,7 +6,6 @@ Example:
     python -m tfresnet.train --dataset digits --epochs 5 --name demo
 """
 
-import argparse
 import json
 import sys
 import time
@@ -19,7 +18,7 @@ from tfresnet.checkpoint import atomic_write_text, load_model
 from tfresnet.config import TrainConfig, add_config_arguments, resolve_config
 from tfresnet.data import Dataset, load_dataset
 from tfresnet.data.pipeline import Augmenter, make_eval_pipeline, make_train_pipeline, train_steps
-from tfresnet.errors import ArgumentParser, UserError, run_cli
+from tfresnet.errors import UserError, command_parser, run_cli
 from tfresnet.inference import test_metrics
 from tfresnet.losses import cross_entropy
 from tfresnet.models import Classifier, TransferNet, get_model
@@ -32,9 +31,7 @@ RESUMABLE_CHANGES = {"epochs", "tensorboard", "visualize", "name", "output_dir"}
 
 
 def build_parser():
-    parser = ArgumentParser(
-        prog="python -m tfresnet.train", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("tfresnet.train", __doc__)
     parser.add_argument("--config", metavar="FILE", help="JSON file of settings (see experiments/)")
     parser.add_argument("--hparams", metavar="FILE", help="best_hparams.json from tfresnet.tune")
     parser.add_argument("--fresh", action="store_true",

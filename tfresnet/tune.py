@@ -17,7 +17,6 @@ Example:
     python -m tfresnet.train --hparams saved_models/tune/<name>/best_hparams.json
 """
 
-import argparse
 import csv
 import io
 import json
@@ -35,7 +34,7 @@ from tfresnet.checkpoint import atomic_save_figure, atomic_write_text
 from tfresnet.config import add_config_arguments, resolve_config
 from tfresnet.data.pipeline import Augmenter, make_eval_pipeline, make_train_pipeline, train_steps
 from tfresnet.data.splits import stratified_split
-from tfresnet.errors import ArgumentParser, UserError, run_cli
+from tfresnet.errors import UserError, command_parser, run_cli
 from tfresnet.runtime import configure
 from tfresnet.train import build_model, load_data
 
@@ -344,8 +343,7 @@ def tune(args, base):
 
 
 def build_parser():
-    parser = ArgumentParser(prog="python -m tfresnet.tune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("tfresnet.tune", __doc__)
     search = parser.add_argument_group("search")
     search.add_argument("--method", choices=["keras-tuner", "lr-range"], default="keras-tuner")
     search.add_argument("--tuner", choices=TUNERS, default="random")

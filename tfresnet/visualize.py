@@ -9,7 +9,6 @@ Example:
     python -m tfresnet.visualize best.keras --dataset cifar10 --per-row 30 --scale 3
 """
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -18,7 +17,8 @@ import cv2
 import numpy as np
 
 from tfresnet.checkpoint import atomic_write_image
-from tfresnet.errors import ArgumentParser, UserError, run_cli
+from tfresnet.errors import UserError, command_parser, run_cli
+from tfresnet.inference import add_run_arguments
 
 GREEN = (60, 180, 60)  # BGR
 RED = (40, 40, 220)
@@ -132,11 +132,8 @@ def draw_run(target, dataset=None, data_dir=None, out=None, per_row=None, scale=
 
 
 def main(argv=None):
-    parser = ArgumentParser(prog="python -m tfresnet.visualize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", help="run folder (with best.keras) or a .keras file")
-    parser.add_argument("--dataset", help="data set to show (default: the run's own)")
-    parser.add_argument("--data-dir", help="folder with the CIFAR pickles")
+    parser = command_parser("tfresnet.visualize", __doc__)
+    add_run_arguments(parser)
     parser.add_argument("--out", help="output PNG (default: test_visualisation.png beside "
                                       "the model)")
     parser.add_argument("--per-row", type=int, help="images per row (default: fit 4000 px)")

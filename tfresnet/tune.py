@@ -29,6 +29,7 @@ from pathlib import Path
 import keras
 import keras_tuner as kt
 import numpy as np
+import tensorflow as tf
 
 from tfresnet.checkpoint import atomic_save_figure, atomic_write_text
 from tfresnet.config import add_config_arguments, resolve_config
@@ -58,6 +59,10 @@ class ResNetHyperModel(kt.HyperModel):
         super().__init__()
         self.base = base
         self.data = data
+        # The arrays become tensors once for the whole search: converting them again in
+        # every trial's pipeline made the process grow by their size per trial.
+        self.tensors = [tf.constant(a) for a in (data.x_train, data.y_train, data.x_val,
+                                                 data.y_val)]
         self.runtime = runtime
         self.search = set(search)
         self.lr_range = lr_range
@@ -94,10 +99,10 @@ class ResNetHyperModel(kt.HyperModel):
         data = self.data
         batch = min(config.batch_size, len(data.x_train))
         augmenter = Augmenter(config.augment, data.num_classes, config.seed)
-        train_data, steps = make_train_pipeline(data.x_train, data.y_train,
-                                                data.num_classes, batch, augmenter,
-                                                config.seed)
-        val_data = make_eval_pipeline(data.x_val, data.y_val, data.num_classes, batch)
+        x_train, y_train, x_val, y_val = self.tensors
+        train_data, steps = make_train_pipeline(x_train, y_train, data.num_classes, batch,
+                                                augmenter, config.seed)
+        val_data = make_eval_pipeline(x_val, y_val, data.num_classes, batch)
         return model.fit(train_data, steps_per_epoch=steps,
                          epochs=kwargs.pop("epochs", config.epochs),
                          initial_epoch=kwargs.pop("initial_epoch", 0),
@@ -250,10 +255,12 @@ def lr_range_test(base, data, runtime, lr_range, steps, out_dir):
 
 
 def steepest_descent(rates, losses):
-    """The rate where the loss falls fastest per log-step of the rate, before its minimum.
+    """The largest rate that still falls at least 80 % as fast as the steepest point of the
+    loss curve, before its minimum.
 
-    Slopes are taken over a window of ``n/15`` steps and the first tenth of the sweep is
-    ignored, so the noise of the first steps cannot win.
+    Slopes are per log-step of the rate, over a window of ``n/15`` steps, and the first
+    tenth of the sweep is ignored, so the noise of the first steps cannot win. Along a
+    long, evenly steep stretch the top of it is taken, not a noisy point near its start.
     """
     lowest = int(np.argmin(losses))
     start = len(losses) // 10
@@ -265,7 +272,8 @@ def steepest_descent(rates, losses):
     centres = np.arange(start + window, lowest - window + 1)
     slopes = ((losses[centres + window] - losses[centres - window])
               / (log_rates[centres + window] - log_rates[centres - window]))
-    return float(rates[centres[int(np.argmin(slopes))]])
+    steep = centres[slopes <= 0.8 * slopes.min()]
+    return float(rates[steep.max()])
 
 
 def _smooth(values, beta=0.98):

@@ -272,8 +272,8 @@ def make_train_pipeline(images, labels, num_classes, batch_size, augmenter=None,
         raise UserError(f"the global batch {batch} must divide evenly over {replicas} replicas")
     local = replicas // pipelines
     part = batch // replicas
-    pixels = tf.constant(images)
-    targets = tf.constant(labels, tf.int32)
+    pixels = tf.constant(images)  # no copy when given a tensor already
+    targets = tf.cast(labels, tf.int32)
 
     def epoch_indices(epoch):
         keys = tf.random.stateless_uniform([count], tf.stack([tf.constant(seed, tf.int64), epoch]))
@@ -303,7 +303,7 @@ def make_eval_pipeline(images, labels, num_classes, batch_size):
     if batch_size <= 0:
         raise UserError(f"batch size must be positive. Received: {batch_size}")
     pixels = tf.constant(images)
-    targets = tf.one_hot(tf.constant(labels, tf.int32), num_classes)
+    targets = tf.one_hot(tf.cast(labels, tf.int32), num_classes)
     dataset = tf.data.Dataset.range(len(images)).batch(batch_size)
     dataset = dataset.map(lambda index: (tf.gather(pixels, index), tf.gather(targets, index)),
                           num_parallel_calls=tf.data.AUTOTUNE)

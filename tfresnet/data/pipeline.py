@@ -202,7 +202,6 @@ class Augmenter:
     """
 
     def __init__(self, spec, num_classes, seed=0):
-        self.spec = spec
         self.ops = parse_augment(spec, num_classes)
         self.seed = int(seed)
         self._randaugment = {}

@@ -3,8 +3,12 @@
 import keras
 from keras import layers
 
-from tfresnet.errors import UserError
-from tfresnet.models.resnet import HE_NORMAL_FAN_OUT, check_positive
+from tfresnet.models.resnet import (
+    HE_NORMAL_FAN_OUT,
+    ClassifierHead,
+    check_dropout,
+    check_positive,
+)
 
 # Simonyan & Zisserman, arXiv 1409.1556, configuration D; "M" is a 2x2 max-pool.
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -12,7 +16,7 @@ VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
 
 
 @keras.saving.register_keras_serializable(package="tfresnet")
-class VGG(keras.Model):
+class VGG(ClassifierHead, keras.Model):
     """VGG with batch norm after every 3x3 conv and a single dense CIFAR head.
 
     The ImageNet VGG's three 4096-wide dense layers are replaced by global average
@@ -28,8 +32,7 @@ class VGG(keras.Model):
     def __init__(self, layout=VGG16_LAYOUT, num_classes=10, width=1.0, dropout=0.0, **kwargs):
         check_positive("num_classes", num_classes, int)
         check_positive("width", width)
-        if not 0.0 <= dropout < 1.0:
-            raise UserError(f"dropout must be in [0, 1). Received: dropout={dropout}")
+        check_dropout(dropout)
         super().__init__(**kwargs)
         self.layout = tuple(layout)
         self.num_classes = num_classes
@@ -57,12 +60,6 @@ class VGG(keras.Model):
         for layer in self.features_layers:
             x = layer(x, training=training)
         return self.pool(x)
-
-    def call(self, inputs, training=None):
-        x = self.features(inputs, training=training)
-        if self.drop is not None:
-            x = self.drop(x, training=training)
-        return self.fc(x)
 
     def get_config(self):
         config = super().get_config()

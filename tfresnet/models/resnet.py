@@ -50,6 +50,25 @@ def check_positive(name, value, kind=float):
         raise UserError(f"{name} must be a positive int. Received: {name}={value!r}")
 
 
+def check_dropout(dropout):
+    """Raises a one-line `UserError` unless ``0 <= dropout < 1``."""
+    if not 0.0 <= dropout < 1.0:
+        raise UserError(f"dropout must be in [0, 1). Received: dropout={dropout}")
+
+
+class ClassifierHead:
+    """The ``call`` shared by the registry's networks: ``features`` -> dropout (``drop``,
+    may be None) -> dense logits (``fc``; None returns the features)."""
+
+    def call(self, inputs, training=None):
+        x = self.features(inputs, training=training)
+        if self.fc is None:
+            return x
+        if self.drop is not None:
+            x = self.drop(x, training=training)
+        return self.fc(x)
+
+
 class _ResidualBlock(layers.Layer):
     """Shared plumbing of both block types: config and the projection shortcut."""
 
@@ -164,7 +183,7 @@ _BLOCK_CLASSES = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 @keras.saving.register_keras_serializable(package="tfresnet")
-class ResNet(keras.Model):
+class ResNet(ClassifierHead, keras.Model):
     """A ResNet classifier: stem -> four stages of residual blocks -> pool -> dense logits.
 
     Args:
@@ -195,8 +214,7 @@ class ResNet(keras.Model):
             raise UserError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
         check_positive("num_classes", num_classes, int)
         check_positive("width", width)
-        if not 0.0 <= dropout < 1.0:
-            raise UserError(f"dropout must be in [0, 1). Received: dropout={dropout}")
+        check_dropout(dropout)
         super().__init__(**kwargs)
         self.block = block
         self.stage_blocks = tuple(stage_blocks)
@@ -257,14 +275,6 @@ class ResNet(keras.Model):
             x = block(x, training=training)
 
         return self.pool(x)
-
-    def call(self, inputs, training=None):
-        x = self.features(inputs, training=training)
-        if self.fc is None:
-            return x
-        if self.drop is not None:
-            x = self.drop(x, training=training)
-        return self.fc(x)
 
     def get_config(self):
         config = super().get_config()

@@ -13,7 +13,13 @@ from pathlib import Path
 import keras
 
 from tfresnet.errors import UserError
-from tfresnet.models.resnet import check_positive, resnet18, resnet34
+from tfresnet.models.resnet import (
+    ClassifierHead,
+    check_dropout,
+    check_positive,
+    resnet18,
+    resnet34,
+)
 
 _APPLICATIONS = {
     "resnet50": ("ResNet50", "resnet"),
@@ -43,7 +49,7 @@ def build_base(arch, image_size):
 
 
 @keras.saving.register_keras_serializable(package="tfresnet")
-class TransferNet(keras.Model):
+class TransferNet(ClassifierHead, keras.Model):
     """Resize -> the backbone's preprocessing -> pretrained backbone -> new dense head.
 
     Args:
@@ -62,6 +68,7 @@ class TransferNet(keras.Model):
             raise UserError(f"no pretrained variant of {arch!r}; choose one of "
                             f"{', '.join(ARCHITECTURES)}")
         check_positive("num_classes", num_classes, int)
+        check_dropout(dropout)
         if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
             raise UserError(f"--image-size must be at least {MIN_IMAGE_SIZE} for {arch}. "
                             f"Received: {image_size}")
@@ -90,12 +97,6 @@ class TransferNet(keras.Model):
         """Pooled backbone features."""
         x = self.preprocess(keras.ops.cast(inputs, "float32"))
         return self.base(x, training=False if self.frozen_base else training)
-
-    def call(self, inputs, training=None):
-        x = self.features(inputs, training=training)
-        if self.drop is not None:
-            x = self.drop(x, training=training)
-        return self.fc(x)
 
     def get_config(self):
         config = super().get_config()

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import keras
 import pytest
 
-from conftest import TINY, run_cli, write_cifar100
+from conftest import TINY, run_cli, wait_for, write_cifar100
 from tfresnet.callbacks import read_history
 from tfresnet.data import load_dataset
 from tfresnet.errors import run_cli as wrap_cli
@@ -46,15 +46,6 @@ def start_training(tmp_path, name, slow_log=None):
     else:
         command = [sys.executable, "-c", SLOW_SAVE, str(slow_log), *args]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def wait_for(condition, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def assert_survived(run_dir):

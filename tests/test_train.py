@@ -3,13 +3,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, wait_for
 from tfresnet import train as train_module
 from tfresnet.data import load_dataset
 from tfresnet.errors import UserError
@@ -79,11 +78,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "tfresnet.train", *map(str, common),
                                 "--name", "killed"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    history_file = tmp_path / "killed" / "history.csv"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (history_file.exists() and history(history_file.parent)):
-        time.sleep(0.05)
-    time.sleep(0.5)  # into epoch 2
+    # last.keras is the last file an epoch writes: once it exists, epoch 2 has begun.
+    wait_for(lambda: (tmp_path / "killed" / "last.keras").exists())
     process.send_signal(signal.SIGKILL)
     process.wait()
     done = len(history(tmp_path / "killed"))

@@ -3,11 +3,10 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, wait_for
 from tfresnet.train import main as train_main
 from tfresnet.tune import main as tune_main
 from tfresnet.tune import steepest_descent
@@ -48,9 +47,7 @@ def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "tfresnet.tune", *args],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = out / "trial_stats.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and not seconds.exists():
-        time.sleep(0.05)
+    wait_for(seconds.exists)
     process.send_signal(signal.SIGKILL)
     process.wait()
     first = json.loads(seconds.read_text())

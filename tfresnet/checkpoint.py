@@ -11,7 +11,7 @@ import keras
 from tfresnet.errors import UserError
 
 
-def _atomic(path, write):
+def atomic_write(path, write):
     """Calls ``write(tmp)`` for a temporary file beside ``path`` (same suffix, so libraries
     that go by the extension still work), then renames it over ``path``. On failure the
     previous ``path`` is untouched and the temporary file removed."""
@@ -29,22 +29,22 @@ def _atomic(path, write):
 
 def atomic_write_text(path, text):
     """Writes ``text`` to ``path`` atomically."""
-    _atomic(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def atomic_save_model(model, path):
     """Saves ``model`` as ``.keras`` atomically."""
-    _atomic(path, model.save)
+    atomic_write(path, model.save)
 
 
 def atomic_copy(source, path):
     """Copies ``source`` to ``path`` atomically."""
-    _atomic(path, lambda tmp: shutil.copyfile(source, tmp))
+    atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def atomic_save_figure(figure, path):
     """Saves a matplotlib figure as PNG atomically."""
-    _atomic(path, lambda tmp: figure.savefig(tmp, dpi=110))
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110))
 
 
 def atomic_write_image(path, image):
@@ -56,7 +56,17 @@ def atomic_write_image(path, image):
             raise OSError(f"OpenCV could not encode {path.name}")
 
     path = Path(path)
-    _atomic(path, write)
+    atomic_write(path, write)
+
+
+def make_dir(path):
+    """Creates the folder ``path`` (and its parents); a one-line `UserError` if it can't."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _disk_error(path, err)
+    return path
 
 
 def _disk_error(path, err):

@@ -74,10 +74,20 @@ def load_run(target, dataset=None, data_dir=None, split="test"):
     The data set defaults to the one recorded in the run's config (or the model).
     """
     from tfresnet.checkpoint import load_model
+
+    model = load_model(target)
+    data = load_run_data(target, model, dataset, data_dir)
+    if split == "test" and data.x_test is None:
+        split = "val"
+    images, labels = (data.x_test, data.y_test) if split == "test" else (data.x_val, data.y_val)
+    return model, data, images, labels, split
+
+
+def load_run_data(target, model, dataset=None, data_dir=None):
+    """The data set of a run: ``dataset``, else the one its config (or model) records."""
     from tfresnet.data import load_dataset
 
     target = Path(target)
-    model = load_model(target)
     config_path = target / "config.json" if target.is_dir() else target.parent / "config.json"
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
     name = dataset or config.get("dataset") or model.dataset
@@ -89,7 +99,4 @@ def load_run(target, dataset=None, data_dir=None, split="test"):
     if data.num_classes != len(model.class_names):
         raise UserError(f"{name} has {data.num_classes} classes but the model predicts "
                         f"{len(model.class_names)}; pass the --dataset it was trained on")
-    if split == "test" and data.x_test is None:
-        split = "val"
-    images, labels = (data.x_test, data.y_test) if split == "test" else (data.x_val, data.y_val)
-    return model, data, images, labels, split
+    return data

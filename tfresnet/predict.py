@@ -1,11 +1,14 @@
 """``python -m tfresnet.predict``: class probabilities for image files.
 
 Any image OpenCV reads is resized to the model's input; the model normalises it itself and
-names the classes, so nothing is re-guessed. Prints a table and writes JSON.
+names the classes, so nothing is re-guessed. Prints a table and writes JSON. The model may
+also be an export of `tfresnet.export` (a phone's .tflite, an .onnx, a SavedModel), run by
+its own runtime, to check it on your own images.
 
 Example:
     python -m tfresnet.predict saved_models/my-run flower.jpg --top-k 5
     python -m tfresnet.predict best.keras photos/ --json photos.json
+    python -m tfresnet.predict saved_models/my-run/export/model_int8.tflite photos/
 """
 
 import json
@@ -33,15 +36,15 @@ def image_files(path):
     return [path]
 
 
-def predict(model_path, target, top_k=5):
-    """Top-k predictions per readable image; unreadable files in a folder are reported
-    by name and skipped, an unreadable single file is an error."""
-    model = load_model(model_path)
+def read_images(target, image_size):
+    """The readable images of a file or folder as ``(uint8 array, their paths)``, resized to
+    ``image_size``; unreadable files in a folder are reported by name and skipped, an
+    unreadable single file is an error."""
     files = image_files(target)
     images, kept = [], []
     for path in files:
         try:
-            images.append(read_image(path, model.image_size))
+            images.append(read_image(path, image_size))
             kept.append(path)
         except UserError as err:
             if len(files) == 1:
@@ -49,7 +52,28 @@ def predict(model_path, target, top_k=5):
             print(f"warning: {err} (skipped)", file=sys.stderr)
     if not images:
         raise UserError(f"none of the files in {target} is an image OpenCV can read")
-    probabilities = predict_probabilities(model, np.stack(images))
+    return np.stack(images), kept
+
+
+def is_export(path):
+    """True for what `tfresnet.export` writes: .tflite, .onnx or a SavedModel folder."""
+    path = Path(path)
+    return path.suffix in (".tflite", ".onnx") or (path / "saved_model.pb").is_file()
+
+
+def predict(model_path, target, top_k=5):
+    """Top-k predictions per readable image of a file or folder, by a run's Keras model
+    or by one of its exports (run by its own runtime)."""
+    if is_export(model_path):
+        from tfresnet.export import ExportedModel
+
+        model = ExportedModel(model_path)
+        images, kept = read_images(target, model.image_size)
+        probabilities = model.probabilities(images)
+    else:
+        model = load_model(model_path)
+        images, kept = read_images(target, model.image_size)
+        probabilities = predict_probabilities(model, images)
     k = min(top_k, probabilities.shape[1])
     results = []
     for path, row in zip(kept, probabilities):
@@ -62,7 +86,8 @@ def predict(model_path, target, top_k=5):
 
 def main(argv=None):
     parser = command_parser("tfresnet.predict", __doc__)
-    parser.add_argument("model", help="run folder (with best.keras) or a .keras file")
+    parser.add_argument("model", help="run folder (with best.keras), a .keras file, or an "
+                                      "export (.tflite, .onnx, SavedModel folder)")
     parser.add_argument("images", help="an image file or a folder of images")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--json", default="predictions.json", help="where to write the JSON")

@@ -54,12 +54,12 @@ class VGG(ClassifierHead, keras.Model):
         self.drop = layers.Dropout(dropout, name="dropout") if dropout else None
         self.fc = layers.Dense(num_classes, dtype="float32", name="fc")
 
-    def features(self, inputs, training=None):
-        """The pooled penultimate features."""
+    def feature_map(self, inputs, training=None):
+        """The output of the last convolutional block (after its max-pool)."""
         x = inputs
         for layer in self.features_layers:
             x = layer(x, training=training)
-        return self.pool(x)
+        return x
 
     def get_config(self):
         config = super().get_config()
@@ -69,7 +69,7 @@ class VGG(ClassifierHead, keras.Model):
 
 
 @keras.saving.register_keras_serializable(package="tfresnet")
-class SmallCNN(keras.Model):
+class SmallCNN(ClassifierHead, keras.Model):
     """Seed 001's small CNN: two (5x5 conv, ReLU, 2x2 max-pool) blocks of 16 and 32
     channels, flattened into one dense layer.
 
@@ -90,17 +90,14 @@ class SmallCNN(keras.Model):
         self.conv2 = layers.Conv2D(max(1, round(32 * width)), 5, padding="same",
                                    activation="relu", name="conv2")
         self.pool2 = layers.MaxPooling2D(2, name="pool2")
-        self.flatten = layers.Flatten(name="flatten")
+        self.pool = layers.Flatten(name="flatten")  # the head flattens, it does not pool
+        self.drop = None
         self.fc = layers.Dense(num_classes, dtype="float32", name="fc")
 
-    def features(self, inputs, training=None):
-        """The flattened penultimate features."""
+    def feature_map(self, inputs, training=None):
+        """The output of the second conv block (after its max-pool)."""
         x = self.pool1(self.conv1(inputs))
-        x = self.pool2(self.conv2(x))
-        return self.flatten(x)
-
-    def call(self, inputs, training=None):
-        return self.fc(self.features(inputs, training=training))
+        return self.pool2(self.conv2(x))
 
     def get_config(self):
         config = super().get_config()

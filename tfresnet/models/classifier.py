@@ -45,10 +45,14 @@ class Classifier(keras.Model):
         self.train_augmenter = None  # augments batches inside the compiled train step
         self.base_lr_multiplier = None  # scales the pretrained backbone's updates
 
-    def call(self, inputs, training=None):
+    def normalise(self, inputs):
+        """0-255 pixels -> what the backbone was trained on (float32)."""
         x = keras.ops.cast(inputs, "float32")
-        x = (x - keras.ops.array(self.mean)) / keras.ops.array(self.std)
-        return keras.ops.cast(self.backbone(x, training=training), "float32")
+        return (x - keras.ops.array(self.mean)) / keras.ops.array(self.std)
+
+    def call(self, inputs, training=None):
+        return keras.ops.cast(self.backbone(self.normalise(inputs), training=training),
+                              "float32")
 
     def train_step(self, data):
         if self.train_augmenter is not None:

@@ -57,16 +57,26 @@ def check_dropout(dropout):
 
 
 class ClassifierHead:
-    """The ``call`` shared by the registry's networks: ``features`` -> dropout (``drop``,
-    may be None) -> dense logits (``fc``; None returns the features)."""
+    """The ``call`` shared by the registry's networks, in two halves that Grad-CAM splits:
+    ``feature_map`` (the output of the last convolutional stage, ``(batch, h, w, c)``) ->
+    ``head``: ``pool`` -> dropout (``drop``, may be None) -> dense logits (``fc``; None
+    returns the pooled features)."""
 
-    def call(self, inputs, training=None):
-        x = self.features(inputs, training=training)
+    def features(self, inputs, training=None):
+        """The pooled penultimate features, ``(batch, num_features)``."""
+        return self.pool(self.feature_map(inputs, training=training))
+
+    def head(self, feature_map, training=None):
+        """Logits (or pooled features without ``fc``) from the last feature map."""
+        x = self.pool(feature_map)
         if self.fc is None:
             return x
         if self.drop is not None:
             x = self.drop(x, training=training)
         return self.fc(x)
+
+    def call(self, inputs, training=None):
+        return self.head(self.feature_map(inputs, training=training), training=training)
 
 
 class _ResidualBlock(layers.Layer):
@@ -263,8 +273,8 @@ class ResNet(ClassifierHead, keras.Model):
         # Logits in float32 even under mixed precision, for a stable softmax.
         self.fc = layers.Dense(num_classes, dtype="float32", name="fc") if include_top else None
 
-    def features(self, inputs, training=None):
-        """The pooled penultimate features, ``(batch, num_features)``."""
+    def feature_map(self, inputs, training=None):
+        """The output of the last stage, ``(batch, h, w, num_features)``."""
         x = self.stem_conv(inputs)
         x = self.stem_bn(x, training=training)
         x = keras.ops.relu(x)
@@ -273,8 +283,7 @@ class ResNet(ClassifierHead, keras.Model):
 
         for block in self.blocks:
             x = block(x, training=training)
-
-        return self.pool(x)
+        return x
 
     def get_config(self):
         config = super().get_config()

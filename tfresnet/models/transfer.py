@@ -15,6 +15,7 @@ import keras
 from tfresnet.errors import UserError
 from tfresnet.models.resnet import (
     ClassifierHead,
+    ResNet,
     check_dropout,
     check_positive,
     resnet18,
@@ -39,13 +40,13 @@ _IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 def build_base(arch, image_size):
-    """The backbone without classifier, returning pooled features."""
+    """The backbone without classifier and pooling: it returns its last feature map."""
     if arch in _OWN:
         return _OWN[arch](1000, stem="imagenet", include_top=False, name=f"{arch}_base")
     constructor, _ = _APPLICATIONS[arch]
     return getattr(keras.applications, constructor)(
         include_top=False, weights=None, input_shape=(image_size, image_size, 3),
-        pooling="avg", name=f"{arch}_base")
+        name=f"{arch}_base")
 
 
 @keras.saving.register_keras_serializable(package="tfresnet")
@@ -81,6 +82,7 @@ class TransferNet(ClassifierHead, keras.Model):
         self.trainable_base = trainable_base
         self.base = build_base(arch, image_size)
         self.base.trainable = trainable_base
+        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
         self.drop = keras.layers.Dropout(dropout, name="dropout") if dropout else None
         self.fc = keras.layers.Dense(num_classes, dtype="float32", name="fc")
 
@@ -93,10 +95,13 @@ class TransferNet(ClassifierHead, keras.Model):
             return x / 127.5 - 1.0
         return x[..., ::-1] - keras.ops.array((103.939, 116.779, 123.68))  # "caffe": BGR
 
-    def features(self, inputs, training=None):
-        """Pooled backbone features."""
+    def feature_map(self, inputs, training=None):
+        """The backbone's last feature map (before pooling)."""
         x = self.preprocess(keras.ops.cast(inputs, "float32"))
-        return self.base(x, training=False if self.frozen_base else training)
+        training = False if self.frozen_base else training
+        if isinstance(self.base, ResNet):
+            return self.base.feature_map(x, training=training)
+        return self.base(x, training=training)
 
     def get_config(self):
         config = super().get_config()
@@ -119,7 +124,7 @@ def load_pretrained(model, weights):
         try:
             source = getattr(keras.applications, constructor)(
                 include_top=False, weights="imagenet",
-                input_shape=(model.image_size, model.image_size, 3), pooling="avg")
+                input_shape=(model.image_size, model.image_size, 3))
         except Exception as err:
             raise UserError(f"could not download ImageNet weights for {model.arch} "
                             f"({type(err).__name__}); download them elsewhere and pass "

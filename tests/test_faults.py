@@ -11,6 +11,7 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import keras
 import pytest
 
@@ -124,6 +125,9 @@ def trained(tmp_path_factory):
     (root / "truncated.keras").write_bytes(best[: len(best) // 2])
     keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(root / "foreign.keras")
     (root / "text.png").write_text("not an image")
+    cv2.imwrite(str(root / "digit.png"), load_dataset("digits").x_test[0])
+    (root / "bad.tflite").write_bytes(b"not a flatbuffer" * 64)
+    (root / "bad.labels.txt").write_text("a\nb\n")
     (root / "huge.png").write_bytes(tiny_png_header(100_000, 100_000))
     (root / "empty").mkdir()
     (root / "bad.json").write_text("{not json")
@@ -179,6 +183,24 @@ def sweep_cases(root):
         ("tfresnet.bench", ["--batch-size", "0"], "--batch-size must be positive"),
         ("tfresnet.bench", ["--steps", "-1"], "--steps must be positive"),
         ("tfresnet.compare", [root / "empty"], "has no summary.json"),
+        ("tfresnet.export", [ok, "--format", "coreml"], "invalid choice: 'coreml'"),
+        ("tfresnet.export", [root / "missing", "--format", "tflite"], "no model file"),
+        ("tfresnet.export", [ok, "--format", "tflite", "--quantize", "int8", "--dataset",
+                             root / "missing"], "int8 needs the training images"),
+        ("tfresnet.export", [ok, "--format", "tflite", "--out", root / "text.png" / "m.tflite"],
+         "cannot write"),
+        ("tfresnet.export", [ok, "--format", "onnx", "--out", root / "m.tflite"],
+         "must end in .onnx"),
+        ("tfresnet.export", [ok, "--format", "onnx", "--quantize", "int8"],
+         "--quantize applies to --format tflite only"),
+        ("tfresnet.predict", [root / "bad.tflite", root / "digit.png"],
+         "is not a TFLite model"),
+        ("tfresnet.explain", [ok, root / "text.png"], "not an image OpenCV can read"),
+        ("tfresnet.explain", [root / "empty", root / "digit.png"], "no model file"),
+        ("tfresnet.explain", [ok, root / "digit.png", "--class", "zebra"],
+         "neither a class of the model"),
+        ("tfresnet.explain", [ok, root / "digit.png", "--out", root / "text.png" / "cams"],
+         "cannot write"),
     ]
 
 

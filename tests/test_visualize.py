@@ -70,3 +70,10 @@ def test_visualize_cli_on_a_trained_run(tmp_path):
     assert picture.shape == (HEADER_HEIGHT + 10 * (64 + 2 * BORDER + 2),
                              picture.shape[1], 3)
     assert "10 rows" in result.stdout
+    cam = run_cli("tfresnet.visualize", tmp_path / "v", "--per-row", "10", "--cam")
+    assert cam.returncode == 0, cam.stderr
+    overlaid = cv2.imread(str(tmp_path / "v" / "test_visualisation_cam.png"))
+    assert overlaid.shape == picture.shape  # the same rows and cells ...
+    drawn = np.any(picture[HEADER_HEIGHT:] != 24, axis=2)  # images, frames, class names
+    changed = np.any(overlaid[HEADER_HEIGHT:] != picture[HEADER_HEIGHT:], axis=2)
+    assert changed[drawn].mean() > 0.5  # ... with every image overlaid

@@ -7,6 +7,7 @@ with the model, data set and test accuracy -- the seed's ``test_visualisation.pn
 Example:
     python -m tfresnet.visualize saved_models/resnet18-cifar100-20261123-101500
     python -m tfresnet.visualize best.keras --dataset cifar10 --per-row 30 --scale 3
+    python -m tfresnet.visualize saved_models/my-run --cam   # where the model looked
 """
 
 import dataclasses
@@ -111,9 +112,24 @@ def draw_predictions(images, labels, probabilities, class_names, header, per_row
     return canvas, layout, placement
 
 
+def cam_tiles(model, images, indices, scale):
+    """Images ``scale`` times larger, with the Grad-CAM of their predicted class laid over
+    them at that resolution; only ``indices`` are drawn, the rest stay black."""
+    from tfresnet.explain import grad_cam, overlay
+
+    height, width = images.shape[1] * scale, images.shape[2] * scale
+    tiles = np.zeros((len(images), height, width, 3), np.uint8)
+    for index, cam in zip(indices, grad_cam(model, images[indices])):
+        big = cv2.resize(images[index], (width, height), interpolation=cv2.INTER_CUBIC)
+        heat = cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR)
+        tiles[index] = overlay(big, heat)[..., ::-1]  # BGR -> RGB, as the images
+    return tiles
+
+
 def draw_run(target, dataset=None, data_dir=None, out=None, per_row=None, scale=2,
-             select="spread"):
-    """Draws ``test_visualisation.png`` for a run folder or model; returns its path."""
+             select="spread", cam=False):
+    """Draws ``test_visualisation.png`` (with ``cam``: ``test_visualisation_cam.png``, the
+    same rows with Grad-CAM overlays) for a run folder or model; returns its path."""
     from tfresnet.inference import load_run, predict_probabilities, topk_accuracy
 
     model, data, images, labels, split = load_run(target, dataset, data_dir)
@@ -121,11 +137,17 @@ def draw_run(target, dataset=None, data_dir=None, out=None, per_row=None, scale=
     accuracy = topk_accuracy(probabilities, labels, 1)
     header = (f"{model.backbone.name} on {data.name} ({split}, {len(images)} images): "
               f"accuracy {100 * accuracy:.2f}%")
-    picture, _, _ = draw_predictions(images, labels, probabilities, model.class_names, header,
-                                     per_row, scale, select)
+    picture, _, placement = draw_predictions(images, labels, probabilities, model.class_names,
+                                             header, per_row, scale, select)
+    if cam:
+        shown = np.array(sorted(set(placement.values())), dtype=int)
+        picture, _, _ = draw_predictions(cam_tiles(model, images, shown, scale), labels,
+                                         probabilities, model.class_names,
+                                         f"{header}; Grad-CAM of the predicted class",
+                                         per_row, 1, select)
     target = Path(target)
-    out = Path(out) if out else (target if target.is_dir() else target.parent) / \
-        "test_visualisation.png"
+    name = "test_visualisation_cam.png" if cam else "test_visualisation.png"
+    out = Path(out) if out else (target if target.is_dir() else target.parent) / name
     atomic_write_image(out, picture)
     print(f"{out}: {picture.shape[1]}x{picture.shape[0]} px, {len(model.class_names)} rows")
     return out
@@ -141,13 +163,16 @@ def main(argv=None):
     parser.add_argument("--select", choices=["spread", "top"], default="spread",
                         help="which images a full row shows: spread over the confidence "
                              "range, or the most confident")
+    parser.add_argument("--cam", action="store_true",
+                        help="lay each image's Grad-CAM heat map over it (writes "
+                             "test_visualisation_cam.png)")
     args = parser.parse_args(argv)
     if args.per_row is not None and args.per_row <= 0:
         raise UserError(f"--per-row must be positive. Received: {args.per_row}")
     if args.scale <= 0 or args.scale > 16:
         raise UserError(f"--scale must be between 1 and 16. Received: {args.scale}")
     draw_run(args.target, args.dataset, args.data_dir, args.out, args.per_row, args.scale,
-             args.select)
+             args.select, args.cam)
     return 0
 
 

@@ -2,14 +2,15 @@ import keras
 import numpy as np
 import pytest
 
+from tfresnet import assemble
 from tfresnet import train as train_module
+from tfresnet.assemble import build_model
 from tfresnet.config import TrainConfig
 from tfresnet.data import load_dataset
 from tfresnet.errors import UserError
 from tfresnet.models import TransferNet, get_model
 from tfresnet.models.transfer import build_base, load_pretrained
 from tfresnet.runtime import configure
-from tfresnet.train import build_model
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +34,7 @@ def digits():
 def one_step_model(transfer, weights_file, digits, **overrides):
     config = TrainConfig(model="resnet18", transfer=transfer, weights=str(weights_file),
                          image_size=32, batch_size=32, lr=0.05, epochs=1, **overrides)
-    model = build_model(config.validate(), digits, 4, configure(config))
-    load_pretrained(model.backbone, config.weights)
-    return model, config
+    return build_model(config.validate(), digits, configure(config)), config
 
 
 def snapshot(variables):
@@ -69,7 +68,7 @@ def test_finetune_changes_the_backbone_and_its_bn_statistics(weights_file, digit
     kernels = snapshot(base.trainable_weights)
     moving = [v for v in base.non_trainable_weights if "moving_mean" in v.path]
     stats = snapshot(moving)
-    fit_steps(model, digits, [train_module.TransferStages(config)])
+    fit_steps(model, digits, [assemble.TransferStages(config)])
     assert any(not np.array_equal(a, v.numpy()) for a, v in zip(kernels, base.trainable_weights))
     assert any(not np.array_equal(a, v.numpy()) for a, v in zip(stats, moving))
 
@@ -83,7 +82,7 @@ def test_backbone_lr_multiplier_scales_the_update(weights_file, digits):
                                        schedule="constant", augment="none")
         kernel = model.backbone.base.stem_conv.kernel
         before = kernel.numpy().copy()
-        model.base_lr_multiplier = multiplier
+        model.set_backbone_lr(multiplier)
         labels = keras.utils.to_categorical(digits.y_train[:32], 10)
         model.train_on_batch(digits.x_train[:32], labels)
         updates[multiplier] = kernel.numpy() - before
@@ -147,7 +146,7 @@ def test_local_weights_round_trip_and_mismatch(tmp_path, weights_file):
 def test_transfer_bad_input(overrides, message):
     config = TrainConfig(**overrides)
     with pytest.raises(UserError, match=message):
-        train_module.make_backbone(config, 10)
+        assemble.make_backbone(config, 10)
 
 
 def test_registry_has_pretrained_backbones():

@@ -95,37 +95,33 @@ class _StepTimer:
         self.epoch_seconds = []
 
 
-def build_bench_model(model, batch_size, precision, jit, num_classes, width, steps):
-    """A compiled `Classifier` built exactly as ``tfresnet.train`` builds it."""
+def build_bench_model(model, batch_size, precision, jit, num_classes, width, steps,
+                      augment="standard"):
+    """The config, synthetic data, runtime and compiled `Classifier` of a measurement,
+    assembled exactly as ``tfresnet.train`` assembles a run (`tfresnet.assemble`)."""
+    from tfresnet.assemble import build_model
     from tfresnet.config import TrainConfig
     from tfresnet.data import Dataset
     from tfresnet.runtime import configure
-    from tfresnet.train import build_model
 
     config = TrainConfig(model=model, batch_size=batch_size, precision=precision,
-                         jit="on" if jit else "off", width=width, epochs=1,
+                         jit="on" if jit else "off", width=width, epochs=1, augment=augment,
                          strategy="one").validate()
     runtime = configure(config)
     images, labels = synthetic_cifar(max(batch_size * steps, batch_size), num_classes)
     data = Dataset("synthetic", images, labels, images[:0], labels[:0], None, None,
                    [str(i) for i in range(num_classes)], [127.0] * 3, [64.0] * 3)
-    with runtime.strategy.scope():
-        classifier = build_model(config, data, steps, runtime)
-    return classifier, data, runtime, config
+    return config, data, runtime, build_model(config, data, runtime)
 
 
 def bench_train(model, batch_size, precision, jit, steps, repeats, num_classes, width,
                 augment="standard"):
     """Training images/s of ``model.fit`` on the product's pipeline, loss and optimizer."""
-    from tfresnet.data.pipeline import Augmenter, make_train_pipeline
+    from tfresnet.assemble import make_pipelines
 
-    classifier, data, runtime, config = build_bench_model(
-        model, batch_size, precision, jit, num_classes, width, steps)
-    augmenter = Augmenter(augment, num_classes, 0)
-    on_device = runtime.jit
-    classifier.train_augmenter = augmenter if on_device else None
-    dataset, _ = make_train_pipeline(data.x_train, data.y_train, num_classes, batch_size,
-                                     None if on_device else augmenter, 0)
+    config, data, runtime, classifier = build_bench_model(
+        model, batch_size, precision, jit, num_classes, width, steps, augment)
+    dataset, _ = make_pipelines(config, data, runtime)
     timer = _StepTimer()
     epochs = 1 + repeats  # epoch 0 is the warm-up: compilation and the first steps
     classifier.fit(dataset, steps_per_epoch=steps, epochs=epochs, verbose=0,
@@ -141,7 +137,7 @@ def bench_inference(model, batch_size, precision, jit, steps, repeats, num_class
     """Inference images/s: ``model.predict`` and the compiled call evaluation uses."""
     from tfresnet.inference import predict_probabilities
 
-    classifier, data, runtime, _ = build_bench_model(
+    _, data, runtime, classifier = build_bench_model(
         model, batch_size, precision, jit, num_classes, width, steps)
     images = data.x_train[: steps * batch_size]
     results = []

@@ -22,8 +22,10 @@ HISTORY_FIELDS = ("epoch", "lr", "loss", "ce", "l2", "accuracy", "top5", "val_lo
                   "val_l2", "val_accuracy", "val_top5", "seconds")
 
 
-class NanGuard(keras.callbacks.Callback):
-    """Stops training at the first step whose loss is NaN or infinite."""
+class NanGuard(keras.callbacks.TerminateOnNaN):
+    """Keras' `TerminateOnNaN` (stop at the first NaN or infinite loss), which also keeps
+    the epoch it stopped in: the run recorder must not save that epoch, and the error
+    message names it."""
 
     def __init__(self):
         super().__init__()
@@ -32,11 +34,10 @@ class NanGuard(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
+    def on_batch_end(self, batch, logs=None):
+        super().on_batch_end(batch, logs)
+        if self.model.stop_training and self.bad_epoch is None:
             self.bad_epoch = self.epoch + 1
-            self.model.stop_training = True
 
 
 def read_history(path):

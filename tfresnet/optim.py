@@ -75,15 +75,14 @@ def make_schedule(config, steps_per_epoch):
     raise UserError(f"unknown schedule {config.schedule!r}")
 
 
-def make_optimizer(config, steps_per_epoch, learning_rate=None):
+def make_optimizer(config, steps_per_epoch):
     """The configured optimizer. Decoupled ``weight_decay`` skips BN and bias variables.
 
     Args:
         config: a `TrainConfig`.
         steps_per_epoch: optimizer steps in one epoch (for the schedules).
-        learning_rate: overrides the schedule (the LR range test uses its own).
     """
-    lr = make_schedule(config, steps_per_epoch) if learning_rate is None else learning_rate
+    lr = make_schedule(config, steps_per_epoch)
     decay = config.weight_decay or None
     if config.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(lr, momentum=config.momentum,
@@ -100,10 +99,14 @@ def make_optimizer(config, steps_per_epoch, learning_rate=None):
 
 
 def current_learning_rate(optimizer):
-    """The learning rate the optimizer applied at its latest step, as a float."""
+    """The learning rate the optimizer applied at its latest step, as a float.
+
+    ``optimizer.learning_rate`` is the rate of the *next* step; the schedule, rebuilt from
+    the optimizer's public config, gives the one just applied.
+    """
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # under mixed precision
-    schedule = inner._learning_rate  # Keras keeps the schedule object here
-    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        step = max(0, int(inner.iterations.numpy()) - 1)
-        return float(keras.ops.convert_to_numpy(schedule(step)))
-    return float(keras.ops.convert_to_numpy(inner.learning_rate))
+    rate = inner.get_config()["learning_rate"]
+    if isinstance(rate, dict):  # a serialized schedule
+        schedule = keras.optimizers.schedules.deserialize(rate)
+        rate = schedule(max(0, int(inner.iterations.numpy()) - 1))
+    return float(keras.ops.convert_to_numpy(rate))

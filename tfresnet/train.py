@@ -13,17 +13,18 @@ from pathlib import Path
 
 import keras
 
+from tfresnet.assemble import (
+    batch_and_steps,
+    build_model,
+    load_data,
+    make_pipelines,
+    training_callbacks,
+)
 from tfresnet.callbacks import NanGuard, RunRecorder, read_history
 from tfresnet.checkpoint import atomic_write_text, load_model
 from tfresnet.config import TrainConfig, add_config_arguments, resolve_config
-from tfresnet.data import Dataset, load_dataset
-from tfresnet.data.pipeline import Augmenter, make_eval_pipeline, make_train_pipeline, train_steps
 from tfresnet.errors import UserError, command_parser, run_cli
 from tfresnet.inference import test_metrics
-from tfresnet.losses import cross_entropy
-from tfresnet.models import Classifier, TransferNet, get_model
-from tfresnet.models.transfer import load_pretrained
-from tfresnet.optim import make_optimizer
 from tfresnet.runtime import configure, versions
 
 # Settings a resumed run may change; any other difference means a different run.
@@ -38,75 +39,6 @@ def build_parser():
                         help="start the run over instead of resuming it")
     add_config_arguments(parser)
     return parser
-
-
-def load_data(config):
-    """Loads the configured data set (the one place train, tune and bench do it)."""
-    size = (config.image_size, config.image_size) if config.image_size else None
-    return load_dataset(config.dataset, data_dir=config.data_dir, val_size=config.val_size,
-                        seed=config.seed, image_size=size)
-
-
-def make_backbone(config, num_classes):
-    """The network from the registry, or a pretrained backbone with a new head."""
-    pretrained = config.model.endswith("_imagenet")
-    if config.transfer == "none":
-        if pretrained:
-            raise UserError(f"{config.model} is a pretrained backbone: choose --transfer "
-                            "frozen, finetune, two-stage or scratch")
-        options = {"width": config.width}
-        if config.model.startswith("resnet"):
-            options.update(stem=config.stem, zero_init_residual=config.zero_init_residual)
-        if config.dropout:
-            options["dropout"] = config.dropout
-        return get_model(config.model, num_classes, **options)
-    frozen = config.transfer == "frozen"
-    return TransferNet(config.model.removesuffix("_imagenet"), num_classes,
-                       image_size=config.image_size or 224, dropout=config.dropout,
-                       frozen_base=frozen, trainable_base=not frozen)
-
-
-def build_model(config, data: Dataset, steps_per_epoch, runtime):
-    """The compiled `Classifier` for ``config`` (call under the strategy's scope)."""
-    backbone = make_backbone(config, data.num_classes)
-    # Pretrained backbones bring their own preprocessing; the others use the data's stats.
-    own_stats = isinstance(backbone, TransferNet)
-    model = Classifier(backbone, [0.0] * 3 if own_stats else data.mean,
-                       [1.0] * 3 if own_stats else data.std, data.class_names,
-                       data.image_size, l2=config.l2, l2_on=config.l2_on,
-                       dataset=config.dataset, name=f"{config.model}_classifier")
-    model.compile(
-        optimizer=make_optimizer(config, steps_per_epoch),
-        loss=cross_entropy(config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
-                 keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
-        jit_compile=runtime.jit,
-        steps_per_execution=config.steps_per_execution or (16 if runtime.jit else 1),
-    )
-    model(data.x_train[:1])
-    model.optimizer.build(model.trainable_variables)
-    return model
-
-
-class TransferStages(keras.callbacks.Callback):
-    """Sets the backbone's training mode at each epoch: two-stage trains only the head
-    (backbone fixed, BN in inference mode) for ``head_epochs``, then everything with the
-    backbone's updates scaled by ``backbone_lr``; finetune scales them from the start."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-
-    def on_epoch_begin(self, epoch, logs=None):
-        head_only = self.config.transfer == "two-stage" and epoch < self.config.head_epochs
-        multiplier = 0.0 if head_only else self.config.backbone_lr
-        backbone = self.model.backbone
-        if (backbone.frozen_base, self.model.base_lr_multiplier) != (head_only, multiplier):
-            backbone.frozen_base = head_only
-            self.model.base_lr_multiplier = multiplier
-            self.model.make_train_function(force=True)
-            if epoch == self.config.head_epochs and self.config.transfer == "two-stage":
-                print(f"epoch {epoch + 1}: unfreezing the backbone (LR x {multiplier})")
 
 
 def _run_dir(config):
@@ -132,8 +64,9 @@ def _comparable(values):
     return {k: v for k, v in values.items() if k not in RESUMABLE_CHANGES}
 
 
-def prepare_run_dir(config, fresh):
-    """Creates or checks the run folder; returns ``(run_dir, resuming)``."""
+def check_run_dir(config, fresh):
+    """The run folder and whether it resumes; refuses a folder of other settings. Writes
+    nothing."""
     run_dir = _run_dir(config)
     config_path = run_dir / "config.json"
     if run_dir.exists() and any(run_dir.iterdir()) and not fresh:
@@ -148,16 +81,21 @@ def prepare_run_dir(config, fresh):
                                for k in sorted(changed))
             raise UserError(f"{run_dir} holds a run with other settings ({detail}); "
                             "use another --name, or --fresh to start it over")
-    resuming = (run_dir / "last.keras").exists() and not fresh
+    return run_dir, (run_dir / "last.keras").exists() and not fresh
+
+
+def write_run_dir(run_dir, config, data, fresh):
+    """Creates the run folder (clearing it with ``fresh``) with config and class names."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         if fresh:
             for name in ("best.keras", "last.keras", "history.csv", "summary.json"):
                 (run_dir / name).unlink(missing_ok=True)
-        atomic_write_text(config_path, json.dumps(config.to_dict(), indent=2) + "\n")
     except PermissionError:
         raise UserError(f"no permission to write {run_dir}; pass --output-dir somewhere writable")
-    return run_dir, resuming
+    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    atomic_write_text(run_dir / "class_indices.json",
+                      json.dumps(dict(enumerate(data.class_names)), indent=2) + "\n")
 
 
 def _restore(model, run_dir, steps_per_epoch):
@@ -171,13 +109,13 @@ def _restore(model, run_dir, steps_per_epoch):
 
 
 def make_callbacks(config, run_dir, rows, data):
-    """The callbacks of a run: NaN guard first, recorder, then TensorBoard."""
-    guard = NanGuard()
-    recorder = RunRecorder(run_dir, config.epochs, rows, has_validation=len(data.x_val) > 0,
-                           guard=guard, title=f"{config.model} on {config.dataset}")
-    callbacks = [guard, recorder]
-    if config.transfer in ("finetune", "two-stage"):
-        callbacks.insert(0, TransferStages(config))
+    """The run's training callbacks (`tfresnet.assemble`), then the run folder's: the
+    recorder and TensorBoard."""
+    callbacks = training_callbacks(config)
+    guard = next(c for c in callbacks if isinstance(c, NanGuard))
+    callbacks.append(RunRecorder(run_dir, config.epochs, rows,
+                                 has_validation=len(data.x_val) > 0, guard=guard,
+                                 title=f"{config.model} on {config.dataset}"))
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"),
                                                      profile_batch=0))
@@ -185,36 +123,26 @@ def make_callbacks(config, run_dir, rows, data):
 
 
 def train(config: TrainConfig, fresh=False):
-    """Runs (or resumes) one training run; returns its summary dict."""
+    """Runs (or resumes) one training run; returns its summary dict.
+
+    Every input is checked -- settings, run folder, data set, model, weights file --
+    before the first file is written, so a refused command leaves nothing behind.
+    """
     config.validate()
+    run_dir, resuming = check_run_dir(config, fresh)
     runtime = configure(config)
-    run_dir, resuming = prepare_run_dir(config, fresh)
     data = load_data(config)
-    atomic_write_text(run_dir / "class_indices.json",
-                      json.dumps(dict(enumerate(data.class_names)), indent=2) + "\n")
-    batch = min(config.batch_size, len(data.x_train))
-    steps = train_steps(len(data.x_train), batch)
-    augmenter = Augmenter(config.augment, data.num_classes, config.seed)
-    with runtime.strategy.scope():
-        model = build_model(config, data, steps, runtime)
-    if resuming:
-        start_epoch = _restore(model, run_dir, steps)
-    else:
-        start_epoch = 0
-        if config.weights:
-            load_pretrained(model.backbone, config.weights)
+    model = build_model(config, data, runtime, pretrained=not resuming)
+    write_run_dir(run_dir, config, data, fresh)
+    _, steps = batch_and_steps(config, data)
+    start_epoch = _restore(model, run_dir, steps) if resuming else 0
     rows = [r for r in read_history(run_dir / "history.csv") if r["epoch"] <= start_epoch]
     if start_epoch >= config.epochs:
         print(f"{run_dir}: all {config.epochs} epochs already done")
     elif resuming:
         print(f"resuming {run_dir} after epoch {start_epoch}")
 
-    on_device = config.augment_on == "device" or (config.augment_on == "auto" and runtime.jit)
-    model.train_augmenter = augmenter if (on_device and augmenter) else None
-    train_data = _train_data(config, data, batch, None if on_device else augmenter,
-                             start_epoch, runtime.strategy)
-    val_data = (make_eval_pipeline(data.x_val, data.y_val, data.num_classes, batch)
-                if len(data.x_val) else None)
+    train_data, val_data = make_pipelines(config, data, runtime, start_epoch)
     callbacks = make_callbacks(config, run_dir, rows, data)
     guard = next(c for c in callbacks if isinstance(c, NanGuard))
     recorder = next(c for c in callbacks if isinstance(c, RunRecorder))
@@ -227,6 +155,7 @@ def train(config: TrainConfig, fresh=False):
         raise UserError(f"the loss became NaN or infinite in epoch {guard.bad_epoch}; "
                         f"{run_dir}/best.keras and last.keras hold the last good epoch. "
                         "Lower --lr (or raise --warmup-epochs) and rerun with --fresh")
+    batch, _ = batch_and_steps(config, data)
     summary = summarize(config, run_dir, data, runtime, recorder,
                         wall_seconds=time.perf_counter() - start, images=batch * steps)
     if config.visualize and data.x_test is not None:
@@ -234,20 +163,6 @@ def train(config: TrainConfig, fresh=False):
 
         draw_run(run_dir)
     return summary
-
-
-def _train_data(config, data, batch, augmenter, start_epoch, strategy):
-    """The training stream; under tf.distribute each input pipeline (worker) yields its
-    replicas' parts of every global batch."""
-    def pipeline(split=None):
-        return make_train_pipeline(data.x_train, data.y_train, data.num_classes, batch,
-                                   augmenter, config.seed, start_epoch, split)[0]
-
-    replicas = strategy.num_replicas_in_sync
-    if replicas == 1:
-        return pipeline()
-    return strategy.distribute_datasets_from_function(lambda context: pipeline(
-        (replicas, context.num_input_pipelines, context.input_pipeline_id)))
 
 
 def summarize(config, run_dir, data, runtime, recorder, wall_seconds, images):

@@ -31,13 +31,18 @@ import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
+from tfresnet.assemble import (
+    batch_and_steps,
+    build_model,
+    load_data,
+    make_pipelines,
+    training_callbacks,
+)
 from tfresnet.checkpoint import atomic_save_figure, atomic_write_text
 from tfresnet.config import add_config_arguments, resolve_config
-from tfresnet.data.pipeline import Augmenter, make_eval_pipeline, make_train_pipeline, train_steps
 from tfresnet.data.splits import stratified_split
 from tfresnet.errors import UserError, command_parser, run_cli
 from tfresnet.runtime import configure
-from tfresnet.train import build_model, load_data
 
 SEARCHABLE = ("optimizer", "l2", "weight_decay", "label_smoothing", "batch_size", "augment")
 TUNERS = ("random", "bayesian", "hyperband")
@@ -88,26 +93,18 @@ class ResNetHyperModel(kt.HyperModel):
         return self.base.updated(values, "search space")
 
     def build(self, hp):
-        config = self.trial_config(hp)
-        data = self.data
-        steps = train_steps(len(data.x_train), min(config.batch_size, len(data.x_train)))
-        with self.runtime.strategy.scope():
-            return build_model(config, data, steps, self.runtime)
+        return build_model(self.trial_config(hp), self.data, self.runtime)
 
     def fit(self, hp, model, *args, **kwargs):
         config = self.trial_config(hp)
-        data = self.data
-        batch = min(config.batch_size, len(data.x_train))
-        augmenter = Augmenter(config.augment, data.num_classes, config.seed)
-        x_train, y_train, x_val, y_val = self.tensors
-        train_data, steps = make_train_pipeline(x_train, y_train, data.num_classes, batch,
-                                                augmenter, config.seed)
-        val_data = make_eval_pipeline(x_val, y_val, data.num_classes, batch)
-        return model.fit(train_data, steps_per_epoch=steps,
+        train_data, val_data = make_pipelines(config, self.data, self.runtime,
+                                              arrays=self.tensors)
+        callbacks = [*training_callbacks(config), *kwargs.get("callbacks", [])]
+        return model.fit(train_data, steps_per_epoch=batch_and_steps(config, self.data)[1],
                          epochs=kwargs.pop("epochs", config.epochs),
                          initial_epoch=kwargs.pop("initial_epoch", 0),
-                         validation_data=val_data, callbacks=kwargs.get("callbacks"),
-                         shuffle=False, verbose=0)
+                         validation_data=val_data, callbacks=callbacks, shuffle=False,
+                         verbose=0)
 
 
 def make_tuner(kind, hypermodel, args, out_dir, runtime):
@@ -218,13 +215,9 @@ def lr_range_test(base, data, runtime, lr_range, steps, out_dir):
     returns the suggested LR (steepest fall of the smoothed loss before divergence)."""
     low, high = lr_range
     schedule = keras.optimizers.schedules.ExponentialDecay(low, max(1, steps - 1), high / low)
-    batch = min(base.batch_size, len(data.x_train))
-    with runtime.strategy.scope():
-        model = build_model(base, data, steps, runtime)
-        model.optimizer.learning_rate = schedule
-    augmenter = Augmenter(base.augment, data.num_classes, base.seed)
-    train_data, _ = make_train_pipeline(data.x_train, data.y_train, data.num_classes, batch,
-                                        augmenter, base.seed)
+    model = build_model(base, data, runtime)
+    model.optimizer.learning_rate = schedule
+    train_data, _ = make_pipelines(base, data, runtime)
     record = []
 
     class Recorder(keras.callbacks.Callback):

@@ -41,9 +41,28 @@ class Classifier(keras.Model):
         self.dataset = dataset
         self.ce_tracker = keras.metrics.Mean(name="ce")
         self.l2_tracker = keras.metrics.Mean(name="l2")
-        # Training state, not part of the saved model: set by `tfresnet.train`.
-        self.train_augmenter = None  # augments batches inside the compiled train step
-        self.base_lr_multiplier = None  # scales the pretrained backbone's updates
+        self.augmenter = None
+        self.backbone_lr = None
+
+    def compile(self, *, augmenter=None, backbone_lr=None, **kwargs):
+        """Keras' ``compile``, plus the train step's own options (not saved with the model).
+
+        Args:
+            augmenter: augments each batch inside the compiled train step.
+            backbone_lr: see `set_backbone_lr`.
+            **kwargs: as `keras.Model.compile`.
+        """
+        super().compile(**kwargs)
+        self.augmenter = augmenter
+        if backbone_lr is not None:
+            self.set_backbone_lr(backbone_lr)
+
+    def set_backbone_lr(self, multiplier):
+        """Scales the updates of a pretrained backbone (``backbone.base``) by
+        ``multiplier``: 0 leaves it out of training (no gradients), 1 trains it like the
+        head. Call ``make_train_function(force=True)`` after changing it mid-training."""
+        self.backbone.base.trainable = multiplier > 0
+        self.backbone_lr = float(multiplier)
 
     def normalise(self, inputs):
         """0-255 pixels -> what the backbone was trained on (float32)."""
@@ -55,17 +74,18 @@ class Classifier(keras.Model):
                               "float32")
 
     def train_step(self, data):
-        if self.train_augmenter is not None:
-            data = self.train_augmenter(data[0], data[1], self.optimizer.iterations)
-        if self.base_lr_multiplier is None:
+        if self.augmenter is not None:
+            data = self.augmenter(data[0], data[1], self.optimizer.iterations)
+        if self.backbone_lr in (None, 0.0, 1.0):  # 0: the backbone is not trainable
             return super().train_step(data)
-        # A per-layer learning rate for any optimizer: the pretrained backbone's update is
-        # scaled by the multiplier after the step (0 keeps it fixed).
+        # A per-layer learning rate for any optimizer (Keras 3 optimizers take one rate,
+        # and scaling gradients would not scale Adam's update): the backbone's update is
+        # scaled after the step, which needs a snapshot of its variables.
         base = self.backbone.base.trainable_variables
         before = [keras.ops.copy(v) for v in base]  # snapshots, not references
         logs = super().train_step(data)
         for variable, old in zip(base, before):
-            variable.assign(old + self.base_lr_multiplier * (variable - old))
+            variable.assign(old + self.backbone_lr * (variable - old))
         return logs
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

@@ -59,24 +59,23 @@ def check_dropout(dropout):
 class ClassifierHead:
     """The ``call`` shared by the registry's networks, in two halves that Grad-CAM splits:
     ``feature_map`` (the output of the last convolutional stage, ``(batch, h, w, c)``) ->
-    ``head``: ``pool`` -> dropout (``drop``, may be None) -> dense logits (``fc``; None
-    returns the pooled features)."""
+    ``head``: ``pool`` -> dropout (``drop``, may be None) -> dense logits (``fc``). Without
+    ``fc`` (a backbone) the call returns the feature map."""
 
     def features(self, inputs, training=None):
         """The pooled penultimate features, ``(batch, num_features)``."""
         return self.pool(self.feature_map(inputs, training=training))
 
     def head(self, feature_map, training=None):
-        """Logits (or pooled features without ``fc``) from the last feature map."""
+        """Logits from the last feature map."""
         x = self.pool(feature_map)
-        if self.fc is None:
-            return x
         if self.drop is not None:
             x = self.drop(x, training=training)
         return self.fc(x)
 
     def call(self, inputs, training=None):
-        return self.head(self.feature_map(inputs, training=training), training=training)
+        feature_map = self.feature_map(inputs, training=training)
+        return feature_map if self.fc is None else self.head(feature_map, training=training)
 
 
 class _ResidualBlock(layers.Layer):
@@ -207,8 +206,8 @@ class ResNet(ClassifierHead, keras.Model):
         width: multiplier of every stage's channels (64, 128, 256, 512 at 1.0).
         zero_init_residual: zero the last BN gamma of every block.
         dropout: dropout rate before the classifier (0 = none).
-        include_top: False drops the classifier: the model returns pooled features
-            (``num_features`` wide), as a backbone for `TransferNet`.
+        include_top: False drops pooling and classifier: the model returns its last
+            feature map (``num_features`` channels), as a backbone for `TransferNet`.
 
     Example:
         >>> model = ResNet("basic", (2, 2, 2, 2), num_classes=100, stem="cifar")

@@ -15,7 +15,6 @@ import keras
 from tfresnet.errors import UserError
 from tfresnet.models.resnet import (
     ClassifierHead,
-    ResNet,
     check_dropout,
     check_positive,
     resnet18,
@@ -98,10 +97,7 @@ class TransferNet(ClassifierHead, keras.Model):
     def feature_map(self, inputs, training=None):
         """The backbone's last feature map (before pooling)."""
         x = self.preprocess(keras.ops.cast(inputs, "float32"))
-        training = False if self.frozen_base else training
-        if isinstance(self.base, ResNet):
-            return self.base.feature_map(x, training=training)
-        return self.base(x, training=training)
+        return self.base(x, training=False if self.frozen_base else training)
 
     def get_config(self):
         config = super().get_config()

@@ -1,0 +1,152 @@
+"""How a run is put together: a validated `TrainConfig`, the data and the runtime in; the
+compiled model (pretrained weights loaded), the train and validation pipelines (with
+augmentation where it belongs) and the training callbacks out.
+
+`tfresnet.train`, every keras-tuner trial (`tfresnet.tune.ResNetHyperModel.build` and
+``fit``) and ``tfresnet.bench --train`` go through these functions; none of them assembles
+a part of a run itself. ``train`` adds only what belongs to its run folder (the recorder,
+TensorBoard).
+"""
+
+import keras
+
+from tfresnet.callbacks import NanGuard
+from tfresnet.data import load_dataset
+from tfresnet.data.pipeline import Augmenter, make_eval_pipeline, make_train_pipeline, train_steps
+from tfresnet.errors import UserError
+from tfresnet.losses import cross_entropy
+from tfresnet.models import Classifier, TransferNet, get_model
+from tfresnet.models.transfer import load_pretrained
+from tfresnet.optim import make_optimizer
+
+
+def load_data(config):
+    """The configured data set, with its validation split."""
+    size = (config.image_size, config.image_size) if config.image_size else None
+    return load_dataset(config.dataset, data_dir=config.data_dir, val_size=config.val_size,
+                        seed=config.seed, image_size=size)
+
+
+def batch_and_steps(config, data):
+    """The global batch (never more than the training set) and full batches per epoch."""
+    batch = min(config.batch_size, len(data.x_train))
+    return batch, train_steps(len(data.x_train), batch)
+
+
+def augments_in_step(config, runtime):
+    """Whether augmentation runs inside the compiled train step (on the accelerator) rather
+    than in tf.data: when asked, or by default whenever the step is XLA-compiled."""
+    return config.augment_on == "device" or (config.augment_on == "auto" and runtime.jit)
+
+
+def make_backbone(config, num_classes):
+    """The network from the registry, or a pretrained backbone with a new head."""
+    pretrained = config.model.endswith("_imagenet")
+    if config.transfer == "none":
+        if pretrained:
+            raise UserError(f"{config.model} is a pretrained backbone: choose --transfer "
+                            "frozen, finetune, two-stage or scratch")
+        options = {"width": config.width}
+        if config.model.startswith("resnet"):
+            options.update(stem=config.stem, zero_init_residual=config.zero_init_residual)
+        if config.dropout:
+            options["dropout"] = config.dropout
+        return get_model(config.model, num_classes, **options)
+    frozen = config.transfer == "frozen"
+    return TransferNet(config.model.removesuffix("_imagenet"), num_classes,
+                       image_size=config.image_size or 224, dropout=config.dropout,
+                       frozen_base=frozen, trainable_base=not frozen)
+
+
+def build_model(config, data, runtime, pretrained=True):
+    """The compiled `Classifier` of a run, built under the runtime's strategy.
+
+    Args:
+        pretrained: load ``config.weights`` into the backbone (a resumed run loads its own
+            checkpoint instead).
+    """
+    _, steps = batch_and_steps(config, data)
+    augmenter = Augmenter(config.augment, data.num_classes, config.seed)
+    with runtime.strategy.scope():
+        backbone = make_backbone(config, data.num_classes)
+        # Pretrained backbones bring their own preprocessing; the others use the data's.
+        own_stats = isinstance(backbone, TransferNet)
+        model = Classifier(backbone, [0.0] * 3 if own_stats else data.mean,
+                           [1.0] * 3 if own_stats else data.std, data.class_names,
+                           data.image_size, l2=config.l2, l2_on=config.l2_on,
+                           dataset=config.dataset, name=f"{config.model}_classifier")
+        model.compile(
+            optimizer=make_optimizer(config, steps),
+            loss=cross_entropy(config.label_smoothing),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                     keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
+            jit_compile=runtime.jit,
+            steps_per_execution=config.steps_per_execution or (16 if runtime.jit else 1),
+            augmenter=augmenter if augmenter and augments_in_step(config, runtime) else None,
+        )
+        model(data.x_train[:1])
+        model.optimizer.build(model.trainable_variables)
+    if pretrained and config.weights:
+        load_pretrained(model.backbone, config.weights)
+    return model
+
+
+def make_pipelines(config, data, runtime, start_epoch=0, arrays=None):
+    """``(train, validation)`` pipelines. Training batches are augmented here unless the
+    model augments them in its step; validation is None without a validation split.
+
+    Args:
+        start_epoch: the first epoch the stream yields (resuming).
+        arrays: ``(x_train, y_train, x_val, y_val)`` to use instead of the data set's own
+            arrays (a tuner passes tensors made once for the whole search).
+    """
+    batch, _ = batch_and_steps(config, data)
+    x_train, y_train, x_val, y_val = arrays or (data.x_train, data.y_train, data.x_val,
+                                                data.y_val)
+    augmenter = None if augments_in_step(config, runtime) else Augmenter(
+        config.augment, data.num_classes, config.seed)
+
+    def stream(split=None):
+        return make_train_pipeline(x_train, y_train, data.num_classes, batch, augmenter,
+                                   config.seed, start_epoch, split)[0]
+
+    strategy = runtime.strategy
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
+        train = stream()
+    else:  # each input pipeline (worker) yields its replicas' parts of every global batch
+        train = strategy.distribute_datasets_from_function(lambda context: stream(
+            (replicas, context.num_input_pipelines, context.input_pipeline_id)))
+    validation = (make_eval_pipeline(x_val, y_val, data.num_classes, batch)
+                  if len(x_val) else None)
+    return train, validation
+
+
+class TransferStages(keras.callbacks.Callback):
+    """Sets the pretrained backbone's training mode at each epoch: two-stage trains only
+    the head (backbone fixed, BN in inference mode) for ``head_epochs``, then everything
+    with the backbone's updates scaled by ``backbone_lr``; finetune scales them from the
+    start."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def on_epoch_begin(self, epoch, logs=None):
+        two_stage = self.config.transfer == "two-stage"
+        head_only = two_stage and epoch < self.config.head_epochs
+        multiplier = 0.0 if head_only else self.config.backbone_lr
+        backbone = self.model.backbone
+        if (backbone.frozen_base, self.model.backbone_lr) != (head_only, multiplier):
+            backbone.frozen_base = head_only
+            self.model.set_backbone_lr(multiplier)
+            self.model.make_train_function(force=True)
+            if two_stage and epoch == self.config.head_epochs:
+                print(f"epoch {epoch + 1}: unfreezing the backbone (LR x {multiplier})")
+
+
+def training_callbacks(config):
+    """The callbacks every run trains with: the transfer stages (when fine-tuning), then
+    the NaN guard."""
+    stages = [TransferStages(config)] if config.transfer in ("finetune", "two-stage") else []
+    return [*stages, NanGuard()]

@@ -38,3 +38,28 @@ def test_json_has_every_field_and_counts_images(tmp_path):
 def test_nonsense_settings_are_refused(args, message):
     with pytest.raises(UserError, match=message):
         run(build_parser().parse_args(args))
+
+
+def test_bench_train_is_assembled_like_a_training_run(monkeypatch):
+    from tfresnet import assemble
+
+    calls = []
+
+    def spy(name):
+        original = getattr(assemble, name)
+
+        def recorded(config, *args, **kwargs):
+            calls.append((name, config))
+            return original(config, *args, **kwargs)
+        return recorded
+
+    for name in ("build_model", "make_pipelines"):
+        monkeypatch.setattr(assemble, name, spy(name))
+    run(build_parser().parse_args(["--train", "--width", "0.0625", "--batch-size", "8",
+                                   "--steps", "2", "--repeats", "1", "--warmup", "1"]))
+    # The model and the pipelines come from tfresnet.assemble, from one TrainConfig.
+    assert [name for name, _ in calls] == ["build_model", "make_pipelines"]
+    config = calls[0][1]
+    assert calls[1][1] is config
+    assert (config.model, config.width, config.batch_size, config.augment) == \
+        ("resnet18", 0.0625, 8, "standard")

@@ -153,3 +153,20 @@ def test_predict_probabilities_matches_model_predict():
     expected = keras.ops.softmax(clf.predict(x, verbose=0)).numpy()
     np.testing.assert_allclose(predict_probabilities(clf, x, batch_size=16), expected,
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mistake,message", [
+    (["--augment", "bogus"], "unknown augmentation 'bogus'"),
+    (["--schedule", "step", "--milestones", "0", "5"], "--milestones must be positive"),
+    (["--model", "resnet50_imagenet", "--transfer", "frozen", "--weights", "missing.h5"],
+     "--weights file missing.h5 does not exist"),
+    (["--dataset", "no/such/folder"], "unknown data set"),
+])
+def test_a_refused_command_leaves_nothing_and_the_corrected_one_runs(tmp_path, mistake,
+                                                                     message):
+    base = [*TINY, "--epochs", "1", "--output-dir", str(tmp_path), "--name", "typo"]
+    with pytest.raises(UserError, match=message):
+        main([*base, *mistake])
+    assert not (tmp_path / "typo").exists()
+    if mistake[0] == "--augment":  # the corrected command, same --name, runs
+        assert main(base) == 0

@@ -153,3 +153,49 @@ def test_registry_has_pretrained_backbones():
     model = get_model("resnet50v2_imagenet", 5, image_size=32)
     assert isinstance(model, TransferNet) and model.arch == "resnet50v2"
     assert tuple(model(np.zeros((1, 32, 32, 3), "float32")).shape) == (1, 5)
+
+
+def trial(weights_file, digits, **overrides):
+    """One keras-tuner trial as the tuner runs it: ``HyperModel.build`` then ``fit``."""
+    import keras_tuner as kt
+
+    from tfresnet.tune import ResNetHyperModel
+
+    config = TrainConfig(model="resnet18", weights=str(weights_file), image_size=32,
+                         batch_size=32, lr=0.05, **overrides).validate()
+    hypermodel = ResNetHyperModel(config, digits, configure(config), [], (0.05, 0.05))
+    hp = kt.HyperParameters()
+    return hypermodel, hp, hypermodel.build(hp)
+
+
+def test_frozen_tuner_trial_trains_on_the_weights_files_backbone(weights_file, digits):
+    hypermodel, hp, model = trial(weights_file, digits, transfer="frozen", epochs=1)
+    source = build_base("resnet18", 32)
+    source(np.zeros((1, 32, 32, 3), "float32"))
+    source.load_weights(weights_file)
+    expected = snapshot(source.weights)
+    base = model.backbone.base
+    for before, after in zip(expected, base.weights):  # the file's backbone is loaded ...
+        np.testing.assert_array_equal(before, after.numpy())
+    head = snapshot(model.backbone.fc.weights)
+    hypermodel.fit(hp, model)
+    for before, after in zip(expected, base.weights):  # ... and left unchanged by training
+        np.testing.assert_array_equal(before, after.numpy())
+    assert not np.array_equal(head[0], model.backbone.fc.kernel.numpy())
+
+
+def test_two_stage_tuner_trial_unfreezes_after_head_epochs(weights_file, digits):
+    seen = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start = snapshot(self.model.backbone.base.trainable_weights)
+
+        def on_epoch_end(self, epoch, logs=None):
+            now = self.model.backbone.base.trainable_weights
+            seen.append(any(not np.array_equal(a, v.numpy()) for a, v in zip(self.start, now)))
+
+    hypermodel, hp, model = trial(weights_file, digits, transfer="two-stage", head_epochs=1,
+                                  epochs=2)
+    hypermodel.fit(hp, model, callbacks=[Watch()])
+    assert seen == [False, True]  # backbone fixed for the head epoch, then trained

@@ -126,6 +126,13 @@ class TrainConfig:
             raise UserError(f"--transfer {self.transfer} needs --weights imagenet or a file")
         if self.head_epochs < 0 or self.backbone_lr < 0:
             raise UserError("--head-epochs and --backbone-lr must be >= 0")
+        if self.weights and self.weights != "imagenet" and not Path(self.weights).is_file():
+            raise UserError(f"--weights file {self.weights} does not exist")
+        if self.schedule == "step" and (not self.milestones or min(self.milestones) <= 0):
+            raise UserError(f"--milestones must be positive epochs. Received: {self.milestones}")
+        from tfresnet.data.pipeline import parse_augment
+
+        parse_augment(self.augment)
         from tfresnet.models import list_models
         from tfresnet.models.transfer import ARCHITECTURES
 

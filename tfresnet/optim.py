@@ -57,9 +57,7 @@ def make_schedule(config, steps_per_epoch):
     if config.schedule == "inverse_time":
         return schedules.InverseTimeDecay(lr, decay_steps=1, decay_rate=config.decay)
     if config.schedule == "step":
-        milestones = sorted(config.milestones)
-        if not milestones or milestones[0] <= 0:
-            raise UserError(f"--milestones must be positive epochs. Received: {milestones}")
+        milestones = sorted(config.milestones)  # positive: checked by TrainConfig.validate
         values = [lr * config.gamma**i for i in range(len(milestones) + 1)]
         # Keras switches *after* a boundary step; epoch m starts at step m * steps_per_epoch.
         boundaries = [m * steps_per_epoch - 1 for m in milestones]

@@ -38,7 +38,7 @@ from tfresnet.assemble import (
     make_pipelines,
     training_callbacks,
 )
-from tfresnet.checkpoint import atomic_save_figure, atomic_write_text
+from tfresnet.checkpoint import atomic_save_figure, atomic_write_text, make_dir
 from tfresnet.config import add_config_arguments, resolve_config
 from tfresnet.data.splits import stratified_split
 from tfresnet.errors import UserError, command_parser, run_cli
@@ -321,12 +321,12 @@ def tune(args, base):
             changed = sorted(k for k in space if saved.get(k) != space[k])
             raise UserError(f"{out_dir} holds a search with another setup ({', '.join(changed)}"
                             "); use another --name, or --fresh to start over")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(space_path, json.dumps(space, indent=2) + "\n")
     runtime = configure(base)
     data = subset(load_data(base), args.subset, base.seed)
     if not len(data.x_val):
         raise UserError("tuning needs a validation split; drop --val-size 0")
+    make_dir(out_dir)  # only now: a refused search leaves nothing behind
+    atomic_write_text(space_path, json.dumps(space, indent=2) + "\n")
     lr_range = (args.lr_min, args.lr_max)
     if args.method == "lr-range":
         suggestion = lr_range_test(base, data, runtime, lr_range, args.range_steps, out_dir)

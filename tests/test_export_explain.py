@@ -94,8 +94,8 @@ def test_grad_cam_shape_range_and_exact_split_on_every_kind_of_network(name):
     assert cams.shape == (3, 32, 32) and cams.dtype == np.float32
     assert cams.min() >= 0.0 and cams.max() <= 1.0
     # Grad-CAM splits the network at feature_map/head: together they are the whole call.
-    backbone = model.backbone
-    split = backbone.head(backbone.feature_map(model.normalise(images)))
+    network = model.network
+    split = network.head(network.feature_map(model.normalise(images)))
     np.testing.assert_allclose(split, model(images), rtol=1e-5, atol=1e-5)
     assert grad_cam(model, images, class_index=[0, 1, 4]).shape == (3, 32, 32)
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -5,6 +7,8 @@ import pytest
 import tfresnet
 from tfresnet.errors import UserError
 from tfresnet.models import get_model, list_models
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def trainable_count(model):
@@ -27,7 +31,7 @@ PARAMETER_COUNTS = [
     ("resnet34", "cifar", 100, 21_328_292),
     ("resnet50", "cifar", 100, 23_705_252),
     ("resnet18", "cifar", 10, 11_173_962),
-    ("resnet18", "seed", 100, 11_224_932),
+    ("resnet18", "biased_valid", 100, 11_224_932),
 ]
 
 
@@ -45,7 +49,7 @@ def test_parameter_counts_match_reference(name, stem, classes, trainable):
 
 
 @pytest.mark.parametrize("stem,size,expected", [("cifar", 32, 10), ("imagenet", 224, 10),
-                                                ("cifar", 224, 10), ("seed", 32, 10)])
+                                                ("cifar", 224, 10), ("biased_valid", 32, 10)])
 def test_output_shape(stem, size, expected):
     model = get_model("resnet18", expected, stem=stem, width=0.125)
     out = model(np.zeros((2, size, size, 3), "float32"))
@@ -69,7 +73,7 @@ def test_stems_downsample_as_specified():
     assert size("cifar", 64) == (8, 8)
     assert size("imagenet", 64) == (2, 2)
     # The seed's "valid" 3x3 conv trims 32 -> 30 before the stages.
-    assert size("seed", 32) == (4, 4)
+    assert size("biased_valid", 32) == (4, 4)
 
 
 PRETRAINED = [n for n in list_models() if n.endswith("_imagenet")]
@@ -120,8 +124,8 @@ def test_zero_init_residual_and_dropout_options():
     assert model.drop is not None and model.drop.rate == 0.3
 
 
-def test_seed_stem_has_biases_and_cifar_stem_does_not():
-    seed = get_model("resnet18", 100, stem="seed", width=0.125)
+def test_biased_valid_stem_has_biases_and_cifar_stem_does_not():
+    seed = get_model("resnet18", 100, stem="biased_valid", width=0.125)
     cifar = get_model("resnet18", 100, stem="cifar", width=0.125)
     for model in (seed, cifar):
         model(np.zeros((1, 32, 32, 3), "float32"))
@@ -131,7 +135,7 @@ def test_seed_stem_has_biases_and_cifar_stem_does_not():
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"name": "resnet19"}, "unknown model 'resnet19'; choose one of resnet101"),
-    ({"stem": "tiny"}, "unknown stem 'tiny'; choose one of cifar, imagenet, seed"),
+    ({"stem": "tiny"}, "unknown stem 'tiny'; choose one of cifar, imagenet, biased_valid"),
     ({"num_classes": 0}, "num_classes must be a positive int"),
     ({"width": -1.0}, "width must be a positive float"),
     ({"colour": 1}, "bad options for model 'resnet18'"),
@@ -157,3 +161,13 @@ def test_registry_lists_the_family_baselines_and_pretrained():
                   for v in ("", "v2")]
     assert list_models() == sorted(own + pretrained)
     assert tfresnet.get_model is get_model
+
+
+def test_a_keras_file_of_version_0_1_loads_with_its_old_names_and_outputs():
+    # Written by tfresnet 0.1: stem "seed", the network stored as Classifier.backbone.
+    model = keras.saving.load_model(FIXTURES / "classifier_v0.1_seed_stem.keras")
+    expected = np.load(FIXTURES / "classifier_v0.1_seed_stem.npz")
+    np.testing.assert_allclose(model(expected["images"], training=False), expected["logits"],
+                               rtol=1e-5, atol=1e-3)
+    assert model.network.stem == "biased_valid" and model.backbone is model.network
+    assert model.class_names == [f"c{i}" for i in range(10)]

@@ -108,7 +108,8 @@ def test_eval_pipeline_keeps_order_and_uint8():
 
 def test_presets_and_spec_parsing():
     assert [n for n, _ in parse_augment("standard")] == ["crop", "flip"]
-    assert [n for n, _ in parse_augment("seed")] == ["shift", "flip"]
+    assert [n for n, _ in parse_augment("shift_flip")] == ["shift", "flip"]
+    assert parse_augment("seed") == parse_augment("shift_flip")  # the name before 0.2
     assert parse_augment("strong", num_classes=100)[2] == ("cutout", {"size": 16})
     assert parse_augment("strong", num_classes=10)[2] == ("cutout", {"size": 8})
     assert parse_augment("crop:pad=2:mode=zero") == [("crop", {"pad": 2, "mode": "zero"})]

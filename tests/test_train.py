@@ -103,7 +103,7 @@ def test_nan_loss_stops_cleanly_and_keeps_best_keras(tmp_path, monkeypatch, caps
     class PoisonWeights(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 1:
-                kernel = self.model.backbone.fc.kernel
+                kernel = self.model.network.fc.kernel
                 kernel.assign(np.full(kernel.shape, np.nan, "float32"))
 
     make_callbacks = train_module.make_callbacks
@@ -116,7 +116,7 @@ def test_nan_loss_stops_cleanly_and_keeps_best_keras(tmp_path, monkeypatch, caps
     rows = history(tmp_path / "nan")
     assert [r["epoch"] for r in rows] == ["1"]
     model = keras.saving.load_model(tmp_path / "nan" / "best.keras")
-    assert np.all(np.isfinite(model.backbone.fc.kernel.numpy()))
+    assert np.all(np.isfinite(model.network.fc.kernel.numpy()))
 
 
 def test_config_precedence_and_unknown_keys(tmp_path):
@@ -130,6 +130,9 @@ def test_config_precedence_and_unknown_keys(tmp_path):
     config = resolve_config(parser.parse_args(["--config", str(config_file), "--hparams",
                                                str(hparams), "--epochs", "3"]))
     assert (config.lr, config.epochs, config.optimizer) == (0.02, 3, "adam")
+    config_file.write_text(json.dumps({"stem": "seed", "augment": "seed"}))  # names of 0.1
+    config = resolve_config(parser.parse_args(["--config", str(config_file)]))
+    assert (config.stem, config.augment) == ("biased_valid", "shift_flip")
     config_file.write_text(json.dumps({"learning_rate": 0.1}))
     with pytest.raises(UserError, match="unknown setting\\(s\\) learning_rate"):
         resolve_config(parser.parse_args(["--config", str(config_file)]))

@@ -49,22 +49,22 @@ def fit_steps(model, digits, callbacks=()):
 
 def test_frozen_trains_only_the_head(weights_file, digits):
     model, _ = one_step_model("frozen", weights_file, digits)
-    base = model.backbone.base
+    base = model.network.feature_extractor
     weights, stats = snapshot(base.trainable_weights + base.non_trainable_weights), None
     stats = snapshot([v for v in base.non_trainable_weights if "moving" in v.path])
-    head = snapshot(model.backbone.fc.weights)
+    head = snapshot(model.network.fc.weights)
     fit_steps(model, digits)
     assert not base.trainable_weights and base.non_trainable_weights
     for before, after in zip(weights, base.trainable_weights + base.non_trainable_weights):
         np.testing.assert_array_equal(before, after.numpy())
     assert stats and all(np.array_equal(a, v.numpy()) for a, v in
                          zip(stats, [v for v in base.non_trainable_weights if "moving" in v.path]))
-    assert not np.array_equal(head[0], model.backbone.fc.kernel.numpy())
+    assert not np.array_equal(head[0], model.network.fc.kernel.numpy())
 
 
 def test_finetune_changes_the_backbone_and_its_bn_statistics(weights_file, digits):
     model, config = one_step_model("finetune", weights_file, digits)
-    base = model.backbone.base
+    base = model.network.feature_extractor
     kernels = snapshot(base.trainable_weights)
     moving = [v for v in base.non_trainable_weights if "moving_mean" in v.path]
     stats = snapshot(moving)
@@ -80,7 +80,7 @@ def test_backbone_lr_multiplier_scales_the_update(weights_file, digits):
         model, config = one_step_model("finetune", weights_file, digits, backbone_lr=multiplier,
                                        optimizer="sgd", momentum=0.0, l2=0.0,
                                        schedule="constant", augment="none")
-        kernel = model.backbone.base.stem_conv.kernel
+        kernel = model.network.feature_extractor.stem_conv.kernel
         before = kernel.numpy().copy()
         model.set_backbone_lr(multiplier)
         labels = keras.utils.to_categorical(digits.y_train[:32], 10)
@@ -94,10 +94,10 @@ def test_two_stage_unfreezes_at_the_right_epoch(tmp_path, weights_file, monkeypa
 
     class Watch(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.start = snapshot(self.model.backbone.base.trainable_weights)
+            self.start = snapshot(self.model.network.feature_extractor.trainable_weights)
 
         def on_epoch_end(self, epoch, logs=None):
-            now = self.model.backbone.base.trainable_weights
+            now = self.model.network.feature_extractor.trainable_weights
             seen.append(any(not np.array_equal(a, v.numpy()) for a, v in zip(self.start, now)))
 
     make_callbacks = train_module.make_callbacks
@@ -126,7 +126,8 @@ def test_local_weights_round_trip_and_mismatch(tmp_path, weights_file):
     other = TransferNet("resnet18", 10, image_size=32)
     other(x)
     load_pretrained(other, model_file)  # a .keras file works too
-    np.testing.assert_array_equal(other.base.get_weights()[0], source.base.get_weights()[0])
+    np.testing.assert_array_equal(other.feature_extractor.get_weights()[0],
+                                  source.feature_extractor.get_weights()[0])
 
     wrong = tmp_path / "resnet50_base.weights.h5"
     big = build_base("resnet50", 32)
@@ -146,7 +147,7 @@ def test_local_weights_round_trip_and_mismatch(tmp_path, weights_file):
 def test_transfer_bad_input(overrides, message):
     config = TrainConfig(**overrides)
     with pytest.raises(UserError, match=message):
-        assemble.make_backbone(config, 10)
+        assemble.make_network(config, 10)
 
 
 def test_registry_has_pretrained_backbones():
@@ -174,14 +175,14 @@ def test_frozen_tuner_trial_trains_on_the_weights_files_backbone(weights_file, d
     source(np.zeros((1, 32, 32, 3), "float32"))
     source.load_weights(weights_file)
     expected = snapshot(source.weights)
-    base = model.backbone.base
+    base = model.network.feature_extractor
     for before, after in zip(expected, base.weights):  # the file's backbone is loaded ...
         np.testing.assert_array_equal(before, after.numpy())
-    head = snapshot(model.backbone.fc.weights)
+    head = snapshot(model.network.fc.weights)
     hypermodel.fit(hp, model)
     for before, after in zip(expected, base.weights):  # ... and left unchanged by training
         np.testing.assert_array_equal(before, after.numpy())
-    assert not np.array_equal(head[0], model.backbone.fc.kernel.numpy())
+    assert not np.array_equal(head[0], model.network.fc.kernel.numpy())
 
 
 def test_two_stage_tuner_trial_unfreezes_after_head_epochs(weights_file, digits):
@@ -189,10 +190,10 @@ def test_two_stage_tuner_trial_unfreezes_after_head_epochs(weights_file, digits)
 
     class Watch(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.start = snapshot(self.model.backbone.base.trainable_weights)
+            self.start = snapshot(self.model.network.feature_extractor.trainable_weights)
 
         def on_epoch_end(self, epoch, logs=None):
-            now = self.model.backbone.base.trainable_weights
+            now = self.model.network.feature_extractor.trainable_weights
             seen.append(any(not np.array_equal(a, v.numpy()) for a, v in zip(self.start, now)))
 
     hypermodel, hp, model = trial(weights_file, digits, transfer="two-stage", head_epochs=1,

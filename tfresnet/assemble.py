@@ -39,7 +39,7 @@ def augments_in_step(config, runtime):
     return config.augment_on == "device" or (config.augment_on == "auto" and runtime.jit)
 
 
-def make_backbone(config, num_classes):
+def make_network(config, num_classes):
     """The network from the registry, or a pretrained backbone with a new head."""
     pretrained = config.model.endswith("_imagenet")
     if config.transfer == "none":
@@ -68,10 +68,10 @@ def build_model(config, data, runtime, pretrained=True):
     _, steps = batch_and_steps(config, data)
     augmenter = Augmenter(config.augment, data.num_classes, config.seed)
     with runtime.strategy.scope():
-        backbone = make_backbone(config, data.num_classes)
+        network = make_network(config, data.num_classes)
         # Pretrained backbones bring their own preprocessing; the others use the data's.
-        own_stats = isinstance(backbone, TransferNet)
-        model = Classifier(backbone, [0.0] * 3 if own_stats else data.mean,
+        own_stats = isinstance(network, TransferNet)
+        model = Classifier(network, [0.0] * 3 if own_stats else data.mean,
                            [1.0] * 3 if own_stats else data.std, data.class_names,
                            data.image_size, l2=config.l2, l2_on=config.l2_on,
                            dataset=config.dataset, name=f"{config.model}_classifier")
@@ -87,7 +87,7 @@ def build_model(config, data, runtime, pretrained=True):
         model(data.x_train[:1])
         model.optimizer.build(model.trainable_variables)
     if pretrained and config.weights:
-        load_pretrained(model.backbone, config.weights)
+        load_pretrained(model.network, config.weights)
     return model
 
 
@@ -136,9 +136,9 @@ class TransferStages(keras.callbacks.Callback):
         two_stage = self.config.transfer == "two-stage"
         head_only = two_stage and epoch < self.config.head_epochs
         multiplier = 0.0 if head_only else self.config.backbone_lr
-        backbone = self.model.backbone
-        if (backbone.frozen_base, self.model.backbone_lr) != (head_only, multiplier):
-            backbone.frozen_base = head_only
+        network = self.model.network
+        if (network.frozen_base, self.model.backbone_lr) != (head_only, multiplier):
+            network.frozen_base = head_only
             self.model.set_backbone_lr(multiplier)
             self.model.make_train_function(force=True)
             if two_stage and epoch == self.config.head_epochs:

@@ -43,7 +43,7 @@ def network_features(run, arrays, batch_size=256):
     from tfresnet.checkpoint import load_model
 
     model = load_model(run)
-    backbone = model.backbone
+    backbone = model.network
     extract = tf.function(lambda x: backbone.features(
         (tf.cast(x, tf.float32) - model.mean) / model.std, training=False))
     return [np.concatenate([extract(a[i:i + batch_size]).numpy()

@@ -11,7 +11,12 @@ import json
 import typing
 from pathlib import Path
 
+from tfresnet.data.pipeline import PRESET_ALIASES
 from tfresnet.errors import UserError
+from tfresnet.models.resnet import STEM_ALIASES, STEMS
+
+# Names before 0.2 that configs, run folders and tuned files may still hold.
+ALIASES = {"stem": STEM_ALIASES, "augment": PRESET_ALIASES}
 
 
 def _field(default, help, group, choices=None, **kwargs):
@@ -29,7 +34,7 @@ class TrainConfig:
 
     # Model
     model: str = _field("resnet18", "registry name (see --help of tfresnet.models)", "model")
-    stem: str = _field("cifar", "ResNet stem", "model", ["cifar", "imagenet", "seed"])
+    stem: str = _field("cifar", "ResNet stem", "model", list(STEMS))
     width: float = _field(1.0, "channel width multiplier", "model")
     dropout: float = _field(0.0, "dropout before the classifier", "model")
     zero_init_residual: bool = _field(False, "zero the last BN gamma of each block", "model")
@@ -49,7 +54,8 @@ class TrainConfig:
     image_size: int | None = _field(
         None, "model input side: image folders are decoded at it, pretrained backbones "
         "resize to it inside the model (default 64 for folders, 224 for transfer)", "data")
-    augment: str = _field("standard", "preset (none, seed, standard, strong) or spec", "data")
+    augment: str = _field("standard", "preset (none, shift_flip, standard, strong) or spec",
+                          "data")
     augment_on: str = _field("auto", "where augmentation runs (auto: device on a GPU)",
                              "data", ["auto", "host", "device"])
     # Optimizer
@@ -87,6 +93,10 @@ class TrainConfig:
     output_dir: str = _field("saved_models", "where run folders go", "output")
     tensorboard: bool = _field(True, "write TensorBoard logs", "output")
     visualize: bool = _field(True, "draw test_visualisation.png at the end", "output")
+
+    def __post_init__(self):
+        for key, aliases in ALIASES.items():
+            setattr(self, key, aliases.get(getattr(self, key), getattr(self, key)))
 
     @classmethod
     def keys(cls):
@@ -151,6 +161,11 @@ class TrainConfig:
         return self
 
 
+def canonical(values):
+    """A config dict with old names replaced by today's (see `ALIASES`)."""
+    return {k: ALIASES[k].get(v, v) if k in ALIASES else v for k, v in values.items()}
+
+
 def read_json(path, what):
     """Reads a JSON object from ``path``; any failure is a one-line `UserError`."""
     try:
@@ -192,6 +207,9 @@ def add_config_arguments(parser):
             if field.metadata["choices"]:
                 kwargs["choices"] = field.metadata["choices"]
                 kwargs.pop("metavar")
+            if field.name in ALIASES:  # old names on the command line too
+                kwargs["type"] = lambda value, aliases=ALIASES[field.name]: \
+                    aliases.get(value, value)
         groups[group_name].add_argument(flag, **kwargs)
 
 

@@ -125,7 +125,7 @@ def evaluate(target, dataset=None, data_dir=None, tta=None, out_dir=None):
         writer.writerow([name, support, correct, f"{correct / support:.4f}" if support else ""])
     atomic_write_text(out_dir / "per_class_accuracy.csv", rows.getvalue())
     plot_confusion(matrix, data.class_names, data.fine_to_coarse,
-                   f"{model.backbone.name} on {data.name} ({split}): top-1 "
+                   f"{model.network.name} on {data.name} ({split}): top-1 "
                    f"{100 * result['top1']:.2f}%", out_dir / "confusion_matrix.png")
     atomic_write_text(out_dir / "evaluation.json", json.dumps(result, indent=2) + "\n")
     return result

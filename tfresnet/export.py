@@ -45,7 +45,7 @@ def serving_model(model):
     height, width = model.image_size
     images = keras.Input((height, width, 3), name="images")
     probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(model(images))
-    serving = keras.Model(images, probabilities, name=f"{model.backbone.name}_probabilities")
+    serving = keras.Model(images, probabilities, name=f"{model.network.name}_probabilities")
     serving(np.zeros((1, height, width, 3), np.float32))  # exporters refuse uncalled models
     return serving
 

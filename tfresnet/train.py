@@ -22,7 +22,7 @@ from tfresnet.assemble import (
 )
 from tfresnet.callbacks import NanGuard, RunRecorder, read_history
 from tfresnet.checkpoint import atomic_write_text, load_model
-from tfresnet.config import TrainConfig, add_config_arguments, resolve_config
+from tfresnet.config import TrainConfig, add_config_arguments, canonical, resolve_config
 from tfresnet.errors import UserError, command_parser, run_cli
 from tfresnet.inference import test_metrics
 from tfresnet.runtime import configure, versions
@@ -52,7 +52,7 @@ def _run_dir(config):
     for path in reversed(candidates):
         if not (path.parent / "summary.json").exists():
             try:
-                if _comparable(json.loads(path.read_text())) == wanted:
+                if _comparable(canonical(json.loads(path.read_text()))) == wanted:
                     return path.parent
             except ValueError:
                 continue
@@ -73,7 +73,7 @@ def check_run_dir(config, fresh):
         if not config_path.exists():
             raise UserError(f"{run_dir} exists but is not a tfresnet run (no config.json); "
                             "pick another --name")
-        saved = json.loads(config_path.read_text())
+        saved = canonical(json.loads(config_path.read_text()))
         changed = {k for k in set(saved) | set(config.to_dict())
                    if saved.get(k) != config.to_dict().get(k)} - RESUMABLE_CHANGES
         if changed:
@@ -178,7 +178,7 @@ def summarize(config, run_dir, data, runtime, recorder, wall_seconds, images):
         "device": runtime.device,
         "precision": runtime.precision,
         "jit": runtime.jit,
-        "parameters": int(best.backbone.count_params()),
+        "parameters": int(best.network.count_params()),
         "trainable_parameters": int(sum(v.numpy().size for v in best.trainable_variables)),
         "epochs": len(rows),
         "best_epoch": best_row["epoch"],

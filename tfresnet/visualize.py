@@ -135,7 +135,7 @@ def draw_run(target, dataset=None, data_dir=None, out=None, per_row=None, scale=
     model, data, images, labels, split = load_run(target, dataset, data_dir)
     probabilities = predict_probabilities(model, images)
     accuracy = topk_accuracy(probabilities, labels, 1)
-    header = (f"{model.backbone.name} on {data.name} ({split}, {len(images)} images): "
+    header = (f"{model.network.name} on {data.name} ({split}, {len(images)} images): "
               f"accuracy {100 * accuracy:.2f}%")
     picture, _, placement = draw_predictions(images, labels, probabilities, model.class_names,
                                              header, per_row, scale, select)

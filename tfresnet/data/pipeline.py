@@ -28,10 +28,11 @@ AUGMENTATIONS = {
 }
 PRESETS = {
     "none": "",
-    "seed": "shift,flip",  # the seed's ImageDataGenerator: 0.2 shifts + horizontal flip
+    "shift_flip": "shift,flip",  # Keras' ImageDataGenerator recipe: 0.2 shifts + mirroring
     "standard": "crop,flip",
     "strong": "crop,flip,cutout",
 }
+PRESET_ALIASES = {"seed": "shift_flip"}  # the name before 0.2
 FILL_MODES = ("reflect", "zero", "nearest")
 
 
@@ -41,7 +42,7 @@ def parse_augment(spec, num_classes=10):
     Raises:
         UserError: unknown augmentation or parameter, or a value out of range.
     """
-    spec = PRESETS.get(spec, spec)
+    spec = PRESETS.get(PRESET_ALIASES.get(spec, spec), spec)
     parsed = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, *assignments = item.split(":")

@@ -13,10 +13,10 @@ from tfresnet.losses import l2_penalty, l2_variables
 
 @keras.saving.register_keras_serializable(package="tfresnet")
 class Classifier(keras.Model):
-    """Pixels (0-255) -> normalise -> backbone -> float32 logits, trained with CE + L2.
+    """Pixels (0-255) -> normalise -> network -> float32 logits, trained with CE + L2.
 
     Args:
-        backbone: a registry model (or its serialized config) that returns logits.
+        network: a registry model (or its serialized config) that returns logits.
         mean: per-channel mean of the training pixels, 0-255 scale.
         std: per-channel standard deviation, 0-255 scale.
         class_names: the name of each output class.
@@ -26,12 +26,13 @@ class Classifier(keras.Model):
         dataset: name of the data set it was trained on (metadata).
     """
 
-    def __init__(self, backbone, mean, std, class_names, image_size=(32, 32), l2=0.0,
-                 l2_on="kernels", dataset=None, **kwargs):
+    def __init__(self, network=None, mean=None, std=None, class_names=(), image_size=(32, 32),
+                 l2=0.0, l2_on="kernels", dataset=None, backbone=None, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(backbone, dict):
-            backbone = keras.saving.deserialize_keras_object(backbone)
-        self.backbone = backbone
+        network = network if network is not None else backbone  # files before 0.2
+        if isinstance(network, dict):
+            network = keras.saving.deserialize_keras_object(network)
+        self.network = network
         self.mean = [float(m) for m in mean]
         self.std = [float(s) for s in std]
         self.class_names = list(class_names)
@@ -58,11 +59,17 @@ class Classifier(keras.Model):
             self.set_backbone_lr(backbone_lr)
 
     def set_backbone_lr(self, multiplier):
-        """Scales the updates of a pretrained backbone (``backbone.base``) by
+        """Scales the updates of a pretrained backbone (``network.feature_extractor``) by
         ``multiplier``: 0 leaves it out of training (no gradients), 1 trains it like the
         head. Call ``make_train_function(force=True)`` after changing it mid-training."""
-        self.backbone.base.trainable = multiplier > 0
+        self.network.feature_extractor.trainable = multiplier > 0
         self.backbone_lr = float(multiplier)
+
+    @property
+    def backbone(self):
+        """The old name of `network`. Keras stores the network's weights under this name
+        (the first of the two in sorted order), so files of every version load."""
+        return self.network
 
     def normalise(self, inputs):
         """0-255 pixels -> what the backbone was trained on (float32)."""
@@ -70,7 +77,7 @@ class Classifier(keras.Model):
         return (x - keras.ops.array(self.mean)) / keras.ops.array(self.std)
 
     def call(self, inputs, training=None):
-        return keras.ops.cast(self.backbone(self.normalise(inputs), training=training),
+        return keras.ops.cast(self.network(self.normalise(inputs), training=training),
                               "float32")
 
     def train_step(self, data):
@@ -81,7 +88,7 @@ class Classifier(keras.Model):
         # A per-layer learning rate for any optimizer (Keras 3 optimizers take one rate,
         # and scaling gradients would not scale Adam's update): the backbone's update is
         # scaled after the step, which needs a snapshot of its variables.
-        base = self.backbone.base.trainable_variables
+        base = self.network.feature_extractor.trainable_variables
         before = [keras.ops.copy(v) for v in base]  # snapshots, not references
         logs = super().train_step(data)
         for variable, old in zip(base, before):
@@ -93,7 +100,7 @@ class Classifier(keras.Model):
         # (their gradients are summed); the L2 term must be divided the same way.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         ce = super().compute_loss(x, y, y_pred, sample_weight, training)
-        l2 = l2_penalty(l2_variables(self.backbone, self.l2_on), self.l2)
+        l2 = l2_penalty(l2_variables(self.network, self.l2_on), self.l2)
         batch = keras.ops.shape(y_pred)[0]
         self.ce_tracker.update_state(ce * replicas, sample_weight=batch)
         self.l2_tracker.update_state(l2, sample_weight=batch)
@@ -102,7 +109,7 @@ class Classifier(keras.Model):
     def get_config(self):
         config = super().get_config()
         config.update(
-            backbone=keras.saving.serialize_keras_object(self.backbone),
+            network=keras.saving.serialize_keras_object(self.network),
             mean=self.mean,
             std=self.std,
             class_names=self.class_names,

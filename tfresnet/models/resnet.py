@@ -10,7 +10,8 @@ from keras import layers
 
 from tfresnet.errors import UserError
 
-STEMS = ("cifar", "imagenet", "seed")
+STEMS = ("cifar", "imagenet", "biased_valid")
+STEM_ALIASES = {"seed": "biased_valid"}  # the name before 0.2 (configs and .keras files)
 BLOCKS = ("basic", "bottleneck")
 
 # torchvision initialises convolutions with kaiming_normal_(mode="fan_out", relu).
@@ -201,8 +202,9 @@ class ResNet(ClassifierHead, keras.Model):
         num_classes: size of the output (logits, no softmax).
         stem: ``"cifar"``: 3x3 stride-1 conv, no max-pool (the common CIFAR variant);
             ``"imagenet"``: 7x7 stride-2 conv + 3x3 stride-2 max-pool (torchvision);
-            ``"seed"``: the seed homework's 3x3 "valid" conv with bias + 2x2 stride-1
-            max-pool, with biased convolutions throughout (11,224,932 parameters).
+            ``"biased_valid"``: a 3x3 "valid" conv + 2x2 stride-1 max-pool, and biases in
+            every convolution (the seed homework's network, 11,224,932 parameters;
+            ``"seed"`` is accepted for it).
         width: multiplier of every stage's channels (64, 128, 256, 512 at 1.0).
         zero_init_residual: zero the last BN gamma of every block.
         dropout: dropout rate before the classifier (0 = none).
@@ -219,6 +221,7 @@ class ResNet(ClassifierHead, keras.Model):
                  include_top=True, **kwargs):
         if block not in BLOCKS:
             raise UserError(f"unknown block {block!r}; choose one of {', '.join(BLOCKS)}")
+        stem = STEM_ALIASES.get(stem, stem)
         if stem not in STEMS:
             raise UserError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
         check_positive("num_classes", num_classes, int)
@@ -234,12 +237,12 @@ class ResNet(ClassifierHead, keras.Model):
         self.dropout = dropout
         self.include_top = include_top
 
-        use_bias = stem == "seed"
+        use_bias = stem == "biased_valid"
         stem_channels = max(1, round(64 * width))
         if stem == "imagenet":
             self.stem_conv = _conv(stem_channels, 7, 2, name="stem_conv")
             self.stem_pool = layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")
-        elif stem == "seed":
+        elif stem == "biased_valid":
             self.stem_conv = _conv(stem_channels, 3, 1, True, padding="valid", name="stem_conv")
             self.stem_pool = layers.MaxPooling2D(2, 1, padding="same", name="stem_pool")
         else:

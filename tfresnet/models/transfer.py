@@ -79,11 +79,17 @@ class TransferNet(ClassifierHead, keras.Model):
         self.dropout = dropout
         self.frozen_base = frozen_base
         self.trainable_base = trainable_base
-        self.base = build_base(arch, image_size)
-        self.base.trainable = trainable_base
+        self.feature_extractor = build_base(arch, image_size)
+        self.feature_extractor.trainable = trainable_base
         self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
         self.drop = keras.layers.Dropout(dropout, name="dropout") if dropout else None
         self.fc = keras.layers.Dense(num_classes, dtype="float32", name="fc")
+
+    @property
+    def base(self):
+        """The old name of `feature_extractor`. Keras stores its weights under this name
+        (the first of the two in sorted order), so files of every version load."""
+        return self.feature_extractor
 
     def preprocess(self, pixels):
         """0-255 RGB pixels -> what the backbone was trained on."""
@@ -97,7 +103,7 @@ class TransferNet(ClassifierHead, keras.Model):
     def feature_map(self, inputs, training=None):
         """The backbone's last feature map (before pooling)."""
         x = self.preprocess(keras.ops.cast(inputs, "float32"))
-        return self.base(x, training=False if self.frozen_base else training)
+        return self.feature_extractor(x, training=False if self.frozen_base else training)
 
     def get_config(self):
         config = super().get_config()
@@ -108,10 +114,10 @@ class TransferNet(ClassifierHead, keras.Model):
 
 
 def load_pretrained(model, weights):
-    """Loads ImageNet weights into ``model.base``: ``"imagenet"`` (Keras' download cache)
-    or a local weights file. A file of another architecture is refused, never partly loaded.
-    """
-    base = model.base
+    """Loads ImageNet weights into ``model.feature_extractor``: ``"imagenet"`` (Keras'
+    download cache) or a local weights file. A file of another architecture is refused,
+    never partly loaded."""
+    base = model.feature_extractor
     if weights == "imagenet":
         if model.arch in _OWN:
             raise UserError(f"Keras publishes no ImageNet weights for {model.arch}; pass "
@@ -135,7 +141,7 @@ def load_pretrained(model, weights):
             source = keras.saving.load_model(path, compile=False)
         except Exception as err:
             raise UserError(f"--weights {path} is not a loadable .keras file ({err})")
-        source = getattr(getattr(source, "backbone", source), "base", source)
+        source = getattr(getattr(source, "network", source), "feature_extractor", source)
         _copy_weights(source, base, path)
         return
     if not path.name.endswith(".h5"):

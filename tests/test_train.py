@@ -164,6 +164,8 @@ def test_predict_probabilities_matches_model_predict():
     (["--model", "resnet50_imagenet", "--transfer", "frozen", "--weights", "missing.h5"],
      "--weights file missing.h5 does not exist"),
     (["--dataset", "no/such/folder"], "unknown data set"),
+    (["--augment", "randaugment", "--augment-on", "device", "--jit", "on"],
+     "cannot run inside an XLA-compiled step"),
 ])
 def test_a_refused_command_leaves_nothing_and_the_corrected_one_runs(tmp_path, mistake,
                                                                      message):
@@ -173,3 +175,16 @@ def test_a_refused_command_leaves_nothing_and_the_corrected_one_runs(tmp_path, m
     assert not (tmp_path / "typo").exists()
     if mistake[0] == "--augment":  # the corrected command, same --name, runs
         assert main(base) == 0
+
+
+def test_augmentation_goes_into_the_xla_step_only_when_xla_can_compile_it():
+    from types import SimpleNamespace
+
+    from tfresnet.assemble import augments_in_step
+    from tfresnet.config import TrainConfig
+
+    xla, eager = SimpleNamespace(jit=True), SimpleNamespace(jit=False)
+    assert augments_in_step(TrainConfig(augment="strong"), xla)
+    assert not augments_in_step(TrainConfig(augment="strong"), eager)
+    assert not augments_in_step(TrainConfig(augment="randaugment,flip"), xla)  # host instead
+    assert augments_in_step(TrainConfig(augment="flip", augment_on="device"), eager)

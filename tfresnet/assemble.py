@@ -35,8 +35,16 @@ def batch_and_steps(config, data):
 
 def augments_in_step(config, runtime):
     """Whether augmentation runs inside the compiled train step (on the accelerator) rather
-    than in tf.data: when asked, or by default whenever the step is XLA-compiled."""
-    return config.augment_on == "device" or (config.augment_on == "auto" and runtime.jit)
+    than in tf.data: when asked, or by default whenever the step is XLA-compiled and XLA
+    can compile every augmentation."""
+    xla_ok = Augmenter(config.augment, 10, config.seed).xla_compatible
+    if config.augment_on == "device":
+        if runtime.jit and not xla_ok:
+            raise UserError(f"--augment {config.augment} cannot run inside an XLA-compiled "
+                            "step (RandAugment has no XLA kernel); use --augment-on host "
+                            "or --jit off")
+        return True
+    return config.augment_on == "auto" and runtime.jit and xla_ok
 
 
 def make_network(config, num_classes):

@@ -11,21 +11,14 @@ Augmentation specs are comma-separated names with ``:key=value`` parameters, for
 ``crop:pad=4:mode=zero,flip,cutout:size=8``, or one of the `PRESETS`.
 """
 
+import functools
+import inspect
+
 import tensorflow as tf
 
 from tfresnet.errors import UserError
 
-# name -> default parameters. ``size=None`` for cutout means 16 px for 100+ classes, else 8
-# (DeVries & Taylor, arXiv 1708.04552).
-AUGMENTATIONS = {
-    "crop": {"pad": 4, "mode": "reflect"},
-    "shift": {"fraction": 0.2, "mode": "nearest"},
-    "flip": {},
-    "cutout": {"size": None},
-    "mixup": {"alpha": 0.2},
-    "cutmix": {"alpha": 1.0},
-    "randaugment": {"num_ops": 2, "factor": 0.5},
-}
+AUGMENTATIONS = {}  # name -> batch operation (see `augmentation`)
 PRESETS = {
     "none": "",
     "shift_flip": "shift,flip",  # Keras' ImageDataGenerator recipe: 0.2 shifts + mirroring
@@ -34,6 +27,35 @@ PRESETS = {
 }
 PRESET_ALIASES = {"seed": "shift_flip"}  # the name before 0.2
 FILL_MODES = ("reflect", "zero", "nearest")
+
+
+def augmentation(prepare=None, stateful=False, xla=True):
+    """Registers a batch augmentation under its function's name: adding one is this one
+    decorated function.
+
+    The function is ``op(images, labels, seed, **params)`` -> ``(images, labels)`` on
+    float32 BHWC images and one-hot labels; its keyword defaults declare its parameters
+    (a ``mode`` is one of `FILL_MODES`, every other value a non-negative number).
+
+    Args:
+        prepare: ``prepare(params, num_classes)`` -> params: fills data-dependent defaults
+            and raises `UserError` for values the op cannot use.
+        stateful: the function is a factory ``op(layer_seed, **params)`` returning the
+            batch operation (for ops that keep state, such as a Keras layer).
+        xla: False for ops that XLA cannot compile: they run in tf.data, never inside an
+            XLA-compiled train step.
+    """
+    def register(op):
+        op.prepare, op.stateful, op.xla = prepare, stateful, xla
+        AUGMENTATIONS[op.__name__] = op
+        return op
+    return register
+
+
+def _parameters(op):
+    skip = 1 if op.stateful else 3
+    return {name: p.default for name, p in
+            list(inspect.signature(op).parameters.items())[skip:]}
 
 
 def parse_augment(spec, num_classes=10):
@@ -49,17 +71,16 @@ def parse_augment(spec, num_classes=10):
         if name not in AUGMENTATIONS:
             raise UserError(f"unknown augmentation {name!r}; choose from "
                             f"{', '.join(AUGMENTATIONS)} or a preset: {', '.join(PRESETS)}")
-        params = dict(AUGMENTATIONS[name])
+        op = AUGMENTATIONS[name]
+        params = _parameters(op)
         for assignment in assignments:
             key, _, value = assignment.partition("=")
             if key not in params:
                 raise UserError(f"augmentation {name!r} has no parameter {key!r}; it takes "
                                 f"{', '.join(params) or 'none'}")
             params[key] = value if key == "mode" else _number(name, key, value)
-        if name == "cutout" and params["size"] is None:
-            params["size"] = 16 if num_classes >= 100 else 8
         _check(name, params)
-        parsed.append((name, params))
+        parsed.append((name, op.prepare(params, num_classes) if op.prepare else params))
     return parsed
 
 
@@ -68,7 +89,7 @@ def _number(name, key, value):
         number = float(value)
     except ValueError:
         raise UserError(f"augmentation {name}:{key} needs a number. Received: {value!r}")
-    return int(number) if number.is_integer() and key in ("pad", "size", "num_ops") else number
+    return int(number) if number.is_integer() else number
 
 
 def _check(name, params):
@@ -76,12 +97,28 @@ def _check(name, params):
     if mode is not None and mode not in FILL_MODES:
         raise UserError(f"{name}:mode must be one of {', '.join(FILL_MODES)}. Received: {mode!r}")
     for key, value in params.items():
-        if key != "mode" and (not isinstance(value, (int, float)) or value < 0):
+        if key != "mode" and value is not None and (
+                not isinstance(value, (int, float)) or value < 0):
             raise UserError(f"{name}:{key} must be a non-negative number. Received: {value!r}")
-    if name in ("mixup", "cutmix") and params["alpha"] <= 0:
-        raise UserError(f"{name}:alpha must be > 0. Received: {params['alpha']}")
-    if name == "shift" and params["fraction"] >= 1:
+
+
+def _positive_alpha(params, num_classes):
+    if params["alpha"] <= 0:
+        raise UserError(f"alpha must be > 0. Received: {params['alpha']}")
+    return params
+
+
+def _fraction_below_one(params, num_classes):
+    if params["fraction"] >= 1:
         raise UserError(f"shift:fraction must be < 1. Received: {params['fraction']}")
+    return params
+
+
+def _cutout_size(params, num_classes):
+    # 16 px for 100+ classes, else 8 (DeVries & Taylor, arXiv 1708.04552).
+    if params["size"] is None:
+        params["size"] = 16 if num_classes >= 100 else 8
+    return params
 
 
 # --- the batch operations: (images float32 BHWC, labels BK, seed [2]) -> same -------------
@@ -114,7 +151,8 @@ def _offsets(batch, limit, seed):
     return tf.random.stateless_uniform([batch], seed, -limit, limit + 1, dtype=tf.int32)
 
 
-def crop(images, labels, seed, pad, mode):
+@augmentation()
+def crop(images, labels, seed, pad=4, mode="reflect"):
     """Pad by ``pad`` and take a random crop of the original size (a shift of at most
     ``pad`` pixels each way)."""
     batch = tf.shape(images)[0]
@@ -123,7 +161,8 @@ def crop(images, labels, seed, pad, mode):
     return translate(images, dy, dx, mode), labels
 
 
-def shift(images, labels, seed, fraction, mode):
+@augmentation(_fraction_below_one)
+def shift(images, labels, seed, fraction=0.2, mode="nearest"):
     """Random shifts of up to ``fraction`` of the height and width (the seed's 0.2)."""
     batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
     max_dy = tf.cast(tf.round(fraction * tf.cast(height, tf.float32)), tf.int32)
@@ -133,6 +172,7 @@ def shift(images, labels, seed, fraction, mode):
     return translate(images, dy, dx, mode), labels
 
 
+@augmentation()
 def flip(images, labels, seed):
     """Mirrors a random half of the images left-right."""
     mirror = tf.random.stateless_uniform([tf.shape(images)[0]], seed) < 0.5
@@ -156,7 +196,8 @@ def _centres(shape, seed):
     return y, x
 
 
-def cutout(images, labels, seed, size):
+@augmentation(_cutout_size)
+def cutout(images, labels, seed, size=None):
     """Zeroes one ``size`` x ``size`` square per image, centred anywhere (clipped at the
     borders)."""
     shape = tf.shape(images)
@@ -170,7 +211,8 @@ def _beta(seed, alpha):
     return gammas[0] / (gammas[0] + gammas[1])
 
 
-def mixup(images, labels, seed, alpha):
+@augmentation(_positive_alpha)
+def mixup(images, labels, seed, alpha=0.2):
     """Blends each image and label with the batch's reversed order (Zhang et al.,
     arXiv 1710.09412), one Beta(alpha, alpha) weight per batch."""
     lam = _beta(seed, alpha)
@@ -178,7 +220,8 @@ def mixup(images, labels, seed, alpha):
     return mixed, lam * labels + (1.0 - lam) * tf.reverse(labels, [0])
 
 
-def cutmix(images, labels, seed, alpha):
+@augmentation(_positive_alpha)
+def cutmix(images, labels, seed, alpha=1.0):
     """Pastes a box from the reversed batch into each image; labels mix by the pasted area
     (Yun et al., arXiv 1905.04899)."""
     shape = tf.shape(images)
@@ -193,6 +236,17 @@ def cutmix(images, labels, seed, alpha):
     return pasted, (1.0 - area) * labels + area * tf.reverse(labels, [0])
 
 
+@augmentation(stateful=True, xla=False)  # ImageProjectiveTransformV3 has no XLA kernel
+def randaugment(layer_seed, num_ops=2, factor=0.5):
+    """Keras' RandAugment. It draws from its own seeded generator, not from the step seed,
+    so it is not replayed exactly on resume."""
+    import keras
+
+    layer = keras.layers.RandAugment(value_range=(0, 255), num_ops=int(num_ops),
+                                     factor=factor, seed=layer_seed)
+    return lambda images, labels, seed: (layer(images, training=True), labels)
+
+
 class Augmenter:
     """Applies a parsed augmentation list to ``(images, one-hot labels)`` batches.
 
@@ -203,9 +257,14 @@ class Augmenter:
     """
 
     def __init__(self, spec, num_classes, seed=0):
-        self.ops = parse_augment(spec, num_classes)
         self.seed = int(seed)
-        self._randaugment = {}
+        self.ops = []
+        self.xla_compatible = True  # every op can run inside an XLA-compiled step
+        for index, (name, params) in enumerate(parse_augment(spec, num_classes)):
+            op = AUGMENTATIONS[name]
+            self.ops.append(op(self.seed + index, **params) if op.stateful
+                            else functools.partial(op, **params))
+            self.xla_compatible &= op.xla
 
     def __bool__(self):
         return bool(self.ops)
@@ -214,27 +273,10 @@ class Augmenter:
         images = tf.cast(images, tf.float32)
         labels = tf.cast(labels, tf.float32)
         base = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
-        for index, (name, params) in enumerate(self.ops):
+        for index, op in enumerate(self.ops):
             seed = tf.random.experimental.stateless_fold_in(base, index)
-            if name == "randaugment":
-                images = self._rand_augment(index, params)(images, training=True)
-                continue
-            images, labels = _OPS[name](images, labels, seed, **params)
+            images, labels = op(images, labels, seed)
         return images, labels
-
-    def _rand_augment(self, index, params):
-        # Keras' RandAugment draws from its own seeded generator, not from the step seed.
-        if index not in self._randaugment:
-            import keras
-
-            self._randaugment[index] = keras.layers.RandAugment(
-                value_range=(0, 255), num_ops=int(params["num_ops"]),
-                factor=params["factor"], seed=self.seed + index)
-        return self._randaugment[index]
-
-
-_OPS = {"crop": crop, "shift": shift, "flip": flip, "cutout": cutout,
-        "mixup": mixup, "cutmix": cutmix}
 
 
 # --- pipelines -------------------------------------------------------------------------

@@ -47,5 +47,9 @@ def test_compare_runs_and_baselines(tmp_path):
     table = (out / "comparison.md").read_text().splitlines()
     assert len(table) == 4 and table[2].startswith("| a | resnet18 | digits")
     assert "linear (raw pixels)" in table[3]
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    cells = dict(zip(table[0].strip("| ").split(" | "), table[2].strip("| ").split(" | ")))
+    assert cells["wall_seconds"] == f"{summary['wall_seconds']:,.1f}"  # seconds, never a %
+    assert cells["test_accuracy"] == f"{100 * summary['test_accuracy']:.2f}%"
     assert (out / "comparison.png").stat().st_size > 0
     assert (out / "comparison.csv").read_text().count("\n") == 3

@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from tfresnet.errors import UserError, command_parser, run_cli
+from tfresnet.runtime import PRECISIONS
 
 PIPELINE_PRESETS = ("standard", "strong")
 
@@ -237,7 +238,7 @@ def build_parser():
     parser.add_argument("--model", nargs="+", default=["resnet18"])
     parser.add_argument("--batch-size", type=int, nargs="+", default=[128])
     parser.add_argument("--precision", nargs="+", default=["auto"],
-                        choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"])
+                        choices=PRECISIONS)
     parser.add_argument("--jit", nargs="+", default=["off"], choices=["on", "off"])
     parser.add_argument("--augment", nargs="+", default=list(PIPELINE_PRESETS),
                         help="pipeline presets to measure")

@@ -45,15 +45,20 @@ def load_runs(paths):
     return runs
 
 
-def _cell(value):
-    if isinstance(value, float):
-        return f"{100 * value:.2f}%" if value <= 1 else f"{value:,.1f}"
-    return "" if value is None else str(value)
+ACCURACIES = ("best_val_accuracy", "test_accuracy", "test_top5")  # fractions, shown as %
+
+
+def _cell(column, value):
+    if value is None:
+        return ""
+    if column in ACCURACIES:
+        return f"{100 * value:.2f}%"
+    return f"{value:,.1f}" if isinstance(value, float) else str(value)
 
 
 def write_table(runs, out_dir):
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row, _ in runs]
+    lines += ["| " + " | ".join(_cell(c, row[c]) for c in COLUMNS) + " |" for row, _ in runs]
     atomic_write_text(out_dir / "comparison.md", "\n".join(lines) + "\n")
     out = io.StringIO()
     writer = csv.DictWriter(out, COLUMNS)

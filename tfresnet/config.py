@@ -11,9 +11,13 @@ import json
 import typing
 from pathlib import Path
 
-from tfresnet.data.pipeline import PRESET_ALIASES
+from tfresnet.data.pipeline import AUGMENT_PLACES, PRESET_ALIASES
 from tfresnet.errors import UserError
+from tfresnet.losses import L2_TARGETS
 from tfresnet.models.resnet import STEM_ALIASES, STEMS
+from tfresnet.models.transfer import TRANSFER_MODES
+from tfresnet.optim import OPTIMIZERS, SCHEDULES
+from tfresnet.runtime import JIT_MODES, PRECISIONS, STRATEGIES
 
 # Names before 0.2 that configs, run folders and tuned files may still hold.
 ALIASES = {"stem": STEM_ALIASES, "augment": PRESET_ALIASES}
@@ -39,8 +43,7 @@ class TrainConfig:
     dropout: float = _field(0.0, "dropout before the classifier", "model")
     zero_init_residual: bool = _field(False, "zero the last BN gamma of each block", "model")
     transfer: str = _field("none", "pretrained backbone mode (scratch: same net, random "
-                           "weights)", "transfer", ["none", "scratch", "frozen", "finetune",
-                                                    "two-stage"])
+                           "weights)", "transfer", list(TRANSFER_MODES))
     weights: str | None = _field(None, "'imagenet' or a local .weights.h5/.h5/.keras file",
                                  "transfer")
     backbone_lr: float = _field(0.1, "backbone LR multiplier (finetune, two-stage)",
@@ -57,15 +60,14 @@ class TrainConfig:
     augment: str = _field("standard", "preset (none, shift_flip, standard, strong) or spec",
                           "data")
     augment_on: str = _field("auto", "where augmentation runs (auto: device on a GPU)",
-                             "data", ["auto", "host", "device"])
+                             "data", list(AUGMENT_PLACES))
     # Optimizer
-    optimizer: str = _field("sgd", "optimizer", "optimizer", ["sgd", "adam", "adamw"])
+    optimizer: str = _field("sgd", "optimizer", "optimizer", list(OPTIMIZERS))
     lr: float = _field(0.1, "peak learning rate (per --batch-size, see --scale-lr)", "optimizer")
     momentum: float = _field(0.9, "SGD momentum", "optimizer")
     nesterov: bool = _field(True, "Nesterov momentum for SGD", "optimizer")
     weight_decay: float = _field(0.0, "decoupled weight decay of the optimizer", "optimizer")
-    schedule: str = _field("cosine", "learning-rate schedule", "optimizer",
-                           ["constant", "inverse_time", "step", "cosine", "onecycle"])
+    schedule: str = _field("cosine", "learning-rate schedule", "optimizer", list(SCHEDULES))
     warmup_epochs: float = _field(2.0, "linear warm-up epochs (cosine)", "optimizer")
     milestones: list[int] = _field([60, 120, 160], "epochs where 'step' multiplies by gamma",
                                    "optimizer")
@@ -74,7 +76,7 @@ class TrainConfig:
     scale_lr: bool = _field(False, "scale lr by global batch / 128", "optimizer")
     # Loss
     l2: float = _field(5e-4, "L2 weight: loss = ce + l2/2 * sum(w^2)", "loss")
-    l2_on: str = _field("kernels", "variables the L2 covers", "loss", ["kernels", "all"])
+    l2_on: str = _field("kernels", "variables the L2 covers", "loss", list(L2_TARGETS))
     label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy", "loss")
     # Training
     epochs: int = _field(200, "epochs to train", "training")
@@ -82,12 +84,11 @@ class TrainConfig:
     seed: int = _field(0, "seed of initialisation, split, shuffling and augmentation", "training")
     deterministic: bool = _field(False, "make TensorFlow ops deterministic (slower)", "training")
     precision: str = _field("auto", "auto: mixed_float16 on a GPU, else float32", "training",
-                            ["auto", "float32", "mixed_float16", "mixed_bfloat16"])
+                            list(PRECISIONS))
     jit: str = _field("auto", "XLA compilation (auto: on with a GPU)", "training",
-                      ["auto", "on", "off"])
+                      list(JIT_MODES))
     steps_per_execution: int = _field(0, "train steps per compiled call (0 = auto)", "training")
-    strategy: str = _field("auto", "tf.distribute strategy", "training",
-                           ["auto", "one", "mirrored", "multiworker", "tpu"])
+    strategy: str = _field("auto", "tf.distribute strategy", "training", list(STRATEGIES))
     # Output
     name: str | None = _field(None, "run folder name (default model-dataset-time)", "output")
     output_dir: str = _field("saved_models", "where run folders go", "output")

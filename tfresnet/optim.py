@@ -47,30 +47,53 @@ def base_learning_rate(config):
     return config.lr * config.batch_size / 128 if config.scale_lr else config.lr
 
 
+def _inverse_time(config, lr, steps_per_epoch, total):
+    return keras.optimizers.schedules.InverseTimeDecay(lr, decay_steps=1,
+                                                       decay_rate=config.decay)
+
+
+def _step(config, lr, steps_per_epoch, total):
+    milestones = sorted(config.milestones)  # positive: checked by TrainConfig.validate
+    values = [lr * config.gamma**i for i in range(len(milestones) + 1)]
+    # Keras switches *after* a boundary step; epoch m starts at step m * steps_per_epoch.
+    boundaries = [m * steps_per_epoch - 1 for m in milestones]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+def _cosine(config, lr, steps_per_epoch, total):
+    warmup = min(total - 1, round(config.warmup_epochs * steps_per_epoch))
+    if warmup <= 0:
+        return keras.optimizers.schedules.CosineDecay(lr, total)
+    return keras.optimizers.schedules.CosineDecay(0.0, total - warmup, warmup_target=lr,
+                                                  warmup_steps=warmup)
+
+
+# name -> (config, peak lr, steps per epoch, total steps) -> rate or schedule.
+SCHEDULES = {
+    "constant": lambda config, lr, steps_per_epoch, total: lr,
+    "inverse_time": _inverse_time,
+    "step": _step,
+    "cosine": _cosine,
+    "onecycle": lambda config, lr, steps_per_epoch, total: OneCycle(lr, total),
+}
+
+# name -> (config, learning rate, decoupled weight decay or None) -> optimizer.
+OPTIMIZERS = {
+    "sgd": lambda config, lr, decay: keras.optimizers.SGD(
+        lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay),
+    "adam": lambda config, lr, decay: keras.optimizers.Adam(lr, weight_decay=decay),
+    "adamw": lambda config, lr, decay: keras.optimizers.AdamW(
+        lr, weight_decay=config.weight_decay),
+}
+
+
 def make_schedule(config, steps_per_epoch):
     """The learning rate as a float or a schedule of the optimizer step."""
-    lr = base_learning_rate(config)
+    if config.schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule {config.schedule!r}")
     total = max(1, config.epochs * steps_per_epoch)
-    schedules = keras.optimizers.schedules
-    if config.schedule == "constant":
-        return lr
-    if config.schedule == "inverse_time":
-        return schedules.InverseTimeDecay(lr, decay_steps=1, decay_rate=config.decay)
-    if config.schedule == "step":
-        milestones = sorted(config.milestones)  # positive: checked by TrainConfig.validate
-        values = [lr * config.gamma**i for i in range(len(milestones) + 1)]
-        # Keras switches *after* a boundary step; epoch m starts at step m * steps_per_epoch.
-        boundaries = [m * steps_per_epoch - 1 for m in milestones]
-        return schedules.PiecewiseConstantDecay(boundaries, values)
-    if config.schedule == "cosine":
-        warmup = min(total - 1, round(config.warmup_epochs * steps_per_epoch))
-        if warmup <= 0:
-            return schedules.CosineDecay(lr, total)
-        return schedules.CosineDecay(0.0, total - warmup, warmup_target=lr,
-                                     warmup_steps=warmup)
-    if config.schedule == "onecycle":
-        return OneCycle(lr, total)
-    raise UserError(f"unknown schedule {config.schedule!r}")
+    return SCHEDULES[config.schedule](config, base_learning_rate(config), steps_per_epoch,
+                                      total)
 
 
 def make_optimizer(config, steps_per_epoch):
@@ -80,17 +103,12 @@ def make_optimizer(config, steps_per_epoch):
         config: a `TrainConfig`.
         steps_per_epoch: optimizer steps in one epoch (for the schedules).
     """
-    lr = make_schedule(config, steps_per_epoch)
+    if config.optimizer not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {config.optimizer!r}; choose one of "
+                        f"{', '.join(OPTIMIZERS)}")
     decay = config.weight_decay or None
-    if config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(lr, momentum=config.momentum,
-                                         nesterov=config.nesterov, weight_decay=decay)
-    elif config.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(lr, weight_decay=decay)
-    elif config.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
-    else:
-        raise UserError(f"unknown optimizer {config.optimizer!r}; choose sgd, adam or adamw")
+    optimizer = OPTIMIZERS[config.optimizer](config, make_schedule(config, steps_per_epoch),
+                                             decay)
     if decay or config.optimizer == "adamw":
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     return optimizer

@@ -12,6 +12,10 @@ import tensorflow as tf
 from tfresnet.errors import UserError
 from tfresnet.quiet import native_stderr_silenced
 
+STRATEGIES = ("auto", "one", "mirrored", "multiworker", "tpu")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+JIT_MODES = ("auto", "on", "off")
+
 
 @dataclasses.dataclass
 class Runtime:
@@ -40,7 +44,7 @@ def describe_device():
 
 
 def make_strategy(name):
-    """``auto``: multi-worker from TF_CONFIG, mirrored with several GPUs, else default."""
+    """``auto``: mirrored with several GPUs, else the default strategy (one device)."""
     if name == "auto":
         if len(gpus()) > 1:
             name = "mirrored"

@@ -27,6 +27,7 @@ PRESETS = {
 }
 PRESET_ALIASES = {"seed": "shift_flip"}  # the name before 0.2
 FILL_MODES = ("reflect", "zero", "nearest")
+AUGMENT_PLACES = ("auto", "host", "device")  # where augmentation runs (TrainConfig.augment_on)
 
 
 def augmentation(prepare=None, stateful=False, xla=True):

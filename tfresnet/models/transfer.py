@@ -31,6 +31,8 @@ _APPLICATIONS = {
 }
 _OWN = {"resnet18": resnet18, "resnet34": resnet34}
 ARCHITECTURES = tuple(_OWN) + tuple(_APPLICATIONS)
+# none: no pretrained backbone; scratch: the pretrained architecture from random weights.
+TRANSFER_MODES = ("none", "scratch", "frozen", "finetune", "two-stage")
 MIN_IMAGE_SIZE = 32  # Keras Applications' ResNets refuse smaller inputs
 
 # torchvision's ImageNet normalisation, for the project's own ResNet-18/34.

@@ -47,6 +47,19 @@ def fit_steps(model, digits, callbacks=()):
               callbacks=list(callbacks))
 
 
+class BackboneWatch(keras.callbacks.Callback):
+    """Records after each epoch whether the pretrained backbone has changed yet."""
+
+    def on_train_begin(self, logs=None):
+        self.start = snapshot(self.model.network.feature_extractor.trainable_weights)
+        self.changed = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = self.model.network.feature_extractor.trainable_weights
+        self.changed.append(any(not np.array_equal(a, v.numpy())
+                                for a, v in zip(self.start, now)))
+
+
 def test_frozen_trains_only_the_head(weights_file, digits):
     model, _ = one_step_model("frozen", weights_file, digits)
     base = model.network.feature_extractor
@@ -90,25 +103,16 @@ def test_backbone_lr_multiplier_scales_the_update(weights_file, digits):
 
 
 def test_two_stage_unfreezes_at_the_right_epoch(tmp_path, weights_file, monkeypatch):
-    seen = []
-
-    class Watch(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.start = snapshot(self.model.network.feature_extractor.trainable_weights)
-
-        def on_epoch_end(self, epoch, logs=None):
-            now = self.model.network.feature_extractor.trainable_weights
-            seen.append(any(not np.array_equal(a, v.numpy()) for a, v in zip(self.start, now)))
-
+    watch = BackboneWatch()
     make_callbacks = train_module.make_callbacks
     monkeypatch.setattr(train_module, "make_callbacks",
-                        lambda *a: make_callbacks(*a) + [Watch()])
+                        lambda *a: make_callbacks(*a) + [watch])
     args = ["--dataset", "digits", "--model", "resnet18", "--transfer", "two-stage",
             "--weights", str(weights_file), "--image-size", "32", "--epochs", "3",
             "--head-epochs", "2", "--batch-size", "64", "--lr", "0.01", "--name", "t",
             "--output-dir", str(tmp_path), "--no-visualize", "--no-tensorboard"]
     assert train_module.main(args) == 0
-    assert seen == [False, False, True]  # backbone fixed for 2 head epochs, then trained
+    assert watch.changed == [False, False, True]  # backbone fixed for 2 head epochs, then trained
 
 
 def test_local_weights_round_trip_and_mismatch(tmp_path, weights_file):
@@ -186,17 +190,8 @@ def test_frozen_tuner_trial_trains_on_the_weights_files_backbone(weights_file, d
 
 
 def test_two_stage_tuner_trial_unfreezes_after_head_epochs(weights_file, digits):
-    seen = []
-
-    class Watch(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.start = snapshot(self.model.network.feature_extractor.trainable_weights)
-
-        def on_epoch_end(self, epoch, logs=None):
-            now = self.model.network.feature_extractor.trainable_weights
-            seen.append(any(not np.array_equal(a, v.numpy()) for a, v in zip(self.start, now)))
-
+    watch = BackboneWatch()
     hypermodel, hp, model = trial(weights_file, digits, transfer="two-stage", head_epochs=1,
                                   epochs=2)
-    hypermodel.fit(hp, model, callbacks=[Watch()])
-    assert seen == [False, True]  # backbone fixed for the head epoch, then trained
+    hypermodel.fit(hp, model, callbacks=[watch])
+    assert watch.changed == [False, True]  # backbone fixed for the head epoch, then trained

@@ -46,6 +46,7 @@ def test_run_writes_every_file_and_best_keras_reproduces_test_accuracy(tmp_path)
     assert summary["best_epoch"] in (1, 2)
 
     model = keras.saving.load_model(run_dir / "best.keras")  # plain Keras, safe mode
+    assert model.compiled  # loss and optimizer come back too
     data = load_dataset("digits")
     predicted = np.argmax(model.predict(data.x_test, verbose=0), axis=1)
     assert np.mean(predicted == data.y_test) == pytest.approx(summary["test_accuracy"], abs=1e-9)

@@ -90,8 +90,9 @@ def build_model(config, data, runtime, pretrained=True):
                      keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
             jit_compile=runtime.jit,
             steps_per_execution=config.steps_per_execution or (16 if runtime.jit else 1),
-            augmenter=augmenter if augmenter and augments_in_step(config, runtime) else None,
         )
+        model.set_augmenter(augmenter if augmenter and augments_in_step(config, runtime)
+                            else None)
         model(data.x_train[:1])
         model.optimizer.build(model.trainable_variables)
     if pretrained and config.weights:

@@ -45,18 +45,10 @@ class Classifier(keras.Model):
         self.augmenter = None
         self.backbone_lr = None
 
-    def compile(self, *, augmenter=None, backbone_lr=None, **kwargs):
-        """Keras' ``compile``, plus the train step's own options (not saved with the model).
-
-        Args:
-            augmenter: augments each batch inside the compiled train step.
-            backbone_lr: see `set_backbone_lr`.
-            **kwargs: as `keras.Model.compile`.
-        """
-        super().compile(**kwargs)
+    def set_augmenter(self, augmenter):
+        """Augments each training batch inside the compiled train step (None: the batches
+        come augmented). Training state, not saved with the model."""
         self.augmenter = augmenter
-        if backbone_lr is not None:
-            self.set_backbone_lr(backbone_lr)
 
     def set_backbone_lr(self, multiplier):
         """Scales the updates of a pretrained backbone (``network.feature_extractor``) by

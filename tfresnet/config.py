@@ -137,8 +137,6 @@ class TrainConfig:
             raise UserError(f"--transfer {self.transfer} needs --weights imagenet or a file")
         if self.head_epochs < 0 or self.backbone_lr < 0:
             raise UserError("--head-epochs and --backbone-lr must be >= 0")
-        if self.weights and self.weights != "imagenet" and not Path(self.weights).is_file():
-            raise UserError(f"--weights file {self.weights} does not exist")
         if self.schedule == "step" and (not self.milestones or min(self.milestones) <= 0):
             raise UserError(f"--milestones must be positive epochs. Received: {self.milestones}")
         from tfresnet.data.pipeline import parse_augment
@@ -159,6 +157,8 @@ class TrainConfig:
             if choices and getattr(self, field.name) not in choices:
                 raise UserError(f"--{field.name.replace('_', '-')} must be one of "
                                 f"{', '.join(choices)}. Received: {getattr(self, field.name)!r}")
+        if self.weights and self.weights != "imagenet" and not Path(self.weights).is_file():
+            raise UserError(f"--weights file {self.weights} does not exist")
         return self
 
 

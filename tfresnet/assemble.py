@@ -75,6 +75,7 @@ def build_model(config, data, runtime, pretrained=True):
     """
     _, steps = batch_and_steps(config, data)
     augmenter = Augmenter(config.augment, data.num_classes, config.seed)
+    in_step = augments_in_step(config, runtime)  # may refuse: before anything is built
     with runtime.strategy.scope():
         network = make_network(config, data.num_classes)
         # Pretrained backbones bring their own preprocessing; the others use the data's.
@@ -91,8 +92,7 @@ def build_model(config, data, runtime, pretrained=True):
             jit_compile=runtime.jit,
             steps_per_execution=config.steps_per_execution or (16 if runtime.jit else 1),
         )
-        model.set_augmenter(augmenter if augmenter and augments_in_step(config, runtime)
-                            else None)
+        model.set_augmenter(augmenter if augmenter and in_step else None)
         model(data.x_train[:1])
         model.optimizer.build(model.trainable_variables)
     if pretrained and config.weights:

@@ -43,9 +43,8 @@ def network_features(run, arrays, batch_size=256):
     from tfresnet.checkpoint import load_model
 
     model = load_model(run)
-    backbone = model.network
-    extract = tf.function(lambda x: backbone.features(
-        (tf.cast(x, tf.float32) - model.mean) / model.std, training=False))
+    extract = tf.function(lambda x: model.network.features(model.normalise(x),
+                                                           training=False))
     return [np.concatenate([extract(a[i:i + batch_size]).numpy()
                             for i in range(0, len(a), batch_size)]) for a in arrays]
 

@@ -35,10 +35,6 @@ ARCHITECTURES = tuple(_OWN) + tuple(_APPLICATIONS)
 TRANSFER_MODES = ("none", "scratch", "frozen", "finetune", "two-stage")
 MIN_IMAGE_SIZE = 32  # Keras Applications' ResNets refuse smaller inputs
 
-# torchvision's ImageNet normalisation, for the project's own ResNet-18/34.
-_IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-_IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-
 
 def build_base(arch, image_size):
     """The backbone without classifier and pooling: it returns its last feature map."""
@@ -94,13 +90,14 @@ class TransferNet(ClassifierHead, keras.Model):
         return self.feature_extractor
 
     def preprocess(self, pixels):
-        """0-255 RGB pixels -> what the backbone was trained on."""
+        """0-255 RGB pixels -> what the backbone was trained on, by Keras' own
+        ``preprocess_input``: the Applications module's, or torchvision's normalisation
+        ("torch" mode) for the project's own ResNet-18/34."""
         x = keras.ops.image.resize(pixels, (self.image_size, self.image_size))
         if self.arch in _OWN:
-            return (x - keras.ops.array(_IMAGENET_MEAN)) / keras.ops.array(_IMAGENET_STD)
-        if _APPLICATIONS[self.arch][1] == "resnet_v2":
-            return x / 127.5 - 1.0
-        return x[..., ::-1] - keras.ops.array((103.939, 116.779, 123.68))  # "caffe": BGR
+            return keras.applications.imagenet_utils.preprocess_input(x, mode="torch")
+        module = getattr(keras.applications, _APPLICATIONS[self.arch][1])
+        return module.preprocess_input(x)
 
     def feature_map(self, inputs, training=None):
         """The backbone's last feature map (before pooling)."""

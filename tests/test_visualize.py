@@ -4,6 +4,7 @@ import numpy as np
 from conftest import TINY, run_cli
 from tfresnet.train import main as train_main
 from tfresnet.visualize import BORDER, GREEN, HEADER_HEIGHT, RED, draw_predictions
+from tfresnet.visualize import main as visualize_main
 
 
 def fixture(count=12, classes=3, size=8, seed=0):
@@ -70,8 +71,7 @@ def test_visualize_cli_on_a_trained_run(tmp_path):
     assert picture.shape == (HEADER_HEIGHT + 10 * (64 + 2 * BORDER + 2),
                              picture.shape[1], 3)
     assert "10 rows" in result.stdout
-    cam = run_cli("tfresnet.visualize", tmp_path / "v", "--per-row", "10", "--cam")
-    assert cam.returncode == 0, cam.stderr
+    assert visualize_main([str(tmp_path / "v"), "--per-row", "10", "--cam"]) == 0
     overlaid = cv2.imread(str(tmp_path / "v" / "test_visualisation_cam.png"))
     assert overlaid.shape == picture.shape  # the same rows and cells ...
     drawn = np.any(picture[HEADER_HEIGHT:] != 24, axis=2)  # images, frames, class names

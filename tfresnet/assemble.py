@@ -12,7 +12,13 @@ import keras
 
 from tfresnet.callbacks import NanGuard
 from tfresnet.data import load_dataset
-from tfresnet.data.pipeline import Augmenter, make_eval_pipeline, make_train_pipeline, train_steps
+from tfresnet.data.pipeline import (
+    Augmenter,
+    make_eval_pipeline,
+    make_train_pipeline,
+    train_steps,
+    xla_compatible,
+)
 from tfresnet.errors import UserError
 from tfresnet.losses import cross_entropy
 from tfresnet.models import Classifier, TransferNet, get_model
@@ -37,7 +43,7 @@ def augments_in_step(config, runtime):
     """Whether augmentation runs inside the compiled train step (on the accelerator) rather
     than in tf.data: when asked, or by default whenever the step is XLA-compiled and XLA
     can compile every augmentation."""
-    xla_ok = Augmenter(config.augment, 10, config.seed).xla_compatible
+    xla_ok = xla_compatible(config.augment)
     if config.augment_on == "device":
         if runtime.jit and not xla_ok:
             raise UserError(f"--augment {config.augment} cannot run inside an XLA-compiled "

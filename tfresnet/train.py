@@ -134,7 +134,7 @@ def train(config: TrainConfig, fresh=False):
     data = load_data(config)
     model = build_model(config, data, runtime, pretrained=not resuming)
     write_run_dir(run_dir, config, data, fresh)
-    _, steps = batch_and_steps(config, data)
+    batch, steps = batch_and_steps(config, data)
     start_epoch = _restore(model, run_dir, steps) if resuming else 0
     rows = [r for r in read_history(run_dir / "history.csv") if r["epoch"] <= start_epoch]
     if start_epoch >= config.epochs:
@@ -155,7 +155,6 @@ def train(config: TrainConfig, fresh=False):
         raise UserError(f"the loss became NaN or infinite in epoch {guard.bad_epoch}; "
                         f"{run_dir}/best.keras and last.keras hold the last good epoch. "
                         "Lower --lr (or raise --warmup-epochs) and rerun with --fresh")
-    batch, _ = batch_and_steps(config, data)
     summary = summarize(config, run_dir, data, runtime, recorder,
                         wall_seconds=time.perf_counter() - start, images=batch * steps)
     if config.visualize and data.x_test is not None:

@@ -85,6 +85,11 @@ def parse_augment(spec, num_classes=10):
     return parsed
 
 
+def xla_compatible(spec):
+    """Whether XLA can compile every augmentation of a spec (checked without building any)."""
+    return all(AUGMENTATIONS[name].xla for name, _ in parse_augment(spec))
+
+
 def _number(name, key, value):
     try:
         number = float(value)
@@ -260,12 +265,10 @@ class Augmenter:
     def __init__(self, spec, num_classes, seed=0):
         self.seed = int(seed)
         self.ops = []
-        self.xla_compatible = True  # every op can run inside an XLA-compiled step
         for index, (name, params) in enumerate(parse_augment(spec, num_classes)):
             op = AUGMENTATIONS[name]
             self.ops.append(op(self.seed + index, **params) if op.stateful
                             else functools.partial(op, **params))
-            self.xla_compatible &= op.xla
 
     def __bool__(self):
         return bool(self.ops)

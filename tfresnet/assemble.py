@@ -84,6 +84,10 @@ def build_model(config, data, runtime, pretrained=True):
     in_step = augments_in_step(config, runtime)  # may refuse: before anything is built
     with runtime.strategy.scope():
         network = make_network(config, data.num_classes)
+        if config.sync_bn:
+            for layer in network._flatten_layers():
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.synchronized = True  # batch statistics over every replica
         # Pretrained backbones bring their own preprocessing; the others use the data's.
         own_stats = isinstance(network, TransferNet)
         model = Classifier(network, [0.0] * 3 if own_stats else data.mean,

@@ -88,7 +88,10 @@ class TrainConfig:
     jit: str = _field("auto", "XLA compilation (auto: on with a GPU)", "training",
                       list(JIT_MODES))
     steps_per_execution: int = _field(0, "train steps per compiled call (0 = auto)", "training")
-    strategy: str = _field("auto", "tf.distribute strategy", "training", list(STRATEGIES))
+    strategy: str = _field("auto", "tf.distribute strategy (auto: several workers under "
+                           "TF_CONFIG or Slurm, else every GPU)", "training", list(STRATEGIES))
+    sync_bn: bool = _field(False, "synchronise batch-norm statistics across replicas",
+                           "training")
     # Output
     name: str | None = _field(None, "run folder name (default model-dataset-time)", "output")
     output_dir: str = _field("saved_models", "where run folders go", "output")

@@ -1,7 +1,10 @@
 """Where and how a run computes: seeds, determinism, precision, XLA and tf.distribute."""
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
+import json
 import os
 import platform
 
@@ -13,6 +16,8 @@ from tfresnet.errors import UserError
 from tfresnet.quiet import native_stderr_silenced
 
 STRATEGIES = ("auto", "one", "mirrored", "multiworker", "tpu")
+# Keras releases whose trainer the multi-worker fixes in `Classifier` were tested against.
+MULTI_WORKER_KERAS = ("3.15",)
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT_MODES = ("auto", "on", "off")
 
@@ -25,6 +30,47 @@ class Runtime:
     precision: str
     jit: bool
     device: str
+
+    @property
+    def workers(self):
+        """How many processes train together (1 unless multi-worker)."""
+        replicas = self.strategy.num_replicas_in_sync
+        return 1 if replicas == 1 else replicas // len(self.strategy.extended.worker_devices)
+
+    @property
+    def chief(self):
+        """Whether this process writes the run's files: the ``chief`` task, else worker 0
+        (every single-process run)."""
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        if self.workers == 1 or resolver is None:
+            return True
+        if resolver.task_type == "chief":
+            return True
+        return (resolver.task_type == "worker" and resolver.task_id == 0
+                and "chief" not in resolver.cluster_spec().as_dict())
+
+    def agree(self, value, problem):
+        """Raises `UserError` (``problem``) unless every worker passes the same ``value``
+        (any JSON-able value). Every worker must call it at the same point; with one
+        worker it returns at once."""
+        if self.workers == 1:
+            return
+        text = json.dumps(value, sort_keys=True)
+        digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+        strategy = self.strategy
+
+        @tf.function
+        def gather():
+            return strategy.gather(strategy.run(lambda: tf.constant([digest], tf.int64)), 0)
+
+        with cluster_faults():
+            everyone = gather().numpy().tolist()
+        if len(set(everyone)) > 1:
+            raise UserError(problem)
+
+    def barrier(self):
+        """Returns once every worker has reached it."""
+        self.agree(True, "")
 
 
 @functools.cache
@@ -43,10 +89,86 @@ def describe_device():
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def cluster_environment():
+    """``"tf_config"`` or ``"slurm"`` when this process is one task of a multi-worker
+    job (TF_CONFIG set, or a Slurm job step of several tasks), else None."""
+    if os.environ.get("TF_CONFIG"):
+        return "tf_config"
+    if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
+        return "slurm"
+    return None
+
+
+def _tf_config_resolver():
+    """The resolver of a checked TF_CONFIG: a cluster of ``chief``/``worker`` host:port
+    lists and this process's task in it."""
+    try:
+        spec = json.loads(os.environ["TF_CONFIG"])
+        cluster, task = spec["cluster"], spec["task"]
+        kind, index = task["type"], task["index"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"TF_CONFIG is not valid ({type(err).__name__}: {err}); it must be JSON "
+                        '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": '
+                        '"worker", "index": 0}} (see README "Scaling out")')
+    if not isinstance(cluster, dict) or set(cluster) - {"chief", "worker"} or not all(
+            isinstance(hosts, list) and hosts for hosts in cluster.values()):
+        raise UserError("TF_CONFIG: the cluster must map 'chief' and/or 'worker' to lists of "
+                        f"host:port addresses. Received: {json.dumps(cluster)}")
+    if kind not in cluster or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise UserError(f"TF_CONFIG: task {kind!r} {index!r} is not in the cluster "
+                        f"{json.dumps(cluster)}; set task.index below the number of "
+                        f"{kind!r} addresses")
+    return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+
+
+def _slurm_resolver():
+    """The resolver of a Slurm job step; on nodes without GPUs (where Slurm allocates
+    none) it must not probe them with nvidia-smi."""
+    gpus_per_node = int(os.environ.get("SLURM_GPUS_ON_NODE", "0") or 0)
+    tasks_per_node = int(os.environ.get("SLURM_NTASKS_PER_NODE", "1") or 1)
+    return tf.distribute.cluster_resolver.SlurmClusterResolver(
+        gpus_per_node=gpus_per_node, gpus_per_task=gpus_per_node // tasks_per_node,
+        auto_set_gpu=gpus_per_node > 0)
+
+
+def make_multi_worker_strategy():
+    """MultiWorkerMirroredStrategy over the cluster that TF_CONFIG or Slurm describes."""
+    release = ".".join(keras.__version__.split(".")[:2])
+    if release not in MULTI_WORKER_KERAS:
+        raise UserError(f"--strategy multiworker is tested with Keras "
+                        f"{', '.join(MULTI_WORKER_KERAS)} only (its fixes touch Keras' trainer); "
+                        f"this is Keras {keras.__version__}: pip install 'keras=="
+                        f"{MULTI_WORKER_KERAS[-1]}.*'")
+    source = cluster_environment()
+    if source is None:
+        raise UserError("--strategy multiworker needs TF_CONFIG (or a Slurm job step of "
+                        'several tasks) on every worker; see README "Scaling out"')
+    resolver = _tf_config_resolver() if source == "tf_config" else _slurm_resolver()
+    with native_stderr_silenced():
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+
+
+@contextlib.contextmanager
+def cluster_faults():
+    """Turns the errors a lost worker causes in the others into one line that says what
+    to do."""
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+            tf.errors.CancelledError, tf.errors.AbortedError) as err:
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise UserError(f"lost contact with another worker ({reason}); restart every "
+                        "worker with the same command: the run resumes from its last "
+                        "finished epoch")
+
+
 def make_strategy(name):
-    """``auto``: mirrored with several GPUs, else the default strategy (one device)."""
+    """``auto``: multi-worker inside a TF_CONFIG or Slurm cluster, mirrored with several
+    GPUs, else the default strategy (one device)."""
     if name == "auto":
-        if len(gpus()) > 1:
+        if cluster_environment():
+            name = "multiworker"
+        elif len(gpus()) > 1:
             name = "mirrored"
         else:
             name = "one"
@@ -57,11 +179,7 @@ def make_strategy(name):
         devices = None if gpus() else [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
     if name == "multiworker":
-        # Tried with two local workers: Keras 3.15's fit first fails reducing a nested batch
-        # across workers, then reducing scalar logs (keras-team/keras#20585, open).
-        raise UserError("--strategy multiworker: Keras 3's model.fit does not run under "
-                        "MultiWorkerMirroredStrategy (keras-team/keras#20585); train on one "
-                        "machine with --strategy mirrored")
+        return make_multi_worker_strategy()
     if name == "tpu":
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
@@ -96,7 +214,11 @@ def configure(config):
     precision = resolve_precision(config.precision)
     keras.mixed_precision.set_global_policy(precision)
     jit = {"on": True, "off": False}.get(config.jit, bool(gpus()))
-    return Runtime(make_strategy(config.strategy), precision, jit, describe_device())
+    runtime = Runtime(make_strategy(config.strategy), precision, jit, describe_device())
+    if runtime.workers > 1 and jit and not gpus():
+        raise UserError("--jit on: XLA has no collectives for CPU devices, so a multi-worker "
+                        "run on CPUs must use --jit off")
+    return runtime
 
 
 def versions():

@@ -8,6 +8,7 @@ Example:
 
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from tfresnet.checkpoint import atomic_write_text, load_model
 from tfresnet.config import TrainConfig, add_config_arguments, canonical, resolve_config
 from tfresnet.errors import UserError, command_parser, run_cli
 from tfresnet.inference import test_metrics
-from tfresnet.runtime import configure, versions
+from tfresnet.runtime import cluster_faults, configure, versions
 
 # Settings a resumed run may change; any other difference means a different run.
 RESUMABLE_CHANGES = {"epochs", "tensorboard", "visualize", "name", "output_dir"}
@@ -73,7 +74,8 @@ def check_run_dir(config, fresh):
         if not config_path.exists():
             raise UserError(f"{run_dir} exists but is not a tfresnet run (no config.json); "
                             "pick another --name")
-        saved = canonical(json.loads(config_path.read_text()))
+        # Settings added since the run was written have their defaults there.
+        saved = {**TrainConfig().to_dict(), **canonical(json.loads(config_path.read_text()))}
         changed = {k for k in set(saved) | set(config.to_dict())
                    if saved.get(k) != config.to_dict().get(k)} - RESUMABLE_CHANGES
         if changed:
@@ -110,7 +112,8 @@ def _restore(model, run_dir, steps_per_epoch):
 
 def make_callbacks(config, run_dir, rows, data):
     """The run's training callbacks (`tfresnet.assemble`), then the run folder's: the
-    recorder and TensorBoard."""
+    recorder and TensorBoard (into ``run_dir``: a scratch folder on workers other than
+    the chief, which must write the same checkpoints in step with it)."""
     callbacks = training_callbacks(config)
     guard = next(c for c in callbacks if isinstance(c, NanGuard))
     callbacks.append(RunRecorder(run_dir, config.epochs, rows,
@@ -123,45 +126,68 @@ def make_callbacks(config, run_dir, rows, data):
 
 
 def train(config: TrainConfig, fresh=False):
-    """Runs (or resumes) one training run; returns its summary dict.
+    """Runs (or resumes) one training run; returns its summary dict (empty on workers
+    other than the chief).
 
     Every input is checked -- settings, run folder, data set, model, weights file --
     before the first file is written, so a refused command leaves nothing behind.
+    Under a multi-worker strategy every worker runs this; only the chief writes the run
+    folder, the others write in step into a scratch folder that is removed at the end.
     """
     config.validate()
     run_dir, resuming = check_run_dir(config, fresh)
     runtime = configure(config)
+    runtime.agree({k: v for k, v in config.to_dict().items() if k != "output_dir"},
+                  "the workers were started with different settings; start every worker "
+                  "with the same command and flags")
     data = load_data(config)
     model = build_model(config, data, runtime, pretrained=not resuming)
-    write_run_dir(run_dir, config, data, fresh)
     batch, steps = batch_and_steps(config, data)
     start_epoch = _restore(model, run_dir, steps) if resuming else 0
+    runtime.agree(start_epoch, "the workers found different checkpoints in "
+                  f"{run_dir}; the run folder must be one shared folder that every worker "
+                  "reads (pass the same --output-dir on a shared file system)")
+    if not runtime.chief:
+        with tempfile.TemporaryDirectory(prefix="tfresnet-worker-") as scratch:
+            _fit(config, model, Path(scratch), data, runtime, start_epoch, [], steps)
+        runtime.barrier()
+        return {}
+    write_run_dir(run_dir, config, data, fresh)
     rows = [r for r in read_history(run_dir / "history.csv") if r["epoch"] <= start_epoch]
     if start_epoch >= config.epochs:
         print(f"{run_dir}: all {config.epochs} epochs already done")
     elif resuming:
         print(f"resuming {run_dir} after epoch {start_epoch}")
-
-    train_data, val_data = make_pipelines(config, data, runtime, start_epoch)
-    callbacks = make_callbacks(config, run_dir, rows, data)
-    guard = next(c for c in callbacks if isinstance(c, NanGuard))
-    recorder = next(c for c in callbacks if isinstance(c, RunRecorder))
     start = time.perf_counter()
-    if start_epoch < config.epochs:
-        model.fit(train_data, steps_per_epoch=steps, epochs=config.epochs,
-                  initial_epoch=start_epoch, validation_data=val_data, callbacks=callbacks,
-                  shuffle=False, verbose=1 if sys.stdout.isatty() else 0)
-    if guard.bad_epoch:
-        raise UserError(f"the loss became NaN or infinite in epoch {guard.bad_epoch}; "
-                        f"{run_dir}/best.keras and last.keras hold the last good epoch. "
-                        "Lower --lr (or raise --warmup-epochs) and rerun with --fresh")
+    recorder = _fit(config, model, run_dir, data, runtime, start_epoch, rows, steps)
     summary = summarize(config, run_dir, data, runtime, recorder,
                         wall_seconds=time.perf_counter() - start, images=batch * steps)
     if config.visualize and data.x_test is not None:
         from tfresnet.visualize import draw_run
 
         draw_run(run_dir)
+    runtime.barrier()
     return summary
+
+
+def _fit(config, model, run_dir, data, runtime, start_epoch, rows, steps):
+    """Trains from ``start_epoch`` to the end, recording into ``run_dir``; returns the
+    recorder."""
+    train_data, val_data = make_pipelines(config, data, runtime, start_epoch)
+    callbacks = make_callbacks(config, run_dir, rows, data)
+    guard = next(c for c in callbacks if isinstance(c, NanGuard))
+    recorder = next(c for c in callbacks if isinstance(c, RunRecorder))
+    if start_epoch < config.epochs:
+        with cluster_faults():
+            model.fit(train_data, steps_per_epoch=steps, epochs=config.epochs,
+                      initial_epoch=start_epoch, validation_data=val_data,
+                      callbacks=callbacks, shuffle=False,
+                      verbose=1 if sys.stdout.isatty() and runtime.chief else 0)
+    if guard.bad_epoch:
+        raise UserError(f"the loss became NaN or infinite in epoch {guard.bad_epoch}; "
+                        f"{run_dir}/best.keras and last.keras hold the last good epoch. "
+                        "Lower --lr (or raise --warmup-epochs) and rerun with --fresh")
+    return recorder
 
 
 def summarize(config, run_dir, data, runtime, recorder, wall_seconds, images):

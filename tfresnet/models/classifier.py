@@ -7,6 +7,7 @@ raw 0-255 pixels, so ``predict`` never has to re-guess the preprocessing.
 
 import keras
 import tensorflow as tf
+from keras import tree
 
 from tfresnet.losses import l2_penalty, l2_variables
 
@@ -72,7 +73,93 @@ class Classifier(keras.Model):
         return keras.ops.cast(self.network(self.normalise(inputs), training=training),
                               "float32")
 
+    # --- tf.distribute: two Keras 3.15 failures, worked around only where they occur ---
+
+    def _multi_worker(self):
+        """Whether the strategy spans several workers (its replicas outnumber this
+        worker's devices)."""
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        return replicas > 1 and replicas > len(self.distribute_strategy.extended.worker_devices)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds from a batch averaged across replicas, which cannot cross workers
+        # (keras-team/keras#20585); the first local replica's batch has the same shapes.
+        if iterator is not None and self._multi_worker():
+            for _, _, batches in iterator:
+                data_batch = tree.map_structure(
+                    lambda v: self.distribute_strategy.experimental_local_results(v)[0],
+                    next(batches))
+                break
+            iterator = None
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _per_replica_logs(self, logs):
+        """Logs as length-1 vectors across workers: Keras averages them over replicas
+        along axis 0, which a scalar lacks (keras-team/keras#20585)."""
+        if not self._multi_worker():
+            return logs
+        return {name: keras.ops.reshape(value, (1,)) for name, value in logs.items()}
+
+    def _needs_own_loop(self):
+        """Keras runs each step of a multi-step execution inside a ``tf.cond``, where
+        cross-replica ops fail ("You must feed a value for placeholder tensor"): the
+        optimizer's ``merge_call`` under MirroredStrategy, the collectives of several
+        workers. tfresnet runs such executions in its own loop."""
+        return self.distribute_strategy.num_replicas_in_sync > 1 and self.steps_per_execution > 1
+
+    def _step_loop(self, step_function):
+        """Runs up to ``steps_per_execution`` steps of ``step_function`` over a
+        distributed iterator, conditions only around fetching, then returns the metrics.
+        Raises StopIteration (as Keras' loop does) when no batch was left."""
+        strategy = self.distribute_strategy
+        steps = self.steps_per_execution
+        one_step = tf.function(lambda batch: strategy.run(step_function, args=(batch,)),
+                               jit_compile=self.jit_compile, reduce_retracing=True)
+
+        @tf.function(reduce_retracing=True)
+        def loop(iterator):
+            upcoming = iterator.get_next_as_optional()
+            done = tf.constant(0)
+            while done < steps and upcoming.has_value():
+                one_step(upcoming.get_value())
+                done += 1
+                upcoming = tf.cond(done < steps, iterator.get_next_as_optional,
+                                   lambda: upcoming)
+            results = strategy.run(self.get_metrics_result)
+            return done, {name: strategy.reduce("MEAN", value, axis=None)
+                          for name, value in results.items()}
+
+        def function(iterator):
+            done, logs = loop(iterator)
+            if int(done) == 0:
+                raise StopIteration
+            return logs
+
+        return function
+
+    def make_train_function(self, force=False):
+        if not self._needs_own_loop():
+            return super().make_train_function(force)
+        if self.train_function is None or force:
+            self.train_function = self._step_loop(self._train_step)
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        if not self._needs_own_loop():
+            return super().make_test_function(force)
+        if self.test_function is None or force:
+            self.test_function = self._step_loop(super().test_step)
+        return self.test_function
+
+    # --- training ---
+
+    def test_step(self, data):
+        return self._per_replica_logs(super().test_step(data))
+
     def train_step(self, data):
+        return self._per_replica_logs(self._train_step(data))
+
+    def _train_step(self, data):
         if self.augmenter is not None:
             data = self.augmenter(data[0], data[1], self.optimizer.iterations)
         if self.backbone_lr in (None, 0.0, 1.0):  # 0: the backbone is not trainable

@@ -3,6 +3,7 @@ from ../shared when present, and a helper that runs a CLI the way a user does.""
 
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import time
@@ -94,6 +95,17 @@ def run_cli(module, *args, cwd=None, timeout=300):
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def free_ports(count):
+    """``count`` distinct free TCP ports on 127.0.0.1."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 def wait_for(condition, timeout=300):

@@ -124,7 +124,7 @@ class Classifier(keras.Model):
                 one_step(upcoming.get_value())
                 done += 1
                 upcoming = tf.cond(done < steps, iterator.get_next_as_optional,
-                                   lambda: upcoming)
+                                   lambda current=upcoming: current)
             results = strategy.run(self.get_metrics_result)
             return done, {name: strategy.reduce("MEAN", value, axis=None)
                           for name, value in results.items()}

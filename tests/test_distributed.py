@@ -7,11 +7,14 @@ import signal
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
 from conftest import free_ports, run_cli, wait_for
 from tfresnet.callbacks import read_history
+from tfresnet.errors import UserError
+from tfresnet.runtime import _slurm_resolver, cluster_environment, make_strategy
 from tfresnet.train import main
 
 # Splits the CPU into two logical devices before TensorFlow starts, then runs train's main.
@@ -179,3 +182,78 @@ def test_mirrored_with_several_steps_per_execution_matches_one_device(tmp_path):
     for a, b in zip(one, mirrored):
         for key in CURVE:
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), key
+
+
+# Trains a tiny ResNet for 3 steps on two logical devices, through the same assembly as
+# train, and prints the largest gap between the replicas' BN moving means.
+BN_GAP = TWO_DEVICES.split("from tfresnet.errors")[0] + """
+import keras, numpy as np
+from tfresnet.assemble import build_model, load_data, make_pipelines
+from tfresnet.config import TrainConfig
+from tfresnet.runtime import configure
+config = TrainConfig(dataset="digits", model="resnet18", width=0.0625, batch_size=64,
+                     augment="none", strategy="mirrored", sync_bn=sys.argv[1] == "on")
+config.validate()
+runtime = configure(config)
+data = load_data(config)
+model = build_model(config, data, runtime)
+model.fit(make_pipelines(config, data, runtime)[0], steps_per_epoch=3, shuffle=False, verbose=0)
+norms = [l for l in model.network._flatten_layers()
+         if isinstance(l, keras.layers.BatchNormalization)]
+replicas = [runtime.strategy.experimental_local_results(l.moving_mean.value) for l in norms]
+print(max(float(np.max(np.abs(np.subtract(*r)))) for r in replicas))
+"""
+
+
+@pytest.mark.slow
+def test_sync_bn_gives_every_replica_the_same_statistics():
+    gaps = {}
+    for sync in ("on", "off"):
+        result = subprocess.run([sys.executable, "-c", BN_GAP, sync], capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        gaps[sync] = float(result.stdout.split()[-1])
+    assert gaps["on"] == 0.0
+    assert gaps["off"] > 1e-3  # each replica's own half batch
+
+
+@pytest.mark.parametrize("tf_config,message", [
+    ("{not json", "TF_CONFIG is not valid"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}}', "TF_CONFIG is not valid"),
+    ('{"cluster": {"ps": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}',
+     "the cluster must map 'chief' and/or 'worker'"),
+    ('{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, '
+     '"task": {"type": "worker", "index": 2}}', "task 'worker' 2 is not in the cluster"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "chief", "index": 0}}',
+     "task 'chief' 0 is not in the cluster"),
+])
+def test_a_bad_tf_config_is_one_line_before_anything_is_written(tmp_path, monkeypatch,
+                                                                tf_config, message):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(UserError, match=message):
+        main([*ARGS, "--output-dir", str(tmp_path), "--name", "bad"])
+    assert not (tmp_path / "bad").exists()
+
+
+def test_multiworker_without_a_cluster_or_with_an_untested_keras_is_refused(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS", raising=False)
+    with pytest.raises(UserError, match="needs TF_CONFIG"):
+        make_strategy("multiworker")
+    monkeypatch.setattr(keras, "__version__", "3.99.0")
+    with pytest.raises(UserError, match=r"tested with Keras 3\.15 only.*this is Keras 3\.99"):
+        make_strategy("multiworker")
+
+
+def test_a_slurm_job_step_is_a_cluster_without_probing_gpus(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.delenv("SLURM_GPUS_ON_NODE", raising=False)
+    for name, value in {"PROCID": "1", "STEP_NUM_TASKS": "4", "STEP_NODELIST": "node[1-2]",
+                        "STEP_TASKS_PER_NODE": "2(x2)"}.items():
+        monkeypatch.setenv(f"SLURM_{name}", value)
+    monkeypatch.setenv("PATH", "")  # nvidia-smi cannot be found, and must not be needed
+    assert cluster_environment() == "slurm"
+    resolver = _slurm_resolver()
+    assert resolver.cluster_spec().as_dict() == {
+        "worker": ["node1:8888", "node1:8889", "node2:8888", "node2:8889"]}
+    assert (resolver.task_type, resolver.task_id) == ("worker", 1)

@@ -122,13 +122,18 @@ def _tf_config_resolver():
 
 
 def _slurm_resolver():
-    """The resolver of a Slurm job step; on nodes without GPUs (where Slurm allocates
-    none) it must not probe them with nvidia-smi."""
+    """The resolver of a Slurm job step. It hands each task of a node a share of the
+    node's GPUs; on nodes without GPUs each task gets a nominal one (unset), so that it
+    never probes GPUs with nvidia-smi."""
+    # SLURM_STEP_TASKS_PER_NODE reads like "2(x3),1": 2 tasks on 3 nodes, then 1.
+    tasks_per_node = max(int(part.split("(")[0]) for part in
+                         os.environ.get("SLURM_STEP_TASKS_PER_NODE", "1").split(","))
     gpus_per_node = int(os.environ.get("SLURM_GPUS_ON_NODE", "0") or 0)
-    tasks_per_node = int(os.environ.get("SLURM_NTASKS_PER_NODE", "1") or 1)
+    if gpus_per_node == 0:
+        return tf.distribute.cluster_resolver.SlurmClusterResolver(
+            gpus_per_node=tasks_per_node, gpus_per_task=1, auto_set_gpu=False)
     return tf.distribute.cluster_resolver.SlurmClusterResolver(
-        gpus_per_node=gpus_per_node, gpus_per_task=gpus_per_node // tasks_per_node,
-        auto_set_gpu=gpus_per_node > 0)
+        gpus_per_node=gpus_per_node, gpus_per_task=max(1, gpus_per_node // tasks_per_node))
 
 
 def make_multi_worker_strategy():

@@ -1,12 +1,13 @@
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
 
 import pytest
 
-from conftest import run_cli, wait_for
+from conftest import free_ports, run_cli, wait_for
 from tfresnet.train import main as train_main
 from tfresnet.tune import main as tune_main
 from tfresnet.tune import steepest_descent
@@ -46,19 +47,69 @@ def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
     out = tmp_path / "tune" / "k"
     process = subprocess.Popen([sys.executable, "-m", "tfresnet.tune", *args],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    seconds = out / "trial_stats.json"
-    wait_for(seconds.exists)
+    wait_for(lambda: any((out / "trial_stats").glob("*.json")))
     process.send_signal(signal.SIGKILL)
     process.wait()
-    first = json.loads(seconds.read_text())
+    first = trial_stats(out)
     assert len(first) < 3, "the kill should land before the search finished"
 
     resumed = run_cli("tfresnet.tune", *args)
     assert resumed.returncode == 0, resumed.stderr
     assert len(rows(out / "trials.csv")) == 3
-    final = json.loads(seconds.read_text())
+    final = trial_stats(out)
     for trial_id, value in first.items():  # finished trials were not run again
         assert final[trial_id] == value
+
+
+def trial_stats(out):
+    return {p.stem: json.loads(p.read_text()) for p in (out / "trial_stats").glob("*.json")}
+
+
+def start_search(args, tuner_id, port):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERASTUNER_TUNER_ID": tuner_id,
+           "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
+    return subprocess.Popen([sys.executable, "-m", "tfresnet.tune", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_chief_and_two_workers_share_one_search_and_survive_a_killed_worker(tmp_path):
+    args = [*SEARCH, "--model", "small_cnn", "--max-trials", "4", "--output-dir",
+            str(tmp_path), "--name", "p"]
+    out = tmp_path / "tune" / "p"
+    [port] = free_ports(1)
+    chief = start_search(args, "chief", port)
+    workers = {name: start_search(args, name, port) for name in ("tuner0", "tuner1")}
+    processes = [chief, *workers.values()]
+    try:
+        # Kill tuner0 once it has finished a trial, then start it again.
+        wait_for(lambda: any(s["tuner"] == "tuner0" for s in trial_stats(out).values()))
+        workers["tuner0"].send_signal(signal.SIGKILL)
+        workers["tuner0"].wait()
+        restarted = start_search(args, "tuner0", port)
+        processes.append(restarted)
+        for process in (chief, workers["tuner1"], restarted):
+            _, err = process.communicate(timeout=600)
+            assert process.returncode == 0, err[-2000:]
+    finally:
+        for process in processes:
+            process.kill()
+    trials = rows(out / "trials.csv")
+    assert len(trials) == 4
+    assert len({t["trial"] for t in trials}) == len({t["lr"] for t in trials}) == 4
+    assert {t["tuner"] for t in trials} == {"tuner0", "tuner1"}
+    assert json.loads((out / "best_hparams.json").read_text())["lr"] == pytest.approx(
+        float(max(trials, key=lambda t: float(t["best_val_accuracy"]))["lr"]))
+
+
+@pytest.mark.slow
+def test_parallel_starts_a_chief_and_workers_itself(tmp_path):
+    result = run_cli("tfresnet.tune", *SEARCH, "--model", "small_cnn", "--max-trials", "2",
+                     "--parallel", "2",
+                     "--output-dir", tmp_path, "--name", "two")
+    assert result.returncode == 0, result.stderr[-2000:]
+    trials = rows(tmp_path / "tune" / "two" / "trials.csv")
+    assert len(trials) == 2 and {t["tuner"] for t in trials} <= {"tuner0", "tuner1"}
 
 
 def test_lr_range_test_suggests_a_rate_inside_the_sweep(tmp_path):

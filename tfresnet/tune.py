@@ -11,9 +11,16 @@ Two methods:
 
 Both write ``best_hparams.json``, which ``tfresnet.train --hparams`` consumes.
 
+Parallel trials run on keras-tuner's own distributed mode: one chief (the oracle, which
+alone writes the results) and workers that each run one trial at a time, set up only
+through keras-tuner's variables KERASTUNER_TUNER_ID (``chief``, ``tuner0``, ...),
+KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT. ``--parallel N`` starts a chief and N
+workers on this machine, one GPU each.
+
 Example:
     python -m tfresnet.tune --max-trials 10 --epochs-per-trial 3 --subset 0.2
     python -m tfresnet.tune --method lr-range --dataset cifar10
+    python -m tfresnet.tune --max-trials 20 --parallel 4      # 4 GPUs, 4 trials at a time
     python -m tfresnet.train --hparams saved_models/tune/<name>/best_hparams.json
 """
 
@@ -22,6 +29,8 @@ import io
 import json
 import math
 import os
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -111,30 +120,30 @@ class ResNetHyperModel(kt.HyperModel):
 
 def make_tuner(kind, hypermodel, args, out_dir, runtime):
     """The keras-tuner tuner, recording each trial's seconds and the process's resident
-    memory after it into ``trial_stats.json``."""
+    memory after it into ``trial_stats/<trial>.json``."""
     base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization,
             "hyperband": kt.Hyperband}[kind]
 
     class TimedTuner(base):
-        # Stats are recorded after the oracle has saved the trial as finished, so a trial
-        # listed in trial_stats.json is never run again on resume.
+        # Stats are recorded after the oracle has saved the trial as finished, one file
+        # per trial (parallel workers never write the same file).
         def on_trial_begin(self, trial):
             self._trial_start = time.perf_counter()
             super().on_trial_begin(trial)
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
-            stats_path = out_dir / "trial_stats.json"
-            stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-            stats[trial.trial_id] = {"seconds": round(time.perf_counter() - self._trial_start, 2),
-                                     "rss_mb": resident_memory_mb()}
-            atomic_write_text(stats_path, json.dumps(stats, indent=2))
+            stats = {"seconds": round(time.perf_counter() - self._trial_start, 2),
+                     "rss_mb": resident_memory_mb(), "tuner": self.tuner_id}
+            make_dir(out_dir / "trial_stats")
+            atomic_write_text(out_dir / "trial_stats" / f"{trial.trial_id}.json",
+                              json.dumps(stats) + "\n")
             print(f"trial {trial.trial_id}: {json.dumps(trial.hyperparameters.values)} "
-                  f"{stats[trial.trial_id]}", flush=True)
+                  f"{stats}", flush=True)
 
     options = {"objective": kt.Objective("val_accuracy", "max"), "seed": args.seed,
                "directory": str(out_dir), "project_name": "keras_tuner",
-               "overwrite": args.fresh}
+               "overwrite": args.fresh and tuner_role() != "worker"}
     if runtime.strategy.num_replicas_in_sync > 1:
         options["distribution_strategy"] = runtime.strategy
     if kind == "hyperband":
@@ -165,19 +174,21 @@ def write_search_results(tuner, out_dir, base, epochs_per_trial):
     trials = sorted(finished_trials(tuner), key=lambda t: int(t.trial_id))
     if not trials:
         raise UserError("no trial finished; see the errors above")
-    stats_path = out_dir / "trial_stats.json"
-    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    stats = {path.stem: json.loads(path.read_text())
+             for path in (out_dir / "trial_stats").glob("*.json")}
     keys = sorted({k for t in trials for k in t.hyperparameters.values
                    if not k.startswith("tuner/")})
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["trial", *keys, "best_val_accuracy", "epochs", "seconds", "rss_mb"])
+    writer.writerow(["trial", *keys, "best_val_accuracy", "epochs", "seconds", "rss_mb",
+                     "tuner"])
     for t in trials:
         values = t.hyperparameters.values
         trial_stats = stats.get(t.trial_id, {})
         writer.writerow([t.trial_id, *(values.get(k, "") for k in keys), f"{t.score:.4f}",
                          values.get("tuner/epochs", epochs_per_trial),
-                         trial_stats.get("seconds", ""), trial_stats.get("rss_mb", "")])
+                         trial_stats.get("seconds", ""), trial_stats.get("rss_mb", ""),
+                         trial_stats.get("tuner", "")])
     atomic_write_text(out_dir / "trials.csv", out.getvalue())
 
     best = max(trials, key=lambda t: t.score)
@@ -292,6 +303,19 @@ def subset(data, fraction, seed):
     return data
 
 
+def tuner_role():
+    """``"chief"`` or ``"worker"`` under keras-tuner's distributed mode, else None."""
+    tuner_id = os.environ.get("KERASTUNER_TUNER_ID")
+    if not tuner_id:
+        return None
+    missing = [name for name in ("KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
+               if not os.environ.get(name)]
+    if missing:
+        raise UserError(f"KERASTUNER_TUNER_ID is set but {' and '.join(missing)} is not; set "
+                        "all three on the chief and on every worker, or none")
+    return "chief" if tuner_id == "chief" else "worker"
+
+
 def check_arguments(args):
     low, high = args.lr_min, args.lr_max
     if not (0 < low < high):
@@ -300,6 +324,11 @@ def check_arguments(args):
     if args.max_trials <= 0 or args.epochs_per_trial <= 0 or args.range_steps < 10:
         raise UserError("--max-trials and --epochs-per-trial must be positive and "
                         "--range-steps at least 10")
+    if args.parallel < 1:
+        raise UserError(f"--parallel must be at least 1. Received: {args.parallel}")
+    if (args.parallel > 1 or tuner_role()) and args.method != "keras-tuner":
+        raise UserError("parallel tuning runs keras-tuner trials; the lr-range test is one "
+                        "run: drop --parallel (and the KERASTUNER_* variables)")
     if not 0 < args.subset <= 1:
         raise UserError(f"--subset must be in (0, 1]. Received: {args.subset}")
     unknown = sorted(set(args.search) - set(SEARCHABLE))
@@ -309,15 +338,17 @@ def check_arguments(args):
 
 
 def tune(args, base):
-    """Runs the chosen method; returns the best hyper-parameters written."""
+    """Runs the chosen method; returns the best hyper-parameters written (empty on a
+    keras-tuner worker, which runs trials and writes only their own records)."""
     check_arguments(args)
+    role = tuner_role()
     name = args.name or f"{base.model}-{Path(base.dataset).name}"
     out_dir = Path(base.output_dir) / "tune" / name
     space = {"method": args.method, "tuner": args.tuner, "search": sorted(args.search),
              "lr_range": [args.lr_min, args.lr_max], "base": base.to_dict(),
              "subset": args.subset, "epochs_per_trial": args.epochs_per_trial}
     space_path = out_dir / "search.json"
-    if space_path.exists() and not args.fresh:
+    if space_path.exists() and not (args.fresh and role != "worker"):
         saved = json.loads(space_path.read_text())
         if saved != space:
             changed = sorted(k for k in space if saved.get(k) != space[k])
@@ -327,8 +358,9 @@ def tune(args, base):
     data = subset(load_data(base), args.subset, base.seed)
     if not len(data.x_val):
         raise UserError("tuning needs a validation split; drop --val-size 0")
-    make_dir(out_dir)  # only now: a refused search leaves nothing behind
-    atomic_write_text(space_path, json.dumps(space, indent=2) + "\n")
+    if role != "worker":
+        make_dir(out_dir)  # only now: a refused search leaves nothing behind
+        atomic_write_text(space_path, json.dumps(space, indent=2) + "\n")
     lr_range = (args.lr_min, args.lr_max)
     if args.method == "lr-range":
         suggestion = lr_range_test(base, data, runtime, lr_range, args.range_steps, out_dir)
@@ -339,6 +371,9 @@ def tune(args, base):
         hypermodel = ResNetHyperModel(base, data, runtime, args.search, lr_range)
         tuner = make_tuner(args.tuner, hypermodel, args, out_dir, runtime)
         tuner.search()
+        if role == "worker":
+            print(f"{os.environ['KERASTUNER_TUNER_ID']}: the search is complete")
+            return {}
         hparams, trials = write_search_results(tuner, out_dir, base, args.epochs_per_trial)
         print(f"{len(trials)} trials; best: {json.dumps(hparams)}")
     print(f"results: {out_dir}")
@@ -361,13 +396,59 @@ def build_parser():
     search.add_argument("--subset", type=float, default=1.0,
                         help="fraction of the training set to search on")
     search.add_argument("--fresh", action="store_true", help="restart the search")
+    search.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="run N trials at a time: a chief and N workers on this machine, "
+                             "one GPU each")
     parser.add_argument("--config", metavar="FILE", help="JSON file of base settings")
     add_config_arguments(parser)
     return parser
 
 
+def run_in_parallel(argv, workers):
+    """Runs this search as keras-tuner's chief plus ``workers`` workers on 127.0.0.1, each
+    worker on its own GPU (if any); returns the first non-zero exit status, else 0."""
+    from tfresnet.runtime import gpus
+
+    argv = list(argv)
+    at = next(i for i, a in enumerate(argv) if a.startswith("--parallel"))
+    del argv[at:at + (1 if "=" in argv[at] else 2)]
+    with socket.socket() as probe:  # a free port for the oracle
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    devices = len(gpus())
+    processes = []
+    for tuner_id in ["chief", *(f"tuner{i}" for i in range(workers))]:
+        env = {**os.environ, "KERASTUNER_TUNER_ID": tuner_id,
+               "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}
+        if devices and tuner_id != "chief":
+            env["CUDA_VISIBLE_DEVICES"] = str(int(tuner_id[5:]) % devices)
+        elif devices:
+            env["CUDA_VISIBLE_DEVICES"] = ""  # the oracle needs no GPU
+        processes.append(subprocess.Popen([sys.executable, "-m", "tfresnet.tune", *argv],
+                                          env=env))
+    try:
+        while True:
+            codes = [p.poll() for p in processes]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed:
+                return failed[0]
+            if all(c == 0 for c in codes):
+                return 0
+            time.sleep(0.2)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            process.wait()
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if args.parallel > 1 and not tuner_role():
+        check_arguments(args)
+        return run_in_parallel(argv, args.parallel)
     args.hparams = None
     base = resolve_config(args)
     args.seed, args.name = base.seed, base.name

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 
 import keras
 import numpy as np
@@ -161,7 +162,9 @@ def cluster_faults():
         yield
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
             tf.errors.CancelledError, tf.errors.AbortedError) as err:
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        # TensorFlow's message starts with the failed op's node name in {{...}}.
+        reason = re.sub(r"\{\{.*?\}\}\s*", "", str(err).strip().splitlines()[0] if str(err).strip()
+                        else "")[:120] or type(err).__name__
         raise UserError(f"lost contact with another worker ({reason}); restart every "
                         "worker with the same command: the run resumes from its last "
                         "finished epoch")

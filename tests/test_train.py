@@ -71,7 +71,7 @@ def test_learning_rate_is_logged_per_epoch_from_the_schedule(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
-    common = [*TINY, "--epochs", "3", "--batch-size", "16", "--deterministic",
+    common = [*TINY, "--epochs", "3", "--batch-size", "32", "--deterministic",
               "--output-dir", tmp_path, "--schedule", "cosine"]
     reference = run_cli("tfresnet.train", *common, "--name", "ref")
     assert reference.returncode == 0, reference.stderr

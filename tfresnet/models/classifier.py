@@ -73,7 +73,7 @@ class Classifier(keras.Model):
         return keras.ops.cast(self.network(self.normalise(inputs), training=training),
                               "float32")
 
-    # --- tf.distribute: two Keras 3.15 failures, worked around only where they occur ---
+    # --- tf.distribute: three Keras 3.15 failures, worked around only where they occur ---
 
     def _multi_worker(self):
         """Whether the strategy spans several workers (its replicas outnumber this

@@ -73,17 +73,6 @@ class Classifier(keras.Model):
         return keras.ops.cast(self.network(self.normalise(inputs), training=training),
                               "float32")
 
-    def compile(self, optimizer="rmsprop", **kwargs):
-        super().compile(optimizer=optimizer, **kwargs)
-        if self.distribute_strategy.num_replicas_in_sync == 1:
-            # Keras sums the gradients over replicas even when there is one, with TF's
-            # all_reduce, which in a traced step registers a custom gradient in TF's global
-            # registry: each trace (each tuner trial) then keeps its whole step graph alive
-            # for good. Over one replica the sum is the identity.
-            for each in (self.optimizer, getattr(self.optimizer, "inner_optimizer", None)):
-                if each is not None:
-                    each._all_reduce_sum_gradients = lambda grads_and_vars: grads_and_vars
-
     # --- tf.distribute: three Keras 3.15 failures, worked around only where they occur ---
 
     def _multi_worker(self):
@@ -149,6 +138,14 @@ class Classifier(keras.Model):
         return function
 
     def make_train_function(self, force=False):
+        if self.distribute_strategy.num_replicas_in_sync == 1:
+            # Keras sums the gradients over replicas even when there is one, with TF's
+            # all_reduce, which in a traced step registers a custom gradient in TF's global
+            # registry: each trace (each tuner trial) then keeps its whole step graph alive
+            # for good. Over one replica the sum is the identity.
+            for each in (self.optimizer, getattr(self.optimizer, "inner_optimizer", None)):
+                if each is not None:
+                    each._all_reduce_sum_gradients = lambda grads_and_vars: grads_and_vars
         if not self._needs_own_loop():
             return super().make_train_function(force)
         if self.train_function is None or force:

@@ -10,7 +10,7 @@ import pytest
 from conftest import free_ports, run_cli, wait_for
 from tfresnet.train import main as train_main
 from tfresnet.tune import main as tune_main
-from tfresnet.tune import steepest_descent
+from tfresnet.tune import read_trial_stats, steepest_descent
 
 SEARCH = ["--dataset", "digits", "--width", "0.0625", "--batch-size", "64",
           "--epochs-per-trial", "1", "--max-trials", "3"]
@@ -47,22 +47,18 @@ def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
     out = tmp_path / "tune" / "k"
     process = subprocess.Popen([sys.executable, "-m", "tfresnet.tune", *args],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: any((out / "trial_stats").glob("*.json")))
+    wait_for(lambda: read_trial_stats(out))
     process.send_signal(signal.SIGKILL)
     process.wait()
-    first = trial_stats(out)
+    first = read_trial_stats(out)
     assert len(first) < 3, "the kill should land before the search finished"
 
     resumed = run_cli("tfresnet.tune", *args)
     assert resumed.returncode == 0, resumed.stderr
     assert len(rows(out / "trials.csv")) == 3
-    final = trial_stats(out)
+    final = read_trial_stats(out)
     for trial_id, value in first.items():  # finished trials were not run again
         assert final[trial_id] == value
-
-
-def trial_stats(out):
-    return {p.stem: json.loads(p.read_text()) for p in (out / "trial_stats").glob("*.json")}
 
 
 def start_search(args, tuner_id, port):
@@ -83,7 +79,7 @@ def test_a_chief_and_two_workers_share_one_search_and_survive_a_killed_worker(tm
     processes = [chief, *workers.values()]
     try:
         # Kill tuner0 once it has finished a trial, then start it again.
-        wait_for(lambda: any(s["tuner"] == "tuner0" for s in trial_stats(out).values()))
+        wait_for(lambda: any(s["tuner"] == "tuner0" for s in read_trial_stats(out).values()))
         workers["tuner0"].send_signal(signal.SIGKILL)
         workers["tuner0"].wait()
         restarted = start_search(args, "tuner0", port)

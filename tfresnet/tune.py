@@ -179,6 +179,13 @@ def resident_memory_mb():
     return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
+def read_trial_stats(out_dir):
+    """Trial id -> the stats its tuner recorded (skipping the hidden temporary file of a
+    write in progress or cut short by a kill)."""
+    return {path.stem: json.loads(path.read_text())
+            for path in (out_dir / "trial_stats").glob("[!.]*.json")}
+
+
 def finished_trials(tuner):
     return [t for t in tuner.oracle.trials.values()
             if t.status == kt.engine.trial.TrialStatus.COMPLETED and t.score is not None]
@@ -189,8 +196,7 @@ def write_search_results(tuner, out_dir, base, epochs_per_trial):
     trials = sorted(finished_trials(tuner), key=lambda t: int(t.trial_id))
     if not trials:
         raise UserError("no trial finished; see the errors above")
-    stats = {path.stem: json.loads(path.read_text())
-             for path in (out_dir / "trial_stats").glob("*.json")}
+    stats = read_trial_stats(out_dir)
     keys = sorted({k for t in trials for k in t.hyperparameters.values
                    if not k.startswith("tuner/")})
     out = io.StringIO()

@@ -23,6 +23,12 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT_MODES = ("auto", "on", "off")
 
 
+def worker_count(strategy):
+    """How many processes ``strategy`` spans: its replicas over this worker's devices."""
+    replicas = strategy.num_replicas_in_sync
+    return 1 if replicas == 1 else replicas // len(strategy.extended.worker_devices)
+
+
 @dataclasses.dataclass
 class Runtime:
     """The resolved execution settings of a run."""
@@ -35,8 +41,7 @@ class Runtime:
     @property
     def workers(self):
         """How many processes train together (1 unless multi-worker)."""
-        replicas = self.strategy.num_replicas_in_sync
-        return 1 if replicas == 1 else replicas // len(self.strategy.extended.worker_devices)
+        return worker_count(self.strategy)
 
     @property
     def chief(self):

@@ -10,6 +10,7 @@ import tensorflow as tf
 from keras import tree
 
 from tfresnet.losses import l2_penalty, l2_variables
+from tfresnet.runtime import worker_count
 
 
 @keras.saving.register_keras_serializable(package="tfresnet")
@@ -76,10 +77,8 @@ class Classifier(keras.Model):
     # --- tf.distribute: three Keras 3.15 failures, worked around only where they occur ---
 
     def _multi_worker(self):
-        """Whether the strategy spans several workers (its replicas outnumber this
-        worker's devices)."""
-        replicas = self.distribute_strategy.num_replicas_in_sync
-        return replicas > 1 and replicas > len(self.distribute_strategy.extended.worker_devices)
+        """Whether the strategy spans several workers."""
+        return worker_count(self.distribute_strategy) > 1
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras builds from a batch averaged across replicas, which cannot cross workers

@@ -57,12 +57,7 @@ def test_output_shape(stem, size, expected):
 
 
 def final_feature_map_size(model, size):
-    x = model.stem_conv(np.zeros((1, size, size, 3), "float32"))
-    if model.stem_pool is not None:
-        x = model.stem_pool(x)
-    for block in model.blocks:
-        x = block(x)
-    return tuple(x.shape[1:3])
+    return tuple(model.feature_map(np.zeros((1, size, size, 3), "float32")).shape[1:3])
 
 
 def test_stems_downsample_as_specified():

@@ -2,7 +2,8 @@
 
 Reads top-down: conv/BN helpers -> `BasicBlock` -> `Bottleneck` -> `ResNet` -> the
 factories `resnet18` ... `resnet152`. Channels-last; bias-free convolutions followed by
-batch norm, as in torchvision, so parameter counts match the reference models exactly.
+batch norm, and PyTorch's even padding before every stride-2 window, as in torchvision: the
+parameter counts and the outputs (given the same weights) equal the reference models'.
 """
 
 import keras
@@ -13,6 +14,10 @@ from tfresnet.errors import UserError
 STEMS = ("cifar", "imagenet", "biased_valid")
 STEM_ALIASES = {"seed": "biased_valid"}  # the name before 0.2 (configs and .keras files)
 BLOCKS = ("basic", "bottleneck")
+# "torch": k // 2 zeros on every side before a strided k x k window, as PyTorch pads;
+# "same": Keras' "same", which pads (0, 1) / (2, 3) for stride 2 on even sizes. Files
+# written before the option existed have no padding field and load as "same".
+PADDINGS = ("torch", "same")
 
 # torchvision initialises convolutions with kaiming_normal_(mode="fan_out", relu).
 HE_NORMAL_FAN_OUT = {
@@ -31,6 +36,31 @@ def _conv(filters, kernel_size, strides=1, use_bias=False, padding="same", name=
         kernel_initializer=keras.initializers.get(HE_NORMAL_FAN_OUT),
         name=name,
     )
+
+
+def _torch_pad(kernel_size, strides, padding, name):
+    """A `ZeroPadding2D` of ``kernel_size // 2`` before a strided window under "torch"
+    padding; None where "same" already pads as PyTorch does (stride 1, or a 1x1 window)."""
+    if padding == "torch" and strides > 1 and kernel_size > 1:
+        return layers.ZeroPadding2D(kernel_size // 2, name=name)
+    return None
+
+
+def _strided_conv(filters, kernel_size, strides, use_bias, padding, name):
+    """``(pad, conv)``: the padding layer (or None) and the conv that follows it."""
+    pad = _torch_pad(kernel_size, strides, padding, f"{name}_pad")
+    conv = _conv(filters, kernel_size, strides, use_bias, "valid" if pad else "same", name)
+    return pad, conv
+
+
+def _padded(pad, layer, x):
+    """``layer`` applied after the explicit padding ``pad`` (if any)."""
+    return layer(x if pad is None else pad(x))
+
+
+def legacy_padding(config):
+    """A config written before the padding option existed selects the old padding."""
+    return {"padding": "same", **config}
 
 
 def _bn(name, zero_gamma=False):
@@ -85,13 +115,16 @@ class _ResidualBlock(layers.Layer):
     expansion = 1
 
     def __init__(self, in_channels, filters, strides=1, use_bias=False,
-                 zero_init_residual=False, **kwargs):
+                 zero_init_residual=False, padding="torch", **kwargs):
+        if padding not in PADDINGS:
+            raise UserError(f"unknown padding {padding!r}; choose one of {', '.join(PADDINGS)}")
         super().__init__(**kwargs)
         self.in_channels = in_channels
         self.filters = filters
         self.strides = strides
         self.use_bias = use_bias
         self.zero_init_residual = zero_init_residual
+        self.padding = padding
         out_channels = filters * self.expansion
         self.shortcut_conv = None
         self.shortcut_bn = None
@@ -113,8 +146,13 @@ class _ResidualBlock(layers.Layer):
             strides=self.strides,
             use_bias=self.use_bias,
             zero_init_residual=self.zero_init_residual,
+            padding=self.padding,
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**legacy_padding(config))
 
 
 @keras.saving.register_keras_serializable(package="tfresnet")
@@ -128,14 +166,17 @@ class BasicBlock(_ResidualBlock):
         use_bias: add biases to the convolutions (only the seed's model does).
         zero_init_residual: start the last BN's gamma at zero, so each block starts as the
             identity (+0.2-0.3 % top-1, Goyal et al., arXiv 1706.02677).
+        padding: ``"torch"`` (PyTorch's even padding before the stride-2 conv) or
+            ``"same"`` (Keras' uneven "same", the padding of files written before 0.2).
     """
 
     expansion = 1
 
     def __init__(self, in_channels, filters, strides=1, use_bias=False,
-                 zero_init_residual=False, **kwargs):
-        super().__init__(in_channels, filters, strides, use_bias, zero_init_residual, **kwargs)
-        self.conv1 = _conv(filters, 3, strides, use_bias, name="conv1")
+                 zero_init_residual=False, padding="torch", **kwargs):
+        super().__init__(in_channels, filters, strides, use_bias, zero_init_residual, padding,
+                         **kwargs)
+        self.pad1, self.conv1 = _strided_conv(filters, 3, strides, use_bias, padding, "conv1")
         self.bn1 = _bn("bn1")
         self.conv2 = _conv(filters, 3, 1, use_bias, name="conv2")
         self.bn2 = _bn("bn2", zero_gamma=zero_init_residual)
@@ -143,7 +184,7 @@ class BasicBlock(_ResidualBlock):
     def call(self, inputs, training=None):
         identity = self.shortcut(inputs, training)
 
-        x = self.conv1(inputs)
+        x = _padded(self.pad1, self.conv1, inputs)
         x = self.bn1(x, training=training)
         x = keras.ops.relu(x)
 
@@ -163,11 +204,12 @@ class Bottleneck(_ResidualBlock):
     expansion = 4
 
     def __init__(self, in_channels, filters, strides=1, use_bias=False,
-                 zero_init_residual=False, **kwargs):
-        super().__init__(in_channels, filters, strides, use_bias, zero_init_residual, **kwargs)
+                 zero_init_residual=False, padding="torch", **kwargs):
+        super().__init__(in_channels, filters, strides, use_bias, zero_init_residual, padding,
+                         **kwargs)
         self.conv1 = _conv(filters, 1, 1, use_bias, name="conv1")
         self.bn1 = _bn("bn1")
-        self.conv2 = _conv(filters, 3, strides, use_bias, name="conv2")
+        self.pad2, self.conv2 = _strided_conv(filters, 3, strides, use_bias, padding, "conv2")
         self.bn2 = _bn("bn2")
         self.conv3 = _conv(filters * self.expansion, 1, 1, use_bias, name="conv3")
         self.bn3 = _bn("bn3", zero_gamma=zero_init_residual)
@@ -179,7 +221,7 @@ class Bottleneck(_ResidualBlock):
         x = self.bn1(x, training=training)
         x = keras.ops.relu(x)
 
-        x = self.conv2(x)
+        x = _padded(self.pad2, self.conv2, x)
         x = self.bn2(x, training=training)
         x = keras.ops.relu(x)
 
@@ -210,6 +252,9 @@ class ResNet(ClassifierHead, keras.Model):
         dropout: dropout rate before the classifier (0 = none).
         include_top: False drops pooling and classifier: the model returns its last
             feature map (``num_features`` channels), as a backbone for `TransferNet`.
+        padding: ``"torch"`` pads every stride-2 window as PyTorch does (k // 2 zeros on
+            each side); ``"same"`` is Keras' "same" (one fewer before than after on even
+            sizes), the padding of files written before the option existed.
 
     Example:
         >>> model = ResNet("basic", (2, 2, 2, 2), num_classes=100, stem="cifar")
@@ -218,12 +263,14 @@ class ResNet(ClassifierHead, keras.Model):
 
     def __init__(self, block="basic", stage_blocks=(2, 2, 2, 2), num_classes=1000,
                  stem="cifar", width=1.0, zero_init_residual=False, dropout=0.0,
-                 include_top=True, **kwargs):
+                 include_top=True, padding="torch", **kwargs):
         if block not in BLOCKS:
             raise UserError(f"unknown block {block!r}; choose one of {', '.join(BLOCKS)}")
         stem = STEM_ALIASES.get(stem, stem)
         if stem not in STEMS:
             raise UserError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
+        if padding not in PADDINGS:
+            raise UserError(f"unknown padding {padding!r}; choose one of {', '.join(PADDINGS)}")
         check_positive("num_classes", num_classes, int)
         check_positive("width", width)
         check_dropout(dropout)
@@ -236,12 +283,18 @@ class ResNet(ClassifierHead, keras.Model):
         self.zero_init_residual = zero_init_residual
         self.dropout = dropout
         self.include_top = include_top
+        self.padding = padding
 
         use_bias = stem == "biased_valid"
         stem_channels = max(1, round(64 * width))
+        self.stem_pad = self.stem_pool_pad = None
         if stem == "imagenet":
-            self.stem_conv = _conv(stem_channels, 7, 2, name="stem_conv")
-            self.stem_pool = layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")
+            self.stem_pad, self.stem_conv = _strided_conv(stem_channels, 7, 2, False, padding,
+                                                          "stem_conv")
+            # Zeros pad the max-pool like PyTorch's -inf: its input comes after a ReLU.
+            self.stem_pool_pad = _torch_pad(3, 2, padding, "stem_pool_pad")
+            self.stem_pool = layers.MaxPooling2D(
+                3, 2, padding="valid" if self.stem_pool_pad else "same", name="stem_pool")
         elif stem == "biased_valid":
             self.stem_conv = _conv(stem_channels, 3, 1, True, padding="valid", name="stem_conv")
             self.stem_pool = layers.MaxPooling2D(2, 1, padding="same", name="stem_pool")
@@ -264,6 +317,7 @@ class ResNet(ClassifierHead, keras.Model):
                         strides,
                         use_bias=use_bias,
                         zero_init_residual=zero_init_residual,
+                        padding=padding,
                         name=f"stage{stage + 1}_block{index + 1}",
                     )
                 )
@@ -277,11 +331,11 @@ class ResNet(ClassifierHead, keras.Model):
 
     def feature_map(self, inputs, training=None):
         """The output of the last stage, ``(batch, h, w, num_features)``."""
-        x = self.stem_conv(inputs)
+        x = _padded(self.stem_pad, self.stem_conv, inputs)
         x = self.stem_bn(x, training=training)
         x = keras.ops.relu(x)
         if self.stem_pool is not None:
-            x = self.stem_pool(x)
+            x = _padded(self.stem_pool_pad, self.stem_pool, x)
 
         for block in self.blocks:
             x = block(x, training=training)
@@ -298,8 +352,13 @@ class ResNet(ClassifierHead, keras.Model):
             width=self.width,
             zero_init_residual=self.zero_init_residual,
             dropout=self.dropout,
+            padding=self.padding,
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**legacy_padding(config))
 
 
 def _resnet(arch, block, stage_blocks, num_classes, **kwargs):

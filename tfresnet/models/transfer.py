@@ -17,6 +17,7 @@ from tfresnet.models.resnet import (
     ClassifierHead,
     check_dropout,
     check_positive,
+    legacy_padding,
     resnet18,
     resnet34,
 )
@@ -36,10 +37,12 @@ TRANSFER_MODES = ("none", "scratch", "frozen", "finetune", "two-stage")
 MIN_IMAGE_SIZE = 32  # Keras Applications' ResNets refuse smaller inputs
 
 
-def build_base(arch, image_size):
-    """The backbone without classifier and pooling: it returns its last feature map."""
+def build_base(arch, image_size, padding="torch"):
+    """The backbone without classifier and pooling: it returns its last feature map.
+    ``padding`` applies to the project's own ResNet-18/34 (see `ResNet`)."""
     if arch in _OWN:
-        return _OWN[arch](1000, stem="imagenet", include_top=False, name=f"{arch}_base")
+        return _OWN[arch](1000, stem="imagenet", include_top=False, padding=padding,
+                          name=f"{arch}_base")
     constructor, _ = _APPLICATIONS[arch]
     return getattr(keras.applications, constructor)(
         include_top=False, weights=None, input_shape=(image_size, image_size, 3),
@@ -58,10 +61,12 @@ class TransferNet(ClassifierHead, keras.Model):
         frozen_base: run the backbone in inference mode (BN statistics frozen). Training
             sets this for the frozen and head-only stages.
         trainable_base: False freezes the backbone's weights too (the feature extractor).
+        padding: of the project's own ResNet-18/34 backbones (see `ResNet`); files written
+            before the option existed load with the old ``"same"``.
     """
 
     def __init__(self, arch, num_classes, image_size=224, dropout=0.0, frozen_base=False,
-                 trainable_base=True, **kwargs):
+                 trainable_base=True, padding="torch", **kwargs):
         if arch not in ARCHITECTURES:
             raise UserError(f"no pretrained variant of {arch!r}; choose one of "
                             f"{', '.join(ARCHITECTURES)}")
@@ -77,7 +82,8 @@ class TransferNet(ClassifierHead, keras.Model):
         self.dropout = dropout
         self.frozen_base = frozen_base
         self.trainable_base = trainable_base
-        self.feature_extractor = build_base(arch, image_size)
+        self.padding = padding
+        self.feature_extractor = build_base(arch, image_size, padding)
         self.feature_extractor.trainable = trainable_base
         self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
         self.drop = keras.layers.Dropout(dropout, name="dropout") if dropout else None
@@ -108,8 +114,12 @@ class TransferNet(ClassifierHead, keras.Model):
         config = super().get_config()
         config.update(arch=self.arch, num_classes=self.num_classes, image_size=self.image_size,
                       dropout=self.dropout, frozen_base=self.frozen_base,
-                      trainable_base=self.trainable_base)
+                      trainable_base=self.trainable_base, padding=self.padding)
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**legacy_padding(config))
 
 
 def load_pretrained(model, weights):

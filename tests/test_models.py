@@ -152,8 +152,8 @@ def test_deeper_pretrained_backbones_build(name):
 
 def test_registry_lists_the_family_baselines_and_pretrained():
     own = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "small_cnn"]
-    pretrained = [f"{a}{v}_imagenet" for a in ("resnet50", "resnet101", "resnet152")
-                  for v in ("", "v2")]
+    pretrained = ["resnet18_imagenet", "resnet34_imagenet"] + [
+        f"{a}{v}_imagenet" for a in ("resnet50", "resnet101", "resnet152") for v in ("", "v2")]
     assert list_models() == sorted(own + pretrained)
     assert tfresnet.get_model is get_model
 

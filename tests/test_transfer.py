@@ -1,3 +1,5 @@
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -102,19 +104,6 @@ def test_backbone_lr_multiplier_scales_the_update(weights_file, digits):
     np.testing.assert_allclose(updates[0.25], 0.25 * updates[1.0], rtol=1e-3, atol=1e-7)
 
 
-def test_two_stage_unfreezes_at_the_right_epoch(tmp_path, weights_file, monkeypatch):
-    watch = BackboneWatch()
-    make_callbacks = train_module.make_callbacks
-    monkeypatch.setattr(train_module, "make_callbacks",
-                        lambda *a: make_callbacks(*a) + [watch])
-    args = ["--dataset", "digits", "--model", "resnet18", "--transfer", "two-stage",
-            "--weights", str(weights_file), "--image-size", "32", "--epochs", "2",
-            "--head-epochs", "1", "--batch-size", "64", "--lr", "0.01", "--name", "t",
-            "--output-dir", str(tmp_path), "--no-visualize", "--no-tensorboard"]
-    assert train_module.main(args) == 0
-    assert watch.changed == [False, True]  # backbone fixed for the head epoch, then trained
-
-
 def test_local_weights_round_trip_and_mismatch(tmp_path, weights_file):
     source = TransferNet("resnet18", 10, image_size=32)
     fresh = TransferNet("resnet18", 10, image_size=32)
@@ -166,8 +155,8 @@ def trial(weights_file, digits, **overrides):
 
     from tfresnet.tune import ResNetHyperModel
 
-    config = TrainConfig(model="resnet18", weights=str(weights_file), image_size=32,
-                         batch_size=32, lr=0.05, **overrides).validate()
+    config = TrainConfig(**{"model": "resnet18", "weights": str(weights_file), "image_size": 32,
+                            "batch_size": 32, "lr": 0.05, **overrides}).validate()
     hypermodel = ResNetHyperModel(config, digits, configure(config), [], (0.05, 0.05))
     hp = kt.HyperParameters()
     return hypermodel, hp, hypermodel.build(hp)
@@ -195,3 +184,144 @@ def test_two_stage_tuner_trial_unfreezes_after_head_epochs(weights_file, digits)
                                   epochs=2)
     hypermodel.fit(hp, model, callbacks=[watch])
     assert watch.changed == [False, True]  # backbone fixed for the head epoch, then trained
+
+
+# keras-hub presets and timm checkpoints. Nothing can be downloaded here: the tests write
+# both formats locally, as a connected machine's download would leave them.
+RESNET18_HUB = dict(input_conv_filters=[64], input_conv_kernel_sizes=[7],
+                    stackwise_num_filters=[64, 128, 256, 512], stackwise_num_strides=[1, 2, 2, 2])
+
+
+def write_timm_resnet(directory, blocks=(2, 2, 2, 2)):
+    """A timm ResNet checkpoint (basic blocks): config.json + model.safetensors with
+    torchvision's parameter names and layouts, random values, BN statistics included."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(5)
+    state = {}
+
+    def conv(name, out, inp, size):
+        std = (2 / (inp * size * size)) ** 0.5
+        state[f"{name}.weight"] = rng.normal(0, std, (out, inp, size, size)).astype("float32")
+
+    def bn(name, channels):
+        state[f"{name}.weight"] = rng.uniform(0.2, 0.6, channels).astype("float32")
+        state[f"{name}.bias"] = rng.normal(0, 0.1, channels).astype("float32")
+        state[f"{name}.running_mean"] = rng.normal(0, 0.1, channels).astype("float32")
+        state[f"{name}.running_var"] = rng.uniform(0.5, 1.5, channels).astype("float32")
+        state[f"{name}.num_batches_tracked"] = np.array(100, "int64")
+
+    conv("conv1", 64, 3, 7)
+    bn("bn1", 64)
+    inp = 64
+    for stage, count in enumerate(blocks):
+        out = 64 * 2**stage
+        for index in range(count):
+            prefix = f"layer{stage + 1}.{index}"
+            conv(f"{prefix}.conv1", out, inp, 3)
+            bn(f"{prefix}.bn1", out)
+            conv(f"{prefix}.conv2", out, out, 3)
+            bn(f"{prefix}.bn2", out)
+            if index == 0 and stage > 0:
+                conv(f"{prefix}.downsample.0", out, inp, 1)
+                bn(f"{prefix}.downsample.1", out)
+            inp = out
+    state["fc.weight"] = rng.normal(0, 0.01, (1000, 512)).astype("float32")
+    state["fc.bias"] = np.zeros(1000, "float32")
+    directory.mkdir(parents=True)
+    save_file(state, str(directory / "model.safetensors"))
+    arch = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34"}[tuple(blocks)]
+    (directory / "config.json").write_text(json.dumps({
+        "architecture": arch, "num_classes": 1000, "num_features": 512,
+        "pretrained_cfg": {"input_size": [3, 224, 224], "interpolation": "bilinear",
+                           "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}}))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def hub_sources(tmp_path_factory):
+    """``(keras-hub preset directory, timm checkpoint directory)`` of random ResNet-18s."""
+    keras_hub = pytest.importorskip("keras_hub")
+    root = tmp_path_factory.mktemp("hub")
+    keras.utils.set_random_seed(4)
+    backbone = keras_hub.models.ResNetBackbone(**RESNET18_HUB, stackwise_num_blocks=[2, 2, 2, 2],
+                                               block_type="basic_block")
+    backbone.save_to_preset(root / "preset")
+    keras_hub.layers.ResNetImageConverter(image_size=(224, 224), scale=1 / 127.5,
+                                          offset=-1.0).save_to_preset(root / "preset")
+    return root / "preset", write_timm_resnet(root / "timm")
+
+
+def source_weights(preset):
+    import keras_hub
+
+    return keras_hub.models.ResNetBackbone.from_preset(str(preset)).get_weights()
+
+
+def train_from(tmp_path, weights, transfer, *extra):
+    args = ["--dataset", "digits", "--model", "resnet18_imagenet", "--transfer", transfer,
+            "--weights", str(weights), "--image-size", "32", "--batch-size", "64",
+            "--lr", "0.01", "--name", "run", "--output-dir", str(tmp_path), "--no-visualize",
+            "--no-tensorboard", *extra]
+    assert train_module.main(args) == 0
+    return keras.saving.load_model(tmp_path / "run" / "last.keras")
+
+
+@pytest.mark.slow
+def test_frozen_run_from_a_keras_hub_preset_keeps_its_backbone_and_preprocessing(
+        tmp_path, hub_sources):
+    preset, _ = hub_sources
+    model = train_from(tmp_path, preset, "frozen", "--epochs", "1")
+    network = model.network
+    assert network.preset["scale"] == [1 / 127.5] * 3 and network.preset["offset"] == [-1.0] * 3
+    for expected, found in zip(source_weights(preset), network.feature_extractor.get_weights()):
+        np.testing.assert_array_equal(expected, found)  # loaded, and never trained
+
+
+@pytest.mark.slow
+def test_two_stage_run_from_a_timm_checkpoint_unfreezes_at_the_right_epoch(
+        tmp_path, hub_sources, monkeypatch):
+    _, timm = hub_sources
+    watch = BackboneWatch()
+    make_callbacks = train_module.make_callbacks
+    monkeypatch.setattr(train_module, "make_callbacks",
+                        lambda *a: make_callbacks(*a) + [watch])
+    model = train_from(tmp_path, timm, "two-stage", "--epochs", "2", "--head-epochs", "1")
+    assert watch.changed == [False, True]  # backbone fixed for the head epoch, then trained
+    source = [w for w, v in zip(source_weights(timm), model.network.feature_extractor.weights)
+              if v.trainable]
+    for expected, start in zip(source, watch.start):  # started from the checkpoint's weights
+        np.testing.assert_array_equal(expected, start)
+    # The timm config's mean and std became the pixel transform.
+    np.testing.assert_allclose(model.network.preset["offset"], [-2.5, -1.6, -1.0])
+
+
+def test_frozen_tuner_trial_from_a_keras_hub_preset(hub_sources, digits):
+    preset, _ = hub_sources
+    hypermodel, hp, model = trial(preset, digits, model="resnet18_imagenet", transfer="frozen",
+                                  epochs=1)
+    hypermodel.fit(hp, model)
+    for expected, found in zip(source_weights(preset),
+                               model.network.feature_extractor.get_weights()):
+        np.testing.assert_array_equal(expected, found)
+
+
+def test_preset_weights_that_cannot_be_used_are_one_line_errors(tmp_path, hub_sources):
+    preset, timm = hub_sources
+    nothing = tmp_path / "not_a_preset"
+    nothing.mkdir()
+    (nothing / "config.json").write_text('{"architecture": "vit_base"}')
+    cases = [
+        ("resnet34", preset, "holds a basic_block ResNet with [2, 2, 2, 2] blocks per stage, "
+                             "not resnet34"),
+        ("resnet18", nothing, "is not a keras-hub ResNet preset or a timm ResNet checkpoint"),
+        # Offline here (and a missing model online): the line says how to get it in.
+        ("resnet18", "kaggle://tfresnet/missing/keras/missing/1", "download it once on a "
+                                                                   "connected machine"),
+    ]
+    for model, weights, message in cases:
+        config = TrainConfig(model=f"{model}_imagenet", transfer="frozen", weights=str(weights),
+                             image_size=32).validate()
+        with pytest.raises(UserError) as info:
+            assemble.make_network(config, 10)
+        assert message in str(info.value) and "\n" not in str(info.value)

@@ -22,7 +22,12 @@ from tfresnet.data.pipeline import (
 from tfresnet.errors import UserError
 from tfresnet.losses import cross_entropy
 from tfresnet.models import Classifier, TransferNet, get_model
-from tfresnet.models.transfer import load_pretrained
+from tfresnet.models.transfer import (
+    is_preset,
+    load_pretrained,
+    preset_spec,
+    resolve_weights,
+)
 from tfresnet.optim import make_optimizer
 
 
@@ -66,10 +71,12 @@ def make_network(config, num_classes):
         if config.dropout:
             options["dropout"] = config.dropout
         return get_model(config.model, num_classes, **options)
+    arch = config.model.removesuffix("_imagenet")
+    weights = resolve_weights(arch, config.weights)
     frozen = config.transfer == "frozen"
-    return TransferNet(config.model.removesuffix("_imagenet"), num_classes,
-                       image_size=config.image_size or 224, dropout=config.dropout,
-                       frozen_base=frozen, trainable_base=not frozen)
+    return TransferNet(arch, num_classes, image_size=config.image_size or 224,
+                       dropout=config.dropout, frozen_base=frozen, trainable_base=not frozen,
+                       preset=preset_spec(arch, weights) if is_preset(weights) else None)
 
 
 def build_model(config, data, runtime, pretrained=True):
@@ -106,7 +113,7 @@ def build_model(config, data, runtime, pretrained=True):
         model(data.x_train[:1])
         model.optimizer.build(model.trainable_variables)
     if pretrained and config.weights:
-        load_pretrained(model.network, config.weights)
+        load_pretrained(model.network, resolve_weights(model.network.arch, config.weights))
     return model
 
 

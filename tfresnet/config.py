@@ -44,8 +44,9 @@ class TrainConfig:
     zero_init_residual: bool = _field(False, "zero the last BN gamma of each block", "model")
     transfer: str = _field("none", "pretrained backbone mode (scratch: same net, random "
                            "weights)", "transfer", list(TRANSFER_MODES))
-    weights: str | None = _field(None, "'imagenet' or a local .weights.h5/.h5/.keras file",
-                                 "transfer")
+    weights: str | None = _field(
+        None, "'imagenet', a keras-hub preset (name, hf:// or kaggle:// handle, directory), "
+        "a timm checkpoint directory, or a .weights.h5/.h5/.keras file", "transfer")
     backbone_lr: float = _field(0.1, "backbone LR multiplier (finetune, two-stage)",
                                 "transfer")
     head_epochs: int = _field(3, "two-stage: epochs training only the head", "transfer")
@@ -137,7 +138,8 @@ class TrainConfig:
         if self.transfer == "scratch" and self.weights:
             raise UserError("--transfer scratch trains from random weights; drop --weights")
         if self.transfer in ("frozen", "finetune", "two-stage") and not self.weights:
-            raise UserError(f"--transfer {self.transfer} needs --weights imagenet or a file")
+            raise UserError(f"--transfer {self.transfer} needs --weights (imagenet, a preset "
+                            "or a file)")
         if self.head_epochs < 0 or self.backbone_lr < 0:
             raise UserError("--head-epochs and --backbone-lr must be >= 0")
         if self.schedule == "step" and (not self.milestones or min(self.milestones) <= 0):
@@ -160,8 +162,13 @@ class TrainConfig:
             if choices and getattr(self, field.name) not in choices:
                 raise UserError(f"--{field.name.replace('_', '-')} must be one of "
                                 f"{', '.join(choices)}. Received: {getattr(self, field.name)!r}")
-        if self.weights and self.weights != "imagenet" and not Path(self.weights).is_file():
-            raise UserError(f"--weights file {self.weights} does not exist")
+        from tfresnet.models.transfer import is_preset
+
+        if (self.weights and self.weights != "imagenet" and not is_preset(self.weights)
+                and not Path(self.weights).is_file()):
+            raise UserError(f"--weights file {self.weights} does not exist; pass 'imagenet', "
+                            "a keras-hub preset name, an hf:// or kaggle:// handle, a preset "
+                            "or timm directory, or a .weights.h5/.h5/.keras file")
         return self
 
 

@@ -13,7 +13,7 @@ from tfresnet.models.resnet import (
     resnet101,
     resnet152,
 )
-from tfresnet.models.transfer import TransferNet
+from tfresnet.models.transfer import ARCHITECTURES, TransferNet
 
 _REGISTRY = {
     "resnet18": resnet18,
@@ -24,8 +24,8 @@ _REGISTRY = {
     "vgg16": vgg16,
     "small_cnn": small_cnn,
 }
-# Keras Applications' ImageNet ResNets with a new head (see `tfresnet.models.transfer`).
-for _arch in ("resnet50", "resnet101", "resnet152", "resnet50v2", "resnet101v2", "resnet152v2"):
+# Pretrained ResNets with a new head (see `tfresnet.models.transfer`).
+for _arch in ARCHITECTURES:
     _REGISTRY[f"{_arch}_imagenet"] = (
         lambda num_classes, _arch=_arch, **options: TransferNet(_arch, num_classes, **options))
 

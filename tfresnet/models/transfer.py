@@ -2,9 +2,15 @@
 
 `TransferNet` resizes inside the model (32 px CIFAR images -> e.g. 160 or 224), applies the
 backbone's own preprocessing, runs the backbone without its ImageNet classifier and ends in a
-new dense head. Backbones: Keras Applications' ResNet50/101/152 and their V2, and the
-project's own ResNet-18/34 with the ImageNet stem. ImageNet weights come from Keras' download
-cache (``weights="imagenet"``) or from a local ``.weights.h5`` / ``.h5`` / ``.keras`` file.
+new dense head. Where the weights come from decides the backbone:
+
+- a keras-hub preset (name, ``hf://`` / ``kaggle://`` handle, or a local preset directory)
+  or a local timm checkpoint directory (config.json + model.safetensors): keras-hub's
+  ``ResNetBackbone`` as the preset describes it, with the preset's pixel scale and offset;
+- ``"imagenet"``: keras-hub's ImageNet ResNet-18 and timm's ResNet-34 (`IMAGENET_PRESETS`),
+  Keras Applications' download for the ResNet-50/101/152 and V2 variants;
+- a local ``.weights.h5`` / ``.h5`` / ``.keras`` file, or none (``--transfer scratch``):
+  Keras Applications' ResNets or the project's own ResNet-18/34 with the ImageNet stem.
 """
 
 import warnings
@@ -32,14 +38,112 @@ _APPLICATIONS = {
 }
 _OWN = {"resnet18": resnet18, "resnet34": resnet34}
 ARCHITECTURES = tuple(_OWN) + tuple(_APPLICATIONS)
+# keras-hub `ResNetBackbone` layouts (block type, blocks per stage, pre-activation) of the
+# plain torchvision-style ResNets; ResNet-D (`resnet_vd_*`) presets are other networks.
+HUB_LAYOUTS = {
+    "resnet18": ("basic_block", [2, 2, 2, 2], False),
+    "resnet34": ("basic_block", [3, 4, 6, 3], False),
+    "resnet50": ("bottleneck_block", [3, 4, 6, 3], False),
+    "resnet101": ("bottleneck_block", [3, 4, 23, 3], False),
+    "resnet152": ("bottleneck_block", [3, 8, 36, 3], False),
+    "resnet50v2": ("bottleneck_block", [3, 4, 6, 3], True),
+    "resnet101v2": ("bottleneck_block", [3, 4, 23, 3], True),
+    "resnet152v2": ("bottleneck_block", [3, 8, 36, 3], True),
+}
+# What --weights imagenet loads where Keras Applications has no ResNet: keras-hub's preset
+# (converted from timm's resnet18.a1_in1k) and timm's checkpoint (keras-hub has no plain 34).
+IMAGENET_PRESETS = {"resnet18": "resnet_18_imagenet", "resnet34": "hf://timm/resnet34.a1_in1k"}
+# torchvision's ImageNet normalisation as a scale and offset on 0-255 pixels: for presets
+# saved without an image converter.
+_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_SCALE = [1 / (255 * s) for s in _STD]
+IMAGENET_OFFSET = [-m / s for m, s in zip(_MEAN, _STD)]
 # none: no pretrained backbone; scratch: the pretrained architecture from random weights.
 TRANSFER_MODES = ("none", "scratch", "frozen", "finetune", "two-stage")
 MIN_IMAGE_SIZE = 32  # Keras Applications' ResNets refuse smaller inputs
 
 
-def build_base(arch, image_size, padding="torch"):
+def is_preset(weights):
+    """Whether ``--weights`` names a keras-hub preset or timm checkpoint rather than
+    "imagenet" or a weights file: a handle, a directory or a bare preset name."""
+    if weights is None or weights == "imagenet" or "://" in weights:
+        return weights is not None and "://" in weights
+    path = Path(weights)
+    return path.is_dir() or (not path.suffix and len(path.parts) == 1 and not path.exists())
+
+
+def resolve_weights(arch, weights):
+    """``--weights`` with "imagenet" replaced by the preset it means for ``arch``."""
+    return IMAGENET_PRESETS.get(arch, weights) if weights == "imagenet" else weights
+
+
+def _load_preset(arch, preset, load_weights):
+    """keras-hub's `ResNetBackbone` from ``preset``; any failure is one `UserError` line."""
+    try:
+        import keras_hub
+    except ImportError:
+        raise UserError("--weights presets need keras-hub: pip install keras-hub safetensors")
+    try:
+        return keras_hub.models.ResNetBackbone.from_preset(preset, load_weights=load_weights)
+    except ImportError as err:
+        raise UserError(f"--weights {preset} needs a missing package ({err}); "
+                        "pip install safetensors")
+    except Exception as err:
+        reason = str(err).splitlines()[0][:100].rstrip(": .")
+        if Path(preset).is_dir():
+            raise UserError(f"--weights {preset} is not a keras-hub ResNet preset or a timm "
+                            f"ResNet checkpoint directory ({type(err).__name__}: {reason})")
+        raise UserError(
+            f"could not load --weights {preset} ({type(err).__name__}: {reason}); download it "
+            "once on a connected machine with python -c \"import keras_hub; keras_hub.models."
+            f"ResNetBackbone.from_preset('{preset}').save_to_preset('{arch}_preset')\" and "
+            f"pass --weights {arch}_preset (the directory)")
+
+
+def _pixel_transform(preset):
+    """The preset's image converter as ``(scale, offset)`` per channel on 0-255 pixels;
+    torchvision's ImageNet normalisation when the preset has no converter."""
+    import keras_hub
+
+    try:
+        converter = keras_hub.layers.ImageConverter.from_preset(preset)
+    except (FileNotFoundError, ValueError):
+        print(f"note: --weights {preset} has no image converter; using ImageNet's mean/std")
+        return IMAGENET_SCALE, IMAGENET_OFFSET
+    channels = 3
+
+    def per_channel(value, default):
+        value = default if value is None else value
+        return [float(v) for v in (value if isinstance(value, (list, tuple)) else
+                                   [value] * channels)]
+
+    return per_channel(converter.scale, 1.0), per_channel(converter.offset, 0.0)
+
+
+def preset_spec(arch, preset):
+    """What a `TransferNet` needs from a preset: the backbone's config (checked to be
+    ``arch``) and its pixel scale and offset. Loads no weights."""
+    config = _load_preset(arch, preset, load_weights=False).get_config()
+    found = (config["block_type"], list(config["stackwise_num_blocks"]),
+             bool(config["use_pre_activation"]))
+    if found != HUB_LAYOUTS[arch] or config["input_conv_kernel_sizes"] != [7]:
+        raise UserError(f"--weights {preset} holds a {found[0]} ResNet with "
+                        f"{found[1]} blocks per stage{' (v2)' if found[2] else ''}, not "
+                        f"{arch}; pass the matching --model")
+    config.pop("dtype", None)  # the run's precision policy decides
+    config["name"] = f"{arch}_base"
+    scale, offset = _pixel_transform(preset)
+    return {"backbone": config, "scale": scale, "offset": offset}
+
+
+def build_base(arch, image_size, padding="torch", preset=None):
     """The backbone without classifier and pooling: it returns its last feature map.
-    ``padding`` applies to the project's own ResNet-18/34 (see `ResNet`)."""
+    ``padding`` applies to the project's own ResNet-18/34 (see `ResNet`); ``preset`` (a
+    `preset_spec`) builds keras-hub's backbone instead."""
+    if preset is not None:
+        import keras_hub
+
+        return keras_hub.models.ResNetBackbone.from_config(dict(preset["backbone"]))
     if arch in _OWN:
         return _OWN[arch](1000, stem="imagenet", include_top=False, padding=padding,
                           name=f"{arch}_base")
@@ -63,10 +167,11 @@ class TransferNet(ClassifierHead, keras.Model):
         trainable_base: False freezes the backbone's weights too (the feature extractor).
         padding: of the project's own ResNet-18/34 backbones (see `ResNet`); files written
             before the option existed load with the old ``"same"``.
+        preset: a `preset_spec`: keras-hub's backbone and the preset's pixel transform.
     """
 
     def __init__(self, arch, num_classes, image_size=224, dropout=0.0, frozen_base=False,
-                 trainable_base=True, padding="torch", **kwargs):
+                 trainable_base=True, padding="torch", preset=None, **kwargs):
         if arch not in ARCHITECTURES:
             raise UserError(f"no pretrained variant of {arch!r}; choose one of "
                             f"{', '.join(ARCHITECTURES)}")
@@ -83,7 +188,8 @@ class TransferNet(ClassifierHead, keras.Model):
         self.frozen_base = frozen_base
         self.trainable_base = trainable_base
         self.padding = padding
-        self.feature_extractor = build_base(arch, image_size, padding)
+        self.preset = preset
+        self.feature_extractor = build_base(arch, image_size, padding, preset)
         self.feature_extractor.trainable = trainable_base
         self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
         self.drop = keras.layers.Dropout(dropout, name="dropout") if dropout else None
@@ -96,10 +202,12 @@ class TransferNet(ClassifierHead, keras.Model):
         return self.feature_extractor
 
     def preprocess(self, pixels):
-        """0-255 RGB pixels -> what the backbone was trained on, by Keras' own
-        ``preprocess_input``: the Applications module's, or torchvision's normalisation
-        ("torch" mode) for the project's own ResNet-18/34."""
+        """0-255 RGB pixels -> what the backbone was trained on: the preset's scale and
+        offset, or Keras' own ``preprocess_input``: the Applications module's, or
+        torchvision's normalisation ("torch" mode) for the project's own ResNet-18/34."""
         x = keras.ops.image.resize(pixels, (self.image_size, self.image_size))
+        if self.preset is not None:
+            return x * self.preset["scale"] + self.preset["offset"]
         if self.arch in _OWN:
             return keras.applications.imagenet_utils.preprocess_input(x, mode="torch")
         module = getattr(keras.applications, _APPLICATIONS[self.arch][1])
@@ -114,7 +222,8 @@ class TransferNet(ClassifierHead, keras.Model):
         config = super().get_config()
         config.update(arch=self.arch, num_classes=self.num_classes, image_size=self.image_size,
                       dropout=self.dropout, frozen_base=self.frozen_base,
-                      trainable_base=self.trainable_base, padding=self.padding)
+                      trainable_base=self.trainable_base, padding=self.padding,
+                      preset=self.preset)
         return config
 
     @classmethod
@@ -123,14 +232,16 @@ class TransferNet(ClassifierHead, keras.Model):
 
 
 def load_pretrained(model, weights):
-    """Loads ImageNet weights into ``model.feature_extractor``: ``"imagenet"`` (Keras'
-    download cache) or a local weights file. A file of another architecture is refused,
+    """Loads pretrained weights into ``model.feature_extractor``: a keras-hub preset or
+    timm checkpoint (the model was built from its `preset_spec`), ``"imagenet"`` (Keras'
+    download cache) or a local weights file. Weights of another architecture are refused,
     never partly loaded."""
     base = model.feature_extractor
+    if model.preset is not None:
+        source = _load_preset(model.arch, weights, load_weights=True)
+        _copy_weights(source, base, weights)
+        return
     if weights == "imagenet":
-        if model.arch in _OWN:
-            raise UserError(f"Keras publishes no ImageNet weights for {model.arch}; pass "
-                            "--weights PATH (a .weights.h5 saved from its backbone)")
         constructor, _ = _APPLICATIONS[model.arch]
         try:
             source = getattr(keras.applications, constructor)(

@@ -178,12 +178,19 @@ def test_frozen_tuner_trial_trains_on_the_weights_files_backbone(weights_file, d
     assert not np.array_equal(head[0], model.network.fc.kernel.numpy())
 
 
-def test_two_stage_tuner_trial_unfreezes_after_head_epochs(weights_file, digits):
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_two_stage_tuner_trial_unfreezes_after_head_epochs(weights_file, digits, precision):
     watch = BackboneWatch()
-    hypermodel, hp, model = trial(weights_file, digits, transfer="two-stage", head_epochs=1,
-                                  epochs=2)
-    hypermodel.fit(hp, model, callbacks=[watch])
+    try:
+        hypermodel, hp, model = trial(weights_file, digits, transfer="two-stage",
+                                      head_epochs=1, epochs=2, precision=precision)
+        hypermodel.fit(hp, model, callbacks=[watch])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # configure() set it globally
     assert watch.changed == [False, True]  # backbone fixed for the head epoch, then trained
+    scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert scaled == (precision == "mixed_float16")  # float16: with loss scaling
+    assert all(np.isfinite(v.numpy()).all() for v in model.trainable_variables)
 
 
 # keras-hub presets and timm checkpoints. Nothing can be downloaded here: the tests write

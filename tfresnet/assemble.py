@@ -76,7 +76,8 @@ def make_network(config, num_classes):
     frozen = config.transfer == "frozen"
     return TransferNet(arch, num_classes, image_size=config.image_size or 224,
                        dropout=config.dropout, frozen_base=frozen, trainable_base=not frozen,
-                       preset=preset_spec(arch, weights) if is_preset(weights) else None)
+                       preset=preset_spec(arch, weights) if is_preset(weights) else None,
+                       width=config.width)
 
 
 def build_model(config, data, runtime, pretrained=True):
@@ -110,6 +111,7 @@ def build_model(config, data, runtime, pretrained=True):
             steps_per_execution=config.steps_per_execution or (16 if runtime.jit else 1),
         )
         model.set_augmenter(augmenter if augmenter and in_step else None)
+        model.epoch_steps = steps  # executions of several steps stop at each epoch's end
         model(data.x_train[:1])
         model.optimizer.build(model.trainable_variables)
     if pretrained and config.weights:

@@ -84,7 +84,8 @@ class TrainConfig:
     batch_size: int = _field(128, "global batch size", "training")
     seed: int = _field(0, "seed of initialisation, split, shuffling and augmentation", "training")
     deterministic: bool = _field(False, "make TensorFlow ops deterministic (slower)", "training")
-    precision: str = _field("auto", "auto: mixed_float16 on a GPU, else float32", "training",
+    precision: str = _field("auto", "auto: mixed_bfloat16 on A100/H100-class GPUs, "
+                            "mixed_float16 on V100/T4, else float32", "training",
                             list(PRECISIONS))
     jit: str = _field("auto", "XLA compilation (auto: on with a GPU)", "training",
                       list(JIT_MODES))

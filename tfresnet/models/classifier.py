@@ -46,6 +46,7 @@ class Classifier(keras.Model):
         self.l2_tracker = keras.metrics.Mean(name="l2")
         self.augmenter = None
         self.backbone_lr = None
+        self.epoch_steps = None
 
     def set_augmenter(self, augmenter):
         """Augments each training batch inside the compiled train step (None: the batches
@@ -100,38 +101,49 @@ class Classifier(keras.Model):
         return {name: keras.ops.reshape(value, (1,)) for name, value in logs.items()}
 
     def _needs_own_loop(self):
-        """Keras runs each step of a multi-step execution inside a ``tf.cond``, where
-        cross-replica ops fail ("You must feed a value for placeholder tensor"): the
-        optimizer's ``merge_call`` under MirroredStrategy, the collectives of several
-        workers. tfresnet runs such executions in its own loop."""
-        return self.distribute_strategy.num_replicas_in_sync > 1 and self.steps_per_execution > 1
+        """Whether executions of several steps run in tfresnet's loop rather than Keras'.
 
-    def _step_loop(self, step_function):
+        Keras' loop runs each step inside a ``tf.cond``, where cross-replica ops fail
+        ("You must feed a value for placeholder tensor": the optimizer's ``merge_call``
+        under MirroredStrategy, the collectives of several workers), and it always runs
+        ``steps_per_execution`` steps while data is left: past the end of the epoch when
+        the epoch is not a multiple of it (44 steps at 16 per execution ran 48), so epochs
+        and the schedule drift and a resumed run differs from an uninterrupted one."""
+        return self.steps_per_execution > 1
+
+    def _step_loop(self, step_function, epoch_steps=None):
         """Runs up to ``steps_per_execution`` steps of ``step_function`` over a
-        distributed iterator, conditions only around fetching, then returns the metrics.
-        Raises StopIteration (as Keras' loop does) when no batch was left."""
+        distributed iterator, conditions only around fetching, then returns the metrics;
+        with ``epoch_steps``, never past the end of an epoch. Raises StopIteration (as
+        Keras' loop does) when no batch was left."""
         strategy = self.distribute_strategy
         steps = self.steps_per_execution
         one_step = tf.function(lambda batch: strategy.run(step_function, args=(batch,)),
                                jit_compile=self.jit_compile, reduce_retracing=True)
 
         @tf.function(reduce_retracing=True)
-        def loop(iterator):
+        def loop(iterator, limit):
             upcoming = iterator.get_next_as_optional()
             done = tf.constant(0)
-            while done < steps and upcoming.has_value():
+            while done < limit and upcoming.has_value():
                 one_step(upcoming.get_value())
                 done += 1
-                upcoming = tf.cond(done < steps, iterator.get_next_as_optional,
+                upcoming = tf.cond(done < limit, iterator.get_next_as_optional,
                                    lambda current=upcoming: current)
             results = strategy.run(self.get_metrics_result)
             return done, {name: strategy.reduce("MEAN", value, axis=None)
                           for name, value in results.items()}
 
+        into_epoch = 0  # steps of the current epoch already run (runs start at an epoch)
+
         def function(iterator):
-            done, logs = loop(iterator)
+            nonlocal into_epoch
+            limit = min(steps, epoch_steps - into_epoch) if epoch_steps else steps
+            done, logs = loop(iterator, tf.constant(limit))
             if int(done) == 0:
                 raise StopIteration
+            if epoch_steps:
+                into_epoch = (into_epoch + int(done)) % epoch_steps
             return logs
 
         return function
@@ -148,7 +160,7 @@ class Classifier(keras.Model):
         if not self._needs_own_loop():
             return super().make_train_function(force)
         if self.train_function is None or force:
-            self.train_function = self._step_loop(self._train_step)
+            self.train_function = self._step_loop(self._train_step, self.epoch_steps)
         return self.train_function
 
     def make_test_function(self, force=False):

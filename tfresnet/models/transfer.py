@@ -136,17 +136,17 @@ def preset_spec(arch, preset):
     return {"backbone": config, "scale": scale, "offset": offset}
 
 
-def build_base(arch, image_size, padding="torch", preset=None):
+def build_base(arch, image_size, padding="torch", preset=None, width=1.0):
     """The backbone without classifier and pooling: it returns its last feature map.
-    ``padding`` applies to the project's own ResNet-18/34 (see `ResNet`); ``preset`` (a
-    `preset_spec`) builds keras-hub's backbone instead."""
+    ``padding`` and ``width`` apply to the project's own ResNet-18/34 (see `ResNet`);
+    ``preset`` (a `preset_spec`) builds keras-hub's backbone instead."""
     if preset is not None:
         import keras_hub
 
         return keras_hub.models.ResNetBackbone.from_config(dict(preset["backbone"]))
     if arch in _OWN:
         return _OWN[arch](1000, stem="imagenet", include_top=False, padding=padding,
-                          name=f"{arch}_base")
+                          width=width, name=f"{arch}_base")
     constructor, _ = _APPLICATIONS[arch]
     return getattr(keras.applications, constructor)(
         include_top=False, weights=None, input_shape=(image_size, image_size, 3),
@@ -168,15 +168,21 @@ class TransferNet(ClassifierHead, keras.Model):
         padding: of the project's own ResNet-18/34 backbones (see `ResNet`); files written
             before the option existed load with the old ``"same"``.
         preset: a `preset_spec`: keras-hub's backbone and the preset's pixel transform.
+        width: channel multiplier of the project's own ResNet-18/34 backbones (to transfer
+            from a narrow network pretrained with tfresnet).
     """
 
     def __init__(self, arch, num_classes, image_size=224, dropout=0.0, frozen_base=False,
-                 trainable_base=True, padding="torch", preset=None, **kwargs):
+                 trainable_base=True, padding="torch", preset=None, width=1.0, **kwargs):
         if arch not in ARCHITECTURES:
             raise UserError(f"no pretrained variant of {arch!r}; choose one of "
                             f"{', '.join(ARCHITECTURES)}")
         check_positive("num_classes", num_classes, int)
         check_dropout(dropout)
+        check_positive("width", width)
+        if width != 1.0 and (arch not in _OWN or preset is not None):
+            raise UserError(f"--width applies to the resnet18/resnet34 backbones built by "
+                            f"tfresnet, not to {arch} from Keras Applications or a preset")
         if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
             raise UserError(f"--image-size must be at least {MIN_IMAGE_SIZE} for {arch}. "
                             f"Received: {image_size}")
@@ -189,7 +195,8 @@ class TransferNet(ClassifierHead, keras.Model):
         self.trainable_base = trainable_base
         self.padding = padding
         self.preset = preset
-        self.feature_extractor = build_base(arch, image_size, padding, preset)
+        self.width = width
+        self.feature_extractor = build_base(arch, image_size, padding, preset, width)
         self.feature_extractor.trainable = trainable_base
         self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
         self.drop = keras.layers.Dropout(dropout, name="dropout") if dropout else None
@@ -223,7 +230,7 @@ class TransferNet(ClassifierHead, keras.Model):
         config.update(arch=self.arch, num_classes=self.num_classes, image_size=self.image_size,
                       dropout=self.dropout, frozen_base=self.frozen_base,
                       trainable_base=self.trainable_base, padding=self.padding,
-                      preset=self.preset)
+                      preset=self.preset, width=self.width)
         return config
 
     @classmethod
@@ -239,7 +246,7 @@ def load_pretrained(model, weights):
     base = model.feature_extractor
     if model.preset is not None:
         source = _load_preset(model.arch, weights, load_weights=True)
-        _copy_weights(source, base, weights)
+        _copy_weights(source.get_weights(), base, weights)
         return
     if weights == "imagenet":
         constructor, _ = _APPLICATIONS[model.arch]
@@ -251,7 +258,7 @@ def load_pretrained(model, weights):
             raise UserError(f"could not download ImageNet weights for {model.arch} "
                             f"({type(err).__name__}); download them elsewhere and pass "
                             "--weights PATH")
-        _copy_weights(source, base, "the ImageNet download")
+        _copy_weights(source.get_weights(), base, "the ImageNet download")
         return
     path = Path(weights)
     if not path.is_file():
@@ -261,8 +268,12 @@ def load_pretrained(model, weights):
             source = keras.saving.load_model(path, compile=False)
         except Exception as err:
             raise UserError(f"--weights {path} is not a loadable .keras file ({err})")
-        source = getattr(getattr(source, "network", source), "feature_extractor", source)
-        _copy_weights(source, base, path)
+        network = getattr(source, "network", source)
+        source = getattr(network, "feature_extractor", network)
+        values = source.get_weights()
+        if getattr(source, "fc", None) is not None:  # a whole tfresnet ResNet: drop its head
+            values = values[:-len(source.fc.weights)]
+        _copy_weights(values, base, path)
         return
     if not path.name.endswith(".h5"):
         raise UserError(f"--weights must be 'imagenet', a .weights.h5, .h5 or .keras file. "
@@ -279,10 +290,10 @@ def load_pretrained(model, weights):
         raise UserError(f"--weights {path} does not fit {model.arch}")
 
 
-def _copy_weights(source, base, origin):
-    values = source.get_weights()
+def _copy_weights(values, base, origin):
     shapes = [tuple(v.shape) for v in base.weights]
     if [tuple(v.shape) for v in values] != shapes:
         raise UserError(f"weights from {origin} do not fit this backbone ({len(values)} "
-                        f"arrays vs {len(shapes)} expected, or different shapes)")
+                        f"arrays vs {len(shapes)} expected, or different shapes; a tfresnet "
+                        "run must have the ImageNet stem and the same --width)")
     base.set_weights(values)

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny CIFAR folders in the original pickle layout, real CIFAR-10 images
 from ../shared when present, and a helper that runs a CLI the way a user does."""
 
+import csv
 import os
 import pickle
 import socket
@@ -88,6 +89,19 @@ def real_cifar10(tmp_path_factory):
     subprocess.run([sys.executable, str(CIFAR10_TOOL), str(out), "--train-per-class", "50",
                     "--test-per-class", "20"], check=True, capture_output=True)
     return out
+
+
+def history(run_dir):
+    """A run's history.csv as a list of row dicts."""
+    with open(run_dir / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def weights(path):
+    """The weights of a saved model as NumPy arrays."""
+    import keras
+
+    return [np.asarray(w) for w in keras.saving.load_model(path).get_weights()]
 
 
 def run_cli(module, *args, cwd=None, timeout=300):

@@ -12,8 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TINY, run_cli, wait_for
-from test_train import history, weights
+from conftest import TINY, history, run_cli, wait_for, weights
 
 GPU_DEFAULTS = ["--precision", "mixed_float16", "--jit", "on", "--augment-on", "device",
                 "--steps-per-execution", "16"]

@@ -1,4 +1,3 @@
-import csv
 import json
 import signal
 import subprocess
@@ -8,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TINY, run_cli, wait_for
+from conftest import TINY, history, run_cli, wait_for, weights
 from tfresnet import train as train_module
 from tfresnet.data import load_dataset
 from tfresnet.errors import UserError
@@ -19,15 +18,6 @@ from tfresnet.train import main
 
 RUN_FILES = {"best.keras", "last.keras", "history.csv", "curves.png", "summary.json",
              "config.json", "class_indices.json", "tensorboard"}
-
-
-def history(run_dir):
-    with open(run_dir / "history.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def weights(path):
-    return [np.asarray(w) for w in keras.saving.load_model(path).get_weights()]
 
 
 def test_run_writes_every_file_and_best_keras_reproduces_test_accuracy(tmp_path):

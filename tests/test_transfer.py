@@ -332,3 +332,22 @@ def test_preset_weights_that_cannot_be_used_are_one_line_errors(tmp_path, hub_so
         with pytest.raises(UserError) as info:
             assemble.make_network(config, 10)
         assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_narrow_tfresnet_resnet_with_its_head_is_a_weights_source(tmp_path):
+    # Pretrain-then-transfer within tfresnet: a ResNet-18 x0.125 run (ImageNet stem).
+    x = np.zeros((1, 32, 32, 3), "float32")
+    for stem in ("imagenet", "cifar"):
+        source = get_model("resnet18", 5, stem=stem, width=0.125)
+        source(x)
+        source.save(tmp_path / f"{stem}.keras")
+    model = TransferNet("resnet18", 3, image_size=32, width=0.125)
+    model(x)
+    load_pretrained(model, tmp_path / "imagenet.keras")
+    expected = keras.saving.load_model(tmp_path / "imagenet.keras").get_weights()[:-2]  # no fc
+    for a, b in zip(expected, model.feature_extractor.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(UserError, match="must have the ImageNet stem and the same --width"):
+        load_pretrained(model, tmp_path / "cifar.keras")
+    with pytest.raises(UserError, match="--width applies to the resnet18/resnet34 backbones"):
+        TransferNet("resnet50", 3, image_size=32, width=0.5)

@@ -136,3 +136,19 @@ def test_every_augmentation_runs_on_a_batch():
         out, out_labels = Augmenter(name, 4, seed=0)(images, labels, 3)
         assert out.shape == images.shape and out_labels.shape == labels.shape
         np.testing.assert_allclose(out_labels.numpy().sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_default_batch_gives_small_data_sets_enough_steps():
+    from types import SimpleNamespace
+
+    from tfresnet.assemble import batch_and_steps
+    from tfresnet.config import TrainConfig
+
+    def images(count):
+        return SimpleNamespace(x_train=np.zeros((count, 1), "uint8"))
+
+    assert batch_and_steps(TrainConfig(), images(45_000)) == (128, 351)
+    assert batch_and_steps(TrainConfig(), images(4_500)) == (128, 35)
+    assert batch_and_steps(TrainConfig(), images(450)) == (32, 14)  # 128 gave 3 steps
+    assert batch_and_steps(TrainConfig(), images(100)) == (16, 6)  # never below 16
+    assert batch_and_steps(TrainConfig(batch_size=128), images(450)) == (128, 3)  # as asked

@@ -82,7 +82,9 @@ class TrainConfig:
     label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy", "loss")
     # Training
     epochs: int = _field(200, "epochs to train", "training")
-    batch_size: int = _field(128, "global batch size", "training")
+    batch_size: int | None = _field(
+        None, "global batch size (default 128, halved until an epoch has at least 12 "
+        "batches: small data sets get more steps)", "training")
     seed: int = _field(0, "seed of initialisation, split, shuffling and augmentation", "training")
     deterministic: bool = _field(False, "make TensorFlow ops deterministic (slower)", "training")
     precision: str = _field("auto", "auto: mixed_bfloat16 on A100/H100-class GPUs, "
@@ -123,7 +125,7 @@ class TrainConfig:
     def validate(self):
         """Raises a one-line `UserError` for a value no run can use."""
         for name in ("epochs", "batch_size"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive. "
                                 f"Received: {getattr(self, name)}")
         for name in ("lr", "width"):

@@ -43,8 +43,8 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def base_learning_rate(config):
-    """The configured lr, scaled linearly by global batch / 128 with ``scale_lr``."""
-    return config.lr * config.batch_size / 128 if config.scale_lr else config.lr
+    """The configured lr, scaled linearly by ``--batch-size`` / 128 with ``scale_lr``."""
+    return config.lr * (config.batch_size or 128) / 128 if config.scale_lr else config.lr
 
 
 def _inverse_time(config, lr, steps_per_epoch, total):

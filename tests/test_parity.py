@@ -112,3 +112,97 @@ def test_a_file_with_the_old_padding_keeps_its_outputs():
     exact(x)
     exact.set_weights(model.get_weights())
     assert np.abs(np.asarray(exact(x, training=False)) - expected["logits"]).max() > 1e-2
+
+
+def torch_resnet(bottleneck, stage_blocks):
+    """torchvision's ResNet layout (v1.5: stride on the bottleneck's 3x3), written out with
+    ``torch.nn`` and returning the last feature map."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, inp, filters, stride):
+            super().__init__()
+            out = filters * (4 if bottleneck else 1)
+            if bottleneck:
+                self.conv1 = nn.Conv2d(inp, filters, 1, bias=False)
+                self.conv2 = nn.Conv2d(filters, filters, 3, stride, 1, bias=False)
+                self.conv3 = nn.Conv2d(filters, out, 1, bias=False)
+                self.bn3 = nn.BatchNorm2d(out)
+            else:
+                self.conv1 = nn.Conv2d(inp, filters, 3, stride, 1, bias=False)
+                self.conv2 = nn.Conv2d(filters, filters, 3, 1, 1, bias=False)
+            self.bn1, self.bn2 = nn.BatchNorm2d(filters), nn.BatchNorm2d(filters)
+            self.downsample = None
+            if stride != 1 or inp != out:
+                self.downsample = nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False),
+                                                nn.BatchNorm2d(out))
+
+        def forward(self, x):
+            y = torch.relu(self.bn1(self.conv1(x)))
+            y = self.bn2(self.conv2(y))
+            if bottleneck:
+                y = self.bn3(self.conv3(torch.relu(y)))
+            shortcut = x if self.downsample is None else self.downsample(x)
+            return torch.relu(y + shortcut)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            inp, layers = 64, []
+            for stage, count in enumerate(stage_blocks):
+                filters = 64 * 2**stage
+                blocks = []
+                for index in range(count):
+                    blocks.append(Block(inp, filters, 2 if stage and not index else 1))
+                    inp = filters * (4 if bottleneck else 1)
+                layers.append(nn.Sequential(*blocks))
+            self.layer1, self.layer2, self.layer3, self.layer4 = layers
+
+        def forward(self, x):
+            x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+            return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    return Net().eval()
+
+
+def torch_key(path):
+    """Our variable path -> torchvision's state-dict key."""
+    *_, layer, kind = path.split("/")
+    suffix = {"kernel": "weight", "gamma": "weight", "beta": "bias",
+              "moving_mean": "running_mean", "moving_variance": "running_var"}[kind]
+    if layer.startswith("stem_"):
+        return f"{'conv1' if layer == 'stem_conv' else 'bn1'}.{suffix}"
+    stage, block = path.split("/")[-3].removeprefix("stage").split("_block")
+    name = {"shortcut_conv": "downsample.0", "shortcut_bn": "downsample.1"}.get(layer, layer)
+    return f"layer{stage}.{int(block) - 1}.{name}.{suffix}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_whole_network_equals_pytorch_with_copied_weights(name):
+    torch = pytest.importorskip("torch")
+    reference = torch_resnet(name == "resnet50", (2, 2, 2, 2) if name == "resnet18"
+                             else (3, 4, 6, 3))
+    ours = get_model(name, 10, stem="imagenet", include_top=False)
+    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
+    ours(x)
+    rng = np.random.default_rng(1)
+    state = reference.state_dict()
+    for variable in ours.variables:
+        kind = variable.path.split("/")[-1]
+        if kind in ("gamma", "moving_variance"):  # BN away from its initial values
+            variable.assign(rng.uniform(0.5, 1.0, variable.shape).astype("float32"))
+        elif kind in ("beta", "moving_mean"):
+            variable.assign(rng.normal(0, 0.1, variable.shape).astype("float32"))
+        value = variable.numpy()
+        state[torch_key(variable.path)] = torch.from_numpy(
+            value.transpose(3, 2, 0, 1).copy() if kind == "kernel" else value)
+    reference.load_state_dict(state)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(ours(x, training=False), expected.transpose(0, 2, 3, 1),
+                               atol=1e-4, rtol=1e-4)

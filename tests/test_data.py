@@ -137,16 +137,6 @@ def test_image_folder_with_val_split_and_bad_file(tmp_path, capsys):
     assert "notes.txt" in capsys.readouterr().err
 
 
-def test_image_folder_default_size_is_the_images_own_when_they_share_one(tmp_path):
-    write_folder(tmp_path / "small", ["a", "b"], 3, size=(32, 32))
-    assert load_dataset(str(tmp_path / "small"), val_size=0).x_train.shape[1:3] == (32, 32)
-    write_folder(tmp_path / "mixed", ["a", "b"], 3, size=(32, 32))
-    cv2.imwrite(str(tmp_path / "mixed" / "a" / "big.png"), np.zeros((48, 48, 3), np.uint8))
-    assert load_dataset(str(tmp_path / "mixed"), val_size=0).x_train.shape[1:3] == (64, 64)
-    write_folder(tmp_path / "large", ["a", "b"], 3, size=(96, 96))
-    assert load_dataset(str(tmp_path / "large"), val_size=0).x_train.shape[1:3] == (64, 64)
-
-
 @pytest.mark.parametrize("setup,message", [
     (lambda root: root.mkdir(), "has no class folders"),
     (lambda root: (root / "train" / "cats").mkdir(parents=True), "has no readable images"),

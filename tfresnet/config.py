@@ -57,8 +57,7 @@ class TrainConfig:
         None, "validation images held out of training (default 10%%; 0 = none)", "data")
     image_size: int | None = _field(
         None, "model input side: image folders are decoded at it, pretrained backbones "
-        "resize to it inside the model (default: a folder's own image size when all its "
-        "images share one up to 64, else 64; 224 for transfer)", "data")
+        "resize to it inside the model (default 64 for folders, 224 for transfer)", "data")
     augment: str = _field("standard", "preset (none, shift_flip, standard, strong) or spec",
                           "data")
     augment_on: str = _field("auto", "where augmentation runs (auto: device on a GPU)",

@@ -63,8 +63,7 @@ def load_dataset(name, data_dir=None, val_size=None, seed=0, image_size=None, do
         val_size: images held out of training for validation; ``None``: 10 % (CIFAR: 5,000,
             the seed's 45k/5k), 0: none. Ignored when an image folder has its own ``val/``.
         seed: the seed of the validation split.
-        image_size: ``(height, width)`` images of a folder are resized to (default: their
-            own size when they all share one within 64x64, else 64x64).
+        image_size: ``(height, width)`` images of a folder are resized to (default 64x64).
         download: allow downloading CIFAR.
     """
     if name in ("cifar10", "cifar100"):
@@ -78,7 +77,7 @@ def load_dataset(name, data_dir=None, val_size=None, seed=0, image_size=None, do
     elif Path(name).expanduser().is_dir():
         from tfresnet.data.folders import load_image_folder
 
-        arrays = load_image_folder(name, image_size)
+        arrays = load_image_folder(name, tuple(image_size or (64, 64)))
     else:
         raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)} "
                         "or give an image folder that exists")

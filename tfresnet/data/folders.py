@@ -14,28 +14,20 @@ import numpy as np
 from tfresnet.errors import UserError
 
 MAX_PIXELS = 50_000_000  # refused before decoding (decompression bombs)
-# A folder's images are resized to this unless they all share one size no larger: 32 px
-# images decoded at 64 px cost 4x the compute and add no information.
-DEFAULT_SIZE = (64, 64)
 
 
-def _header_size(path):
-    """``(width, height)`` from the file header alone (Pillow reads headers lazily), or
-    None when Pillow does not know the format (OpenCV may still)."""
+def _header_pixels(path):
+    """Width x height from the file header alone (Pillow reads headers lazily), or None
+    when Pillow does not know the format (OpenCV may still)."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            return image.size
+            return image.size[0] * image.size[1]
     except Image.DecompressionBombError:  # Pillow's own limit, far above ours
-        return (MAX_PIXELS + 1, 1)
+        return MAX_PIXELS + 1
     except Exception:  # unknown or broken header: leave the verdict to OpenCV
         return None
-
-
-def _header_pixels(path):
-    size = _header_size(path)
-    return None if size is None else size[0] * size[1]
 
 
 def read_image(path, image_size=None):
@@ -89,21 +81,9 @@ def _read_split(split_dir, class_names, image_size, every_class=True):
     return np.stack(images), np.asarray(labels, np.int32)
 
 
-def native_size(train_dir, class_names):
-    """The training images' own ``(side, side)`` when every header Pillow reads gives one
-    square size within `DEFAULT_SIZE`, else `DEFAULT_SIZE`."""
-    sizes = {_header_size(path) for name in class_names
-             for path in (train_dir / name).iterdir() if path.is_file()} - {None}
-    if len(sizes) != 1:
-        return DEFAULT_SIZE
-    width, height = sizes.pop()
-    return (height, width) if height == width <= DEFAULT_SIZE[0] else DEFAULT_SIZE
-
-
-def load_image_folder(root, image_size=None):
+def load_image_folder(root, image_size=(64, 64)):
     """Loads ``root/train`` (or ``root`` itself when it holds the class folders), plus
-    ``root/val`` and ``root/test`` when present, resized to ``image_size`` (default: the
-    images' own size when they all share one within 64x64, else 64x64).
+    ``root/val`` and ``root/test`` when present.
 
     Returns:
         The dict layout of `tfresnet.data.cifar.load_cifar`, with ``x_val``/``y_val`` when
@@ -114,7 +94,6 @@ def load_image_folder(root, image_size=None):
         raise UserError(f"data set folder {root} does not exist")
     train_dir = root / "train" if (root / "train").is_dir() else root
     class_names = [p.name for p in _class_folders(train_dir)]
-    image_size = tuple(image_size) if image_size else native_size(train_dir, class_names)
     arrays = {"class_names": class_names, "coarse_names": None, "coarse_train": None,
               "coarse_test": None, "x_test": None, "y_test": None}
     arrays["x_train"], arrays["y_train"] = _read_split(train_dir, class_names, image_size)

@@ -1,7 +1,8 @@
 """The configuration every GPU user runs -- mixed float16 with loss scaling, XLA,
 augmentation inside the compiled step, 16 steps per execution -- run end to end on CPU
-through the command lines, since no GPU is lent to this project. Also mixed bfloat16 (the
-default on A100/H100) and a two-stage transfer run under float16."""
+through the commands' main functions, since no GPU is lent to this project. Also mixed
+bfloat16 (the default on A100/H100). A two-stage transfer trial under float16 is in
+test_transfer.py, MirroredStrategy with several steps per execution in test_distributed.py."""
 
 import json
 import signal
@@ -13,18 +14,28 @@ import numpy as np
 import pytest
 
 from conftest import TINY, history, run_cli, wait_for, weights
+from tfresnet import bench, evaluate, predict, train, tune, visualize
 
 GPU_DEFAULTS = ["--precision", "mixed_float16", "--jit", "on", "--augment-on", "device",
                 "--steps-per-execution", "16"]
 
 
+@pytest.fixture(autouse=True)
+def float32_afterwards():
+    """The commands set Keras' global precision policy; later tests expect float32."""
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.mark.slow
-def test_gpu_defaults_kill_resume_and_every_command_on_the_result(tmp_path):
-    common = [*TINY, *GPU_DEFAULTS, "--epochs", "3", "--batch-size", "32", "--deterministic",
+def test_gpu_defaults_kill_resume_and_every_command_on_the_result(tmp_path, capsys):
+    # 1,437 digits at batch 32: 44 steps per epoch, not a multiple of 16 per execution.
+    # No --deterministic: Keras turns XLA off under op determinism. XLA on CPU computes
+    # the same run twice all the same (on a GPU its atomic reductions would not).
+    common = [*TINY, *GPU_DEFAULTS, "--epochs", "2", "--batch-size", "32",
               "--output-dir", tmp_path]
-    reference = run_cli("tfresnet.train", *common, "--name", "ref")
-    assert reference.returncode == 0, reference.stderr
-    assert "mixed_float16 on a CPU" in reference.stderr  # the one-line warning
+    assert train.main([*map(str, common), "--name", "ref"]) == 0
+    assert "mixed_float16 on a CPU" in capsys.readouterr().err  # the one-line warning
 
     process = subprocess.Popen([sys.executable, "-m", "tfresnet.train", *map(str, common),
                                 "--name", "killed"], stdout=subprocess.DEVNULL,
@@ -32,17 +43,17 @@ def test_gpu_defaults_kill_resume_and_every_command_on_the_result(tmp_path):
     wait_for(lambda: (tmp_path / "killed" / "last.keras").exists())  # epoch 2 has begun
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert len(history(tmp_path / "killed")) < 3
+    assert len(history(tmp_path / "killed")) < 2
     resumed = run_cli("tfresnet.train", *common, "--name", "killed")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
     rows, ref_rows = history(tmp_path / "killed"), history(tmp_path / "ref")
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
-    for ref_row, row in zip(ref_rows, rows):  # XLA on CPU is deterministic: equal runs
-        assert float(row["loss"]) == pytest.approx(float(ref_row["loss"]), rel=1e-5)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for ref_row, row in zip(ref_rows, rows):
+        assert float(row["loss"]) == pytest.approx(float(ref_row["loss"]), rel=1e-4)
     for a, b in zip(weights(tmp_path / "ref" / "last.keras"),
                     weights(tmp_path / "killed" / "last.keras")):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
     # The float16 machinery is what ran and what was saved: the loss-scaled optimizer with
     # its state, and float32 logits (a loaded model computes in the loader's policy).
@@ -52,37 +63,36 @@ def test_gpu_defaults_kill_resume_and_every_command_on_the_result(tmp_path):
     model = keras.saving.load_model(run_dir / "best.keras")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert model.network.fc.dtype_policy.compute_dtype == "float32"
-    evaluate = run_cli("tfresnet.evaluate", run_dir)
-    assert evaluate.returncode == 0, evaluate.stderr
-    assert f"top-1 {100 * summary['test_accuracy']:.2f}%" in evaluate.stdout  # same model
-    visualize = run_cli("tfresnet.visualize", run_dir, "--out", tmp_path / "vis.png")
-    assert visualize.returncode == 0 and (tmp_path / "vis.png").stat().st_size > 0
+    capsys.readouterr()
+    assert evaluate.main([str(run_dir)]) == 0
+    top1 = f"top-1 {100 * summary['test_accuracy']:.2f}%"
+    assert top1 in capsys.readouterr().out  # the same model as the run's summary
+    assert visualize.main([str(run_dir), "--out", str(tmp_path / "vis.png")]) == 0
+    assert (tmp_path / "vis.png").stat().st_size > 0
     image = tmp_path / "digit.png"
     keras.utils.save_img(image, np.full((8, 8, 3), 200, "uint8"))
-    predict = run_cli("tfresnet.predict", run_dir, image)
-    assert predict.returncode == 0, predict.stderr
-    assert "digit.png" in predict.stdout
+    assert predict.main([str(run_dir), str(image), "--json", str(tmp_path / "p.json")]) == 0
+    assert "digit.png" in capsys.readouterr().out
+    assert json.loads((tmp_path / "p.json").read_text())
 
 
 @pytest.mark.slow
-def test_gpu_defaults_tuner_trial_and_bench(tmp_path):
-    tune = run_cli("tfresnet.tune", *TINY, *GPU_DEFAULTS, "--epochs-per-trial", "1",
-                   "--max-trials", "1", "--output-dir", tmp_path)
-    assert tune.returncode == 0, tune.stderr
-    assert "1 trials; best" in tune.stdout
-    bench = run_cli("tfresnet.bench", "--train", "--model", "resnet18", "--width", "0.0625",
-                    "--batch-size", "16", "--steps", "2", "--precision", "mixed_float16",
-                    "--jit", "on", "--json", tmp_path / "bench.jsonl")
-    assert bench.returncode == 0, bench.stderr
-    record = json.loads((tmp_path / "bench.jsonl").read_text().splitlines()[0])
-    assert record["precision"] == "mixed_float16" and record["images_per_second"] > 0
+def test_gpu_defaults_tuner_trial_and_bench(tmp_path, capsys):
+    assert tune.main([*map(str, TINY), *GPU_DEFAULTS, "--epochs-per-trial", "1",
+                      "--max-trials", "1", "--output-dir", str(tmp_path)]) == 0
+    assert "1 trials; best" in capsys.readouterr().out
+    record = tmp_path / "bench.jsonl"
+    assert bench.main(["--train", "--model", "resnet18", "--width", "0.0625", "--batch-size",
+                       "16", "--steps", "2", "--precision", "mixed_float16", "--jit", "on",
+                       "--json", str(record)]) == 0
+    line = json.loads(record.read_text().splitlines()[0])
+    assert line["precision"] == "mixed_float16" and line["images_per_second"] > 0
 
 
 def test_mixed_bfloat16_trains(tmp_path):
     args = [*TINY, "--precision", "mixed_bfloat16", "--epochs", "2", "--name", "bf16",
             "--output-dir", tmp_path]
-    result = run_cli("tfresnet.train", *args)
-    assert result.returncode == 0, result.stderr
+    assert train.main([str(a) for a in args]) == 0
     summary = json.loads((tmp_path / "bf16" / "summary.json").read_text())
     assert summary["precision"] == "mixed_bfloat16"
     losses = [float(row["loss"]) for row in history(tmp_path / "bf16")]

@@ -285,15 +285,12 @@ def test_frozen_run_from_a_keras_hub_preset_keeps_its_backbone_and_preprocessing
         np.testing.assert_array_equal(expected, found)  # loaded, and never trained
 
 
-@pytest.mark.slow
-def test_two_stage_run_from_a_timm_checkpoint_unfreezes_at_the_right_epoch(
-        tmp_path, hub_sources, monkeypatch):
+def test_two_stage_tuner_trial_from_a_timm_checkpoint(hub_sources, digits):
     _, timm = hub_sources
     watch = BackboneWatch()
-    make_callbacks = train_module.make_callbacks
-    monkeypatch.setattr(train_module, "make_callbacks",
-                        lambda *a: make_callbacks(*a) + [watch])
-    model = train_from(tmp_path, timm, "two-stage", "--epochs", "2", "--head-epochs", "1")
+    hypermodel, hp, model = trial(timm, digits, model="resnet18_imagenet",
+                                  transfer="two-stage", head_epochs=1, epochs=2)
+    hypermodel.fit(hp, model, callbacks=[watch])
     assert watch.changed == [False, True]  # backbone fixed for the head epoch, then trained
     source = [w for w, v in zip(source_weights(timm), model.network.feature_extractor.weights)
               if v.trainable]

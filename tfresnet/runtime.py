@@ -237,6 +237,12 @@ def configure(config):
     precision = resolve_precision(config.precision)
     keras.mixed_precision.set_global_policy(precision)
     jit = {"on": True, "off": False}.get(config.jit, bool(gpus()))
+    if jit and config.deterministic:
+        # Keras compiles nothing with XLA under op determinism (not every op has a
+        # deterministic XLA kernel); say so, and record what really runs.
+        print("warning: --deterministic turns XLA off (Keras does not compile with XLA "
+              "under op determinism); use --jit off to silence this", file=sys.stderr)
+        jit = False
     runtime = Runtime(make_strategy(config.strategy), precision, jit, describe_device())
     if runtime.workers > 1 and jit and not gpus():
         raise UserError("--jit on: XLA has no collectives for CPU devices, so a multi-worker "

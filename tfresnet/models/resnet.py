@@ -73,6 +73,12 @@ def _bn(name, zero_gamma=False):
     )
 
 
+def check_padding(padding):
+    """Raises a one-line `UserError` unless ``padding`` is one of `PADDINGS`."""
+    if padding not in PADDINGS:
+        raise UserError(f"unknown padding {padding!r}; choose one of {', '.join(PADDINGS)}")
+
+
 def check_positive(name, value, kind=float):
     """Raises a one-line `UserError` unless ``value`` is a positive ``kind``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -116,8 +122,7 @@ class _ResidualBlock(layers.Layer):
 
     def __init__(self, in_channels, filters, strides=1, use_bias=False,
                  zero_init_residual=False, padding="torch", **kwargs):
-        if padding not in PADDINGS:
-            raise UserError(f"unknown padding {padding!r}; choose one of {', '.join(PADDINGS)}")
+        check_padding(padding)
         super().__init__(**kwargs)
         self.in_channels = in_channels
         self.filters = filters
@@ -269,8 +274,7 @@ class ResNet(ClassifierHead, keras.Model):
         stem = STEM_ALIASES.get(stem, stem)
         if stem not in STEMS:
             raise UserError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
-        if padding not in PADDINGS:
-            raise UserError(f"unknown padding {padding!r}; choose one of {', '.join(PADDINGS)}")
+        check_padding(padding)
         check_positive("num_classes", num_classes, int)
         check_positive("width", width)
         check_dropout(dropout)

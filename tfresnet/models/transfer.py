@@ -66,8 +66,10 @@ MIN_IMAGE_SIZE = 32  # Keras Applications' ResNets refuse smaller inputs
 def is_preset(weights):
     """Whether ``--weights`` names a keras-hub preset or timm checkpoint rather than
     "imagenet" or a weights file: a handle, a directory or a bare preset name."""
-    if weights is None or weights == "imagenet" or "://" in weights:
-        return weights is not None and "://" in weights
+    if weights is None or weights == "imagenet":
+        return False
+    if "://" in weights:
+        return True
     path = Path(weights)
     return path.is_dir() or (not path.suffix and len(path.parts) == 1 and not path.exists())
 

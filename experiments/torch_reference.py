@@ -121,13 +121,13 @@ def bench(args):
     torch.manual_seed(0)
     for mode in ["eager", "compile"] if args.compile else ["eager"]:
         for batch in args.batch_size:
-            model = ResNet18().train()
+            model = ResNet18(width=args.width).train()
             optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
             forward = torch.compile(model) if mode == "compile" else model
             step = train_step(forward, optimizer, torch.randn(batch, 3, 32, 32),
                               torch.randint(0, 100, (batch,)))
             _record("train", mode, batch, timed(step, batch, args.repeats, args.steps))
-        model = ResNet18().eval()
+        model = ResNet18(width=args.width).eval()
         forward = torch.compile(model) if mode == "compile" else model
         step = inference(forward, torch.randn(args.inference_batch, 3, 32, 32))
         _record("inference", mode, args.inference_batch,
@@ -281,6 +281,7 @@ def main():
     timing.add_argument("--steps", type=int, default=10)
     timing.add_argument("--repeats", type=int, default=5)
     timing.add_argument("--compile", action="store_true")
+    timing.add_argument("--width", type=float, default=1.0)
     run = commands.add_parser("train", help="tfresnet's default recipe, in PyTorch")
     run.add_argument("--dataset", default="cifar10")
     run.add_argument("--data-dir", required=True)

@@ -1,16 +1,23 @@
 """The ResNets equal their PyTorch references: stride-2 windows padded as PyTorch pads them
 (checked against NumPy), whole networks against keras-hub's ResNet (which matches timm's
-PyTorch models), and files written with the old Keras "same" padding keep their outputs."""
+PyTorch models), files written with the old Keras "same" padding keep their outputs, and
+the PyTorch twin of experiments/torch_reference.py is the same CIFAR ResNet-18."""
 
+import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
+from tfresnet import compare
 from tfresnet.models import BasicBlock, Bottleneck, get_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
+TORCH_REFERENCE = Path(__file__).parents[1] / "experiments" / "torch_reference.py"
 
 
 def torch_conv(x, kernel, stride):
@@ -206,3 +213,52 @@ def test_whole_network_equals_pytorch_with_copied_weights(name):
         expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
     np.testing.assert_allclose(ours(x, training=False), expected.transpose(0, 2, 3, 1),
                                atol=1e-4, rtol=1e-4)
+
+
+def twin_key(path):
+    """Our CIFAR ResNet-18's variable path -> the key of experiments/torch_reference.py's."""
+    *_, layer, kind = path.split("/")
+    suffix = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias",
+              "moving_mean": "running_mean", "moving_variance": "running_var"}[kind]
+    if layer in ("stem_conv", "stem_bn", "fc"):
+        return f"{ {'stem_conv': 'stem.0', 'stem_bn': 'stem.1'}.get(layer, layer)}.{suffix}"
+    stage, block = path.split("/")[-3].removeprefix("stage").split("_block")
+    name = {"shortcut_conv": "short.0", "shortcut_bn": "short.1"}.get(layer, layer)
+    return f"blocks.{2 * (int(stage) - 1) + int(block) - 1}.{name}.{suffix}"
+
+
+@pytest.mark.slow
+def test_pytorch_twin_is_the_same_network_and_writes_a_run_compare_reads(cifar10_dir, tmp_path):
+    torch = pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location("torch_reference", TORCH_REFERENCE)
+    twin_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(twin_module)
+    twin = twin_module.ResNet18(10, width=0.125).eval()
+    ours = get_model("resnet18", 10, width=0.125)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    ours(x)
+    assert ours.count_params() == sum(p.numel() for p in twin.state_dict().values()
+                                      if p.dtype == torch.float32)
+    state = {}
+    for variable in ours.variables:
+        value = np.asarray(variable)
+        if value.ndim == 4:
+            value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+        elif value.ndim == 2:
+            value = value.T
+        state[twin_key(variable.path)] = torch.from_numpy(np.ascontiguousarray(value))
+    twin.load_state_dict(state, strict=False)  # the BN step counters stay
+    with torch.inference_mode():
+        theirs = twin(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(np.asarray(ours(x, training=False)), theirs, atol=1e-4)
+
+    # One epoch of the recipe on tfresnet's split; the run folder is one compare reads.
+    run = tmp_path / "twin"
+    done = subprocess.run([sys.executable, TORCH_REFERENCE, "train", "--data-dir", cifar10_dir[0],
+                           "--width", "0.0625", "--epochs", "1", "--batch-size", "64",
+                           "--out", run], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0 <= summary["test_accuracy"] <= 1 and summary["train_images_per_second"] > 0
+    assert compare.main([str(run), "--out-dir", str(tmp_path / "cmp")]) == 0
+    assert "resnet18 (PyTorch twin)" in (tmp_path / "cmp" / "comparison.md").read_text()

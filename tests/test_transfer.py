@@ -178,18 +178,17 @@ def test_frozen_tuner_trial_trains_on_the_weights_files_backbone(weights_file, d
     assert not np.array_equal(head[0], model.network.fc.kernel.numpy())
 
 
-@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
-def test_two_stage_tuner_trial_unfreezes_after_head_epochs(weights_file, digits, precision):
+def test_two_stage_tuner_trial_under_float16_unfreezes_after_head_epochs(weights_file, digits):
+    # The GPU's float16 path (float32: the timm checkpoint trial below).
     watch = BackboneWatch()
     try:
         hypermodel, hp, model = trial(weights_file, digits, transfer="two-stage",
-                                      head_epochs=1, epochs=2, precision=precision)
+                                      head_epochs=1, epochs=2, precision="mixed_float16")
         hypermodel.fit(hp, model, callbacks=[watch])
     finally:
         keras.mixed_precision.set_global_policy("float32")  # configure() set it globally
     assert watch.changed == [False, True]  # backbone fixed for the head epoch, then trained
-    scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    assert scaled == (precision == "mixed_float16")  # float16: with loss scaling
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert all(np.isfinite(v.numpy()).all() for v in model.trainable_variables)
 
 
@@ -298,16 +297,6 @@ def test_two_stage_tuner_trial_from_a_timm_checkpoint(hub_sources, digits):
         np.testing.assert_array_equal(expected, start)
     # The timm config's mean and std became the pixel transform.
     np.testing.assert_allclose(model.network.preset["offset"], [-2.5, -1.6, -1.0])
-
-
-def test_frozen_tuner_trial_from_a_keras_hub_preset(hub_sources, digits):
-    preset, _ = hub_sources
-    hypermodel, hp, model = trial(preset, digits, model="resnet18_imagenet", transfer="frozen",
-                                  epochs=1)
-    hypermodel.fit(hp, model)
-    for expected, found in zip(source_weights(preset),
-                               model.network.feature_extractor.get_weights()):
-        np.testing.assert_array_equal(expected, found)
 
 
 def test_preset_weights_that_cannot_be_used_are_one_line_errors(tmp_path, hub_sources):

@@ -39,13 +39,14 @@ def test_knn_cli_on_digits_writes_a_comparable_summary(tmp_path):
 
 
 def test_compare_runs_and_baselines(tmp_path):
-    assert train_main([*TINY, "--epochs", "2", "--output-dir", str(tmp_path), "--name", "a"]) == 0
+    assert train_main([*TINY, "--model", "small_cnn", "--epochs", "2", "--output-dir",
+                       str(tmp_path), "--name", "a"]) == 0
     assert baselines_main(["linear", "--dataset", "digits", "--output-dir", str(tmp_path),
                            "--name", "lin"]) == 0
     out = tmp_path / "cmp"
     assert compare_main([str(tmp_path / "a"), str(tmp_path / "lin"), "--out-dir", str(out)]) == 0
     table = (out / "comparison.md").read_text().splitlines()
-    assert len(table) == 4 and table[2].startswith("| a | resnet18 | digits")
+    assert len(table) == 4 and table[2].startswith("| a | small_cnn | digits")
     assert "linear (raw pixels)" in table[3]
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     cells = dict(zip(table[0].strip("| ").split(" | "), table[2].strip("| ").split(" | ")))

@@ -29,10 +29,11 @@ def float32_afterwards():
 
 @pytest.mark.slow
 def test_gpu_defaults_kill_resume_and_every_command_on_the_result(tmp_path, capsys):
-    # 1,437 digits at batch 32: 44 steps per epoch, not a multiple of 16 per execution.
+    # 1,437 digits at batch 32: 44 steps per epoch, not a multiple of 16 per execution
+    # (no validation split: it would only add a compilation per process).
     # No --deterministic: Keras turns XLA off under op determinism. XLA on CPU computes
     # the same run twice all the same (on a GPU its atomic reductions would not).
-    common = [*TINY, *GPU_DEFAULTS, "--epochs", "2", "--batch-size", "32",
+    common = [*TINY, *GPU_DEFAULTS, "--epochs", "2", "--batch-size", "32", "--val-size", "0",
               "--output-dir", tmp_path]
     # Both runs in fresh processes: state other tests left in this one must not differ.
     reference = run_cli("tfresnet.train", *common, "--name", "ref")

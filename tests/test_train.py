@@ -132,11 +132,12 @@ def test_config_precedence_and_unknown_keys(tmp_path):
 
 
 def test_run_folder_of_other_settings_is_refused(tmp_path):
-    base = [*TINY, "--epochs", "1", "--output-dir", str(tmp_path), "--name", "x"]
+    base = [*TINY, "--model", "small_cnn", "--epochs", "1", "--output-dir", str(tmp_path),
+            "--name", "x"]
     assert main(base) == 0
     before = (tmp_path / "x" / "best.keras").read_bytes()
     with pytest.raises(UserError, match="holds a run with other settings .*model"):
-        main([*base, "--model", "small_cnn"])
+        main([*base, "--model", "resnet18"])
     assert (tmp_path / "x" / "best.keras").read_bytes() == before
 
 

@@ -208,19 +208,21 @@ def train(args):
 
     x_train, y_train = tensors(data.x_train, data.y_train)
     x_val, y_val = tensors(data.x_val, data.y_val)
+    x_val = normalise(x_val)  # once, not every epoch
     x_test, y_test = tensors(data.x_test, data.y_test)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     model = ResNet18(data.num_classes, args.width)
-    kernels = [p for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1]
-    others = [p for n, p in model.named_parameters() if not (n.endswith("weight")
-                                                              and p.dim() > 1)]
+    kernels, others = [], []  # L2 on conv and dense kernels only
+    for name, parameter in model.named_parameters():
+        is_kernel = name.endswith("weight") and parameter.dim() > 1
+        (kernels if is_kernel else others).append(parameter)
     optimizer = torch.optim.SGD([{"params": kernels, "weight_decay": args.l2},
                                  {"params": others, "weight_decay": 0.0}],
                                 lr=args.lr, momentum=0.9, nesterov=True)
     steps = len(x_train) // args.batch_size
-    total, warmup = args.epochs * steps, min(args.epochs * steps - 1,
-                                             round(args.warmup_epochs * steps))
+    total = args.epochs * steps
+    warmup = min(total - 1, round(args.warmup_epochs * steps))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, best, step, train_seconds = [], None, 0, 0.0
@@ -243,7 +245,7 @@ def train(args):
             loss_sum += loss.item()
             correct += (logits.argmax(1) == y_train[batch]).sum().item()
         train_seconds += time.perf_counter() - epoch_start
-        val_loss, val_accuracy, val_top5 = evaluate(model, normalise(x_val), y_val)
+        val_loss, val_accuracy, val_top5 = evaluate(model, x_val, y_val)
         rows.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                      "loss": loss_sum / steps, "accuracy": correct / (steps * args.batch_size),
                      "val_loss": val_loss, "val_accuracy": val_accuracy, "val_top5": val_top5,

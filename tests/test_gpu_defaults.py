@@ -30,8 +30,8 @@ def float32_afterwards():
 @pytest.mark.slow
 def test_gpu_defaults_kill_resume_and_every_command_on_the_result(tmp_path, capsys):
     # 1,437 digits at batch 16: 89 steps per epoch, not a multiple of 16 per execution
-    # (no validation split: it would only add a compilation per process). The small CNN
-    # compiles in a third of ResNet-18's time; the ResNet under these defaults (batch
+    # (no validation split: it would only add a compilation per process). A run of the
+    # small CNN takes a third of ResNet-18's time here; the ResNet under these defaults (batch
     # norm in float16) is the tuner trial below and test_transfer.py's float16 trial.
     # No --deterministic: Keras turns XLA off under op determinism. XLA on CPU computes
     # the same run twice all the same (on a GPU its atomic reductions would not).

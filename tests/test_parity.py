@@ -176,11 +176,29 @@ def torch_resnet(bottleneck, stage_blocks):
     return Net().eval()
 
 
+# Our variable kind -> PyTorch's parameter or buffer name.
+TORCH_SUFFIX = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias",
+                "moving_mean": "running_mean", "moving_variance": "running_var"}
+
+
+def torch_state(variables, key):
+    """Our variables as a PyTorch state dict under ``key(path)``: conv kernels HWIO -> OIHW,
+    dense kernels (in, out) -> (out, in)."""
+    import torch
+
+    state = {}
+    for variable in variables:
+        value = np.asarray(variable)
+        axes = {4: (3, 2, 0, 1), 2: (1, 0)}.get(value.ndim)
+        value = value if axes is None else np.ascontiguousarray(value.transpose(axes))
+        state[key(variable.path)] = torch.from_numpy(value)
+    return state
+
+
 def torch_key(path):
     """Our variable path -> torchvision's state-dict key."""
     *_, layer, kind = path.split("/")
-    suffix = {"kernel": "weight", "gamma": "weight", "beta": "bias",
-              "moving_mean": "running_mean", "moving_variance": "running_var"}[kind]
+    suffix = TORCH_SUFFIX[kind]
     if layer.startswith("stem_"):
         return f"{'conv1' if layer == 'stem_conv' else 'bn1'}.{suffix}"
     stage, block = path.split("/")[-3].removeprefix("stage").split("_block")
@@ -198,17 +216,15 @@ def test_whole_network_equals_pytorch_with_copied_weights(name):
     x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
     ours(x)
     rng = np.random.default_rng(1)
-    state = reference.state_dict()
     for variable in ours.variables:
         kind = variable.path.split("/")[-1]
         if kind in ("gamma", "moving_variance"):  # BN away from its initial values
             variable.assign(rng.uniform(0.5, 1.0, variable.shape).astype("float32"))
         elif kind in ("beta", "moving_mean"):
             variable.assign(rng.normal(0, 0.1, variable.shape).astype("float32"))
-        value = variable.numpy()
-        state[torch_key(variable.path)] = torch.from_numpy(
-            value.transpose(3, 2, 0, 1).copy() if kind == "kernel" else value)
-    reference.load_state_dict(state)
+    # The reference's BN step counters stay; every other entry is ours.
+    reference.load_state_dict({**reference.state_dict(),
+                               **torch_state(ours.variables, torch_key)})
     with torch.no_grad():
         expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
     np.testing.assert_allclose(ours(x, training=False), expected.transpose(0, 2, 3, 1),
@@ -218,8 +234,7 @@ def test_whole_network_equals_pytorch_with_copied_weights(name):
 def twin_key(path):
     """Our CIFAR ResNet-18's variable path -> the key of experiments/torch_reference.py's."""
     *_, layer, kind = path.split("/")
-    suffix = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias",
-              "moving_mean": "running_mean", "moving_variance": "running_var"}[kind]
+    suffix = TORCH_SUFFIX[kind]
     if layer in ("stem_conv", "stem_bn", "fc"):
         return f"{ {'stem_conv': 'stem.0', 'stem_bn': 'stem.1'}.get(layer, layer)}.{suffix}"
     stage, block = path.split("/")[-3].removeprefix("stage").split("_block")
@@ -239,15 +254,7 @@ def test_pytorch_twin_is_the_same_network_and_writes_a_run_compare_reads(cifar10
     ours(x)
     assert ours.count_params() == sum(p.numel() for p in twin.state_dict().values()
                                       if p.dtype == torch.float32)
-    state = {}
-    for variable in ours.variables:
-        value = np.asarray(variable)
-        if value.ndim == 4:
-            value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-        elif value.ndim == 2:
-            value = value.T
-        state[twin_key(variable.path)] = torch.from_numpy(np.ascontiguousarray(value))
-    twin.load_state_dict(state, strict=False)  # the BN step counters stay
+    twin.load_state_dict({**twin.state_dict(), **torch_state(ours.variables, twin_key)})
     with torch.inference_mode():
         theirs = twin(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
     np.testing.assert_allclose(np.asarray(ours(x, training=False)), theirs, atol=1e-4)

@@ -112,8 +112,7 @@ def test_parallel_starts_a_chief_and_workers_itself(tmp_path):
 def test_lr_range_test_suggests_a_rate_inside_the_sweep(tmp_path):
     args = ["--method", "lr-range", "--dataset", "digits", "--model", "small_cnn",
             "--width", "0.5", "--batch-size", "32", "--range-steps", "100", "--lr-min", "1e-4",
-            "--lr-max", "10",
-            "--output-dir", str(tmp_path), "--name", "r"]
+            "--lr-max", "10", "--output-dir", str(tmp_path), "--name", "r"]
     assert tune_main(args) == 0
     out = tmp_path / "tune" / "r"
     lr = json.loads((out / "best_hparams.json").read_text())["lr"]

@@ -24,12 +24,15 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from tfresnet.errors import run_cli
 
 
 class Block(nn.Module):
@@ -274,7 +277,7 @@ def train(args):
                                               "train_images_per_second")}))
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     timing = commands.add_parser("bench", help="train and inference step throughput")
@@ -296,9 +299,9 @@ def main():
     run.add_argument("--cutout", type=int, default=0, help="cutout side in pixels (0: off)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", required=True, help="run folder to write")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     bench(args) if args.command == "bench" else train(args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli("torch_reference.py", main))

@@ -8,14 +8,20 @@ a part of a run itself. ``train`` adds only what belongs to its run folder (the 
 TensorBoard).
 """
 
+import dataclasses
+
 import keras
+import numpy as np
 
 from tfresnet.callbacks import NanGuard
 from tfresnet.data import load_dataset
+from tfresnet.data.folders import ImageFiles
 from tfresnet.data.pipeline import (
+    PHOTO_REPLACED,
     Augmenter,
     make_eval_pipeline,
     make_train_pipeline,
+    parse_augment,
     train_steps,
     xla_compatible,
 )
@@ -23,6 +29,8 @@ from tfresnet.errors import UserError
 from tfresnet.losses import cross_entropy
 from tfresnet.models import Classifier, TransferNet, get_model
 from tfresnet.models.transfer import (
+    IMAGENET_INPUT_SIZE,
+    backbone_input_size,
     is_preset,
     load_pretrained,
     preset_spec,
@@ -31,11 +39,42 @@ from tfresnet.models.transfer import (
 from tfresnet.optim import make_optimizer
 
 
+def input_size(config):
+    """The model's input side: ``--image-size``, else a pretrained backbone's own (None
+    from scratch: the data set's)."""
+    if config.image_size:
+        return config.image_size
+    if config.transfer == "none":
+        return None
+    arch = config.model.removesuffix("_imagenet")
+    return backbone_input_size(arch, config.weights) if config.weights else IMAGENET_INPUT_SIZE
+
+
 def load_data(config):
-    """The configured data set, with its validation split."""
-    size = (config.image_size, config.image_size) if config.image_size else None
-    return load_dataset(config.dataset, data_dir=config.data_dir, val_size=config.val_size,
-                        seed=config.seed, image_size=size)
+    """The configured data set, with its validation split; an image folder is listed (not
+    decoded) with the run's input size and preprocessing."""
+    size = input_size(config)
+    data = load_dataset(config.dataset, data_dir=config.data_dir, val_size=config.val_size,
+                        seed=config.seed, image_size=(size, size) if size else None,
+                        view=config.preprocess, crop_scale=config.crop_scale,
+                        crop_ratio=config.crop_ratio, eval_crop=config.eval_crop)
+    if is_photo(data):
+        cropped = any(name in PHOTO_REPLACED for name, _ in parse_augment(config.augment))
+        view = dataclasses.replace(data.x_train.view, random_crop=cropped)
+        data.x_train = ImageFiles(data.x_train.paths, view)
+    return data
+
+
+def is_photo(data):
+    """Whether the data are an image folder in the photo view."""
+    return data.streamed and data.x_train.view.kind == "photo"
+
+
+def make_augmenter(config, data):
+    """The batch augmentations of a run: the ``--augment`` spec, for photos without the
+    operations each image's random-resized crop replaces."""
+    return Augmenter(config.augment, data.num_classes, config.seed,
+                     skip=PHOTO_REPLACED if is_photo(data) else ())
 
 
 DEFAULT_BATCH = 128
@@ -85,7 +124,7 @@ def make_network(config, num_classes):
     arch = config.model.removesuffix("_imagenet")
     weights = resolve_weights(arch, config.weights)
     frozen = config.transfer == "frozen"
-    return TransferNet(arch, num_classes, image_size=config.image_size or 224,
+    return TransferNet(arch, num_classes, image_size=input_size(config),
                        dropout=config.dropout, frozen_base=frozen, trainable_base=not frozen,
                        preset=preset_spec(arch, weights) if is_preset(weights) else None,
                        width=config.width)
@@ -99,7 +138,7 @@ def build_model(config, data, runtime, pretrained=True):
             checkpoint instead).
     """
     _, steps = batch_and_steps(config, data)
-    augmenter = Augmenter(config.augment, data.num_classes, config.seed)
+    augmenter = make_augmenter(config, data)
     in_step = augments_in_step(config, runtime)  # may refuse: before anything is built
     with runtime.strategy.scope():
         network = make_network(config, data.num_classes)
@@ -112,7 +151,8 @@ def build_model(config, data, runtime, pretrained=True):
         model = Classifier(network, [0.0] * 3 if own_stats else data.mean,
                            [1.0] * 3 if own_stats else data.std, data.class_names,
                            data.image_size, l2=config.l2, l2_on=config.l2_on,
-                           dataset=config.dataset, name=f"{config.model}_classifier")
+                           dataset=config.dataset, name=f"{config.model}_classifier",
+                           eval_crop=data.x_train.view.eval_crop if is_photo(data) else None)
         model.compile(
             optimizer=make_optimizer(config, steps),
             loss=cross_entropy(config.label_smoothing),
@@ -123,7 +163,7 @@ def build_model(config, data, runtime, pretrained=True):
         )
         model.set_augmenter(augmenter if augmenter and in_step else None)
         model.epoch_steps = steps  # executions of several steps stop at each epoch's end
-        model(data.x_train[:1])
+        model(np.zeros((1, *data.image_size, 3), np.uint8))
         model.optimizer.build(model.trainable_variables)
     if pretrained and config.weights:
         load_pretrained(model.network, resolve_weights(model.network.arch, config.weights))
@@ -142,8 +182,7 @@ def make_pipelines(config, data, runtime, start_epoch=0, arrays=None):
     batch, _ = batch_and_steps(config, data)
     x_train, y_train, x_val, y_val = arrays or (data.x_train, data.y_train, data.x_val,
                                                 data.y_val)
-    augmenter = None if augments_in_step(config, runtime) else Augmenter(
-        config.augment, data.num_classes, config.seed)
+    augmenter = None if augments_in_step(config, runtime) else make_augmenter(config, data)
 
     def stream(split=None):
         return make_train_pipeline(x_train, y_train, data.num_classes, batch, augmenter,

@@ -102,7 +102,7 @@ def run_linear(data, features):
 
 def classical_baseline(args):
     """kNN or linear: choose on validation, score once on test, write summary.json."""
-    from tfresnet.data import load_dataset
+    from tfresnet.data import in_memory, load_dataset
 
     start = time.perf_counter()
     data = load_dataset(args.dataset, data_dir=args.data_dir, val_size=args.val_size,
@@ -114,7 +114,7 @@ def classical_baseline(args):
             raise UserError(f"--train-subset must be positive. Received: {args.train_subset}")
         data.x_train = data.x_train[:args.train_subset]
         data.y_train = data.y_train[:args.train_subset]
-    arrays = (data.x_train, data.x_val, data.x_test)
+    arrays = tuple(in_memory(x) for x in (data.x_train, data.x_val, data.x_test))
     if args.features:
         features = network_features(args.features, arrays)
     else:

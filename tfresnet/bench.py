@@ -111,7 +111,7 @@ def build_bench_model(model, batch_size, precision, jit, num_classes, width, ste
     runtime = configure(config)
     images, labels = synthetic_cifar(max(batch_size * steps, batch_size), num_classes)
     data = Dataset("synthetic", images, labels, images[:0], labels[:0], None, None,
-                   [str(i) for i in range(num_classes)], [127.0] * 3, [64.0] * 3)
+                   [str(i) for i in range(num_classes)])
     return config, data, runtime, build_model(config, data, runtime)
 
 

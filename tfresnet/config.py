@@ -11,6 +11,7 @@ import json
 import typing
 from pathlib import Path
 
+from tfresnet.data.folders import VIEWS
 from tfresnet.data.pipeline import AUGMENT_PLACES, PRESET_ALIASES
 from tfresnet.errors import UserError
 from tfresnet.losses import L2_TARGETS
@@ -57,7 +58,18 @@ class TrainConfig:
         None, "validation images held out of training (default 10%%; 0 = none)", "data")
     image_size: int | None = _field(
         None, "model input side: image folders are decoded at it, pretrained backbones "
-        "resize to it inside the model (default 64 for folders, 224 for transfer)", "data")
+        "resize to it inside the model (default: the backbone's, 224 for the ImageNet "
+        "ResNets; from scratch 64 for small-image folders, 128 for photo folders)", "data")
+    preprocess: str = _field(
+        "auto", "image folders: 'small' resizes and augments as CIFAR, 'photo' takes random-"
+        "resized crops to train and centre crops to evaluate (auto: small when every "
+        "training image is square and at most 64 px)", "data", list(VIEWS))
+    crop_scale: list[float] = _field([0.08, 1.0], "photo: area range of the random-resized "
+                                     "crop, as fractions of the image", "data")
+    crop_ratio: list[float] = _field([0.75, 4 / 3], "photo: aspect-ratio range (width / "
+                                     "height) of the random-resized crop", "data")
+    eval_crop: float = _field(0.875, "photo: centre crop to evaluate, as a fraction of the "
+                              "shorter side", "data")
     augment: str = _field("standard", "preset (none, shift_flip, standard, strong) or spec",
                           "data")
     augment_on: str = _field("auto", "where augmentation runs (auto: device on a GPU)",
@@ -138,6 +150,16 @@ class TrainConfig:
             raise UserError("--steps-per-execution must be >= 0 (0 = auto)")
         if self.image_size is not None and self.image_size < 8:
             raise UserError(f"--image-size must be at least 8. Received: {self.image_size}")
+        low, high = (self.crop_scale + [0, 0])[:2]
+        if len(self.crop_scale) != 2 or not 0 < low <= high <= 1:
+            raise UserError("--crop-scale takes two fractions 0 < low <= high <= 1. "
+                            f"Received: {self.crop_scale}")
+        low, high = (self.crop_ratio + [0, 0])[:2]
+        if len(self.crop_ratio) != 2 or not 0 < low <= high:
+            raise UserError("--crop-ratio takes two ratios 0 < low <= high. "
+                            f"Received: {self.crop_ratio}")
+        if not 0 < self.eval_crop <= 1:
+            raise UserError(f"--eval-crop must be in (0, 1]. Received: {self.eval_crop}")
         if self.transfer == "scratch" and self.weights:
             raise UserError("--transfer scratch trains from random weights; drop --weights")
         if self.transfer in ("frozen", "finetune", "two-stage") and not self.weights:

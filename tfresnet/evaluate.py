@@ -101,7 +101,7 @@ def evaluate(target, dataset=None, data_dir=None, tta=None, out_dir=None):
     model, data, images, labels, split = load_run(target, dataset, data_dir)
     probabilities = predict_probabilities(model, images)
     if tta == "flip":
-        probabilities = (probabilities + predict_probabilities(model, images[:, :, ::-1])) / 2
+        probabilities = (probabilities + predict_probabilities(model, images, flip=True)) / 2
     predicted = probabilities.argmax(axis=1)
     matrix = confusion_matrix(labels, predicted, data.num_classes)
     result = {

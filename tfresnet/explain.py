@@ -137,7 +137,7 @@ def explain(model_path, target, out_dir, class_name=None, size=224):
 
     model = load_model(model_path)
     class_index = class_to_index(model, class_name)
-    images, files = read_images(target, model.image_size)
+    images, files = read_images(target, model.image_size, model.eval_crop)
     out_dir = make_dir(out_dir)
     cams, probabilities = cams_and_probabilities(model, images, class_index)
     written = []

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from tfresnet.checkpoint import atomic_write, atomic_write_text, load_model, make_dir
+from tfresnet.data import in_memory
 from tfresnet.errors import UserError, command_parser, run_cli
 from tfresnet.quiet import native_stderr_silenced
 
@@ -192,7 +193,8 @@ def check_images(target, model, dataset, data_dir, count, need_training_images):
     if images is None:
         images, labels, split = data.x_val, data.y_val, "validation"
     pick = np.random.default_rng(0).permutation(len(data.x_train))[:CALIBRATION_IMAGES]
-    return images[:count], labels[:count], f"{data.name} {split}", data.x_train[pick]
+    return (in_memory(images[:count]), labels[:count], f"{data.name} {split}",
+            in_memory(data.x_train[np.sort(pick)]))
 
 
 def export(target, fmt, out=None, quantize=None, dataset=None, data_dir=None, count=500):

@@ -20,17 +20,21 @@ def compiled_softmax(model):
     return _COMPILED[model]
 
 
-def predict_probabilities(model, images, batch_size=256):
-    """Softmax probabilities for uint8 ``images``, batch by batch.
+def predict_probabilities(model, images, batch_size=256, flip=False):
+    """Softmax probabilities for uint8 ``images`` (an array, or `ImageFiles` decoded as
+    they stream), batch by batch; ``flip``: of the images mirrored left-right.
 
     Every batch, the last one padded, has the same shape, so the compiled call is traced
     once and never re-traced.
     """
+    from tfresnet.data.pipeline import image_batches
+
     call = compiled_softmax(model)
     batch_size = max(1, min(batch_size, len(images)))
     outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
+    for batch in image_batches(images, batch_size):
+        if flip:
+            batch = batch[:, :, ::-1]
         missing = batch_size - len(batch)
         if missing:
             batch = np.concatenate([batch, np.zeros((missing, *batch.shape[1:]), batch.dtype)])
@@ -95,7 +99,9 @@ def load_run_data(target, model, dataset=None, data_dir=None):
         raise UserError(f"{target} does not record its data set; pass --dataset")
     data = load_dataset(name, data_dir=data_dir or config.get("data_dir"),
                         val_size=config.get("val_size"), seed=config.get("seed", 0),
-                        image_size=model.image_size)
+                        image_size=model.image_size,
+                        view="photo" if model.eval_crop else config.get("preprocess", "auto"),
+                        eval_crop=model.eval_crop)
     if data.num_classes != len(model.class_names):
         raise UserError(f"{name} has {data.num_classes} classes but the model predicts "
                         f"{len(model.class_names)}; pass the --dataset it was trained on")

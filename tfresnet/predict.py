@@ -1,7 +1,8 @@
 """``python -m tfresnet.predict``: class probabilities for image files.
 
-Any image OpenCV reads is resized to the model's input; the model normalises it itself and
-names the classes, so nothing is re-guessed. Prints a table and writes JSON. The model may
+Any image OpenCV reads becomes the model's input as in evaluation (resized, or for a model
+trained on photos centre-cropped); the model normalises it itself and names the classes, so
+nothing is re-guessed. Prints a table and writes JSON. The model may
 also be an export of `tfresnet.export` (a phone's .tflite, an .onnx, a SavedModel), run by
 its own runtime, to check it on your own images.
 
@@ -18,33 +19,33 @@ from pathlib import Path
 import numpy as np
 
 from tfresnet.checkpoint import atomic_write_text, load_model
-from tfresnet.data.folders import read_image
+from tfresnet.data.folders import is_image_file, read_image
 from tfresnet.errors import UserError, command_parser, run_cli
 from tfresnet.inference import predict_probabilities
 
 
 def image_files(path):
-    """The image file, or the files of a folder (sorted)."""
+    """The image file, or the image files of a folder (sorted)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
         if not files:
-            raise UserError(f"folder {path} has no files to predict")
+            raise UserError(f"folder {path} has no image files to predict")
         return files
     if not path.exists():
         raise UserError(f"no such image file or folder: {path}")
     return [path]
 
 
-def read_images(target, image_size):
-    """The readable images of a file or folder as ``(uint8 array, their paths)``, resized to
-    ``image_size``; unreadable files in a folder are reported by name and skipped, an
-    unreadable single file is an error."""
+def read_images(target, image_size, eval_crop=None):
+    """The readable images of a file or folder as ``(uint8 array, their paths)``, as a
+    model of input ``image_size`` sees them (`read_image`); unreadable files in a folder
+    are reported by name and skipped, an unreadable single file is an error."""
     files = image_files(target)
     images, kept = [], []
     for path in files:
         try:
-            images.append(read_image(path, image_size))
+            images.append(read_image(path, image_size, eval_crop))
             kept.append(path)
         except UserError as err:
             if len(files) == 1:
@@ -72,7 +73,7 @@ def predict(model_path, target, top_k=5):
         probabilities = model.probabilities(images)
     else:
         model = load_model(model_path)
-        images, kept = read_images(target, model.image_size)
+        images, kept = read_images(target, model.image_size, model.eval_crop)
         probabilities = predict_probabilities(model, images)
     k = min(top_k, probabilities.shape[1])
     results = []

@@ -141,6 +141,8 @@ def train(config: TrainConfig, fresh=False):
                   "the workers were started with different settings; start every worker "
                   "with the same command and flags")
     data = load_data(config)
+    if runtime.chief:
+        print(data.describe())
     model = build_model(config, data, runtime, pretrained=not resuming)
     batch, steps = batch_and_steps(config, data)
     start_epoch = _restore(model, run_dir, steps) if resuming else 0
@@ -203,6 +205,8 @@ def summarize(config, run_dir, data, runtime, recorder, wall_seconds, images):
         "device": runtime.device,
         "precision": runtime.precision,
         "jit": runtime.jit,
+        "data": {**data.counts(), "image_size": list(data.image_size),
+                 "preprocess": data.x_train.view.kind if data.streamed else "in_memory"},
         "parameters": int(best.network.count_params()),
         "trainable_parameters": int(sum(v.numpy().size for v in best.trainable_variables)),
         "epochs": len(rows),

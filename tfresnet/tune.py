@@ -51,6 +51,7 @@ from tfresnet.assemble import (
 )
 from tfresnet.checkpoint import atomic_save_figure, atomic_write_text, make_dir
 from tfresnet.config import add_config_arguments, resolve_config
+from tfresnet.data.folders import ImageFiles
 from tfresnet.data.pipeline import PRESETS
 from tfresnet.data.splits import stratified_split
 from tfresnet.errors import UserError, command_parser, run_cli
@@ -89,8 +90,8 @@ class ResNetHyperModel(kt.HyperModel):
         self.data = data
         # The arrays become tensors once for the whole search: converting them again in
         # every trial's pipeline made the process grow by their size per trial.
-        self.tensors = [tf.constant(a) for a in (data.x_train, data.y_train, data.x_val,
-                                                 data.y_val)]
+        self.tensors = [a if isinstance(a, ImageFiles) else tf.constant(a)
+                        for a in (data.x_train, data.y_train, data.x_val, data.y_val)]
         self.runtime = runtime
         self.search = set(search)
         self.lr_range = lr_range

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from tfresnet.checkpoint import atomic_write_image
+from tfresnet.data import in_memory
 from tfresnet.errors import UserError, command_parser, run_cli
 from tfresnet.inference import add_run_arguments
 
@@ -119,7 +120,7 @@ def cam_tiles(model, images, indices, scale):
 
     height, width = images.shape[1] * scale, images.shape[2] * scale
     tiles = np.zeros((len(images), height, width, 3), np.uint8)
-    for index, cam in zip(indices, grad_cam(model, images[indices])):
+    for index, cam in zip(indices, grad_cam(model, in_memory(images[indices]))):
         big = cv2.resize(images[index], (width, height), interpolation=cv2.INTER_CUBIC)
         heat = cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR)
         tiles[index] = overlay(big, heat)[..., ::-1]  # BGR -> RGB, as the images

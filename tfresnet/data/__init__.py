@@ -1,23 +1,30 @@
-"""Data sets as uint8 arrays in memory: ``load_dataset(name, ...)`` is the one entry point."""
+"""Data sets: ``load_dataset(name, ...)`` is the one entry point. CIFAR and digits are
+uint8 arrays in memory; an image folder's splits are `ImageFiles`, streamed from disk."""
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
 
+from tfresnet.data.folders import ImageFiles
 from tfresnet.data.splits import stratified_split
 from tfresnet.errors import UserError
 
 DATASETS = ("cifar100", "cifar10", "digits")
+STATS_IMAGES = 5_000  # a folder's mean/std come from this many training images at most
 
 
 @dataclasses.dataclass
 class Dataset:
-    """Splits of one data set. Images are uint8 ``(N, H, W, 3)``, labels int32 ``(N,)``.
+    """Splits of one data set. Images are uint8 ``(N, H, W, 3)`` arrays, or `ImageFiles`
+    (image folders) that behave like them; labels are int32 ``(N,)``.
 
     ``coarse_*`` are CIFAR-100's superclass labels (``None`` elsewhere); ``x_val`` is empty
     when no validation split was asked for, ``x_test`` is ``None`` when the set has none.
-    ``mean``/``std`` are per-channel statistics of the training split, 0-255 scale.
+    ``mean``/``std`` are per-channel statistics of the training split, 0-255 scale,
+    computed on first use with bounded memory. ``skipped``: files of an image folder that
+    are not readable images.
     """
 
     name: str
@@ -28,16 +35,52 @@ class Dataset:
     x_test: np.ndarray | None
     y_test: np.ndarray | None
     class_names: list[str]
-    mean: list[float]
-    std: list[float]
     coarse_names: list[str] | None = None
     coarse_train: np.ndarray | None = None
     coarse_val: np.ndarray | None = None
     coarse_test: np.ndarray | None = None
+    skipped: int = 0
 
     @property
     def num_classes(self):
         return len(self.class_names)
+
+    @property
+    def streamed(self):
+        """Whether the images are files decoded on demand (an image folder)."""
+        return isinstance(self.x_train, ImageFiles)
+
+    @functools.cached_property
+    def _stats(self):
+        images = self.x_train
+        if self.streamed and len(images) > STATS_IMAGES:
+            pick = np.random.default_rng(0).choice(len(images), STATS_IMAGES, replace=False)
+            images = images[np.sort(pick)]
+        return channel_stats(images)
+
+    @property
+    def mean(self):
+        return self._stats[0]
+
+    @property
+    def std(self):
+        return self._stats[1]
+
+    def counts(self):
+        """Images per split and the files skipped, as recorded in ``summary.json``."""
+        return {"train": len(self.y_train), "val": len(self.y_val),
+                "test": 0 if self.y_test is None else len(self.y_test),
+                "skipped_files": self.skipped}
+
+    def describe(self):
+        """One line for the start of a run: the splits, the input and how it is made."""
+        counts = self.counts()
+        how = (f", {self.x_train.view.kind} preprocessing, streamed from disk"
+               if self.streamed else "")
+        skipped = f"; {self.skipped} unreadable file(s) skipped" if self.skipped else ""
+        return (f"{self.name}: {counts['train']:,} training, {counts['val']:,} validation, "
+                f"{counts['test']:,} test images of {self.num_classes} classes at "
+                f"{self.image_size[0]}x{self.image_size[1]}{how}{skipped}")
 
     @property
     def image_size(self):
@@ -53,7 +96,33 @@ class Dataset:
         return table
 
 
-def load_dataset(name, data_dir=None, val_size=None, seed=0, image_size=None, download=True):
+def in_memory(images):
+    """``images`` as a uint8 array: `ImageFiles` decoded (keep them few), arrays as they
+    are."""
+    return images.load() if isinstance(images, ImageFiles) else images
+
+
+def channel_stats(images, chunk=1024):
+    """Per-channel mean and std (0-255 scale, std at least 1e-3) of uint8 images or
+    `ImageFiles`, accumulated chunk by chunk: memory stays that of one chunk."""
+    from tfresnet.data.pipeline import image_batches
+
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    count = 0
+    for batch in image_batches(images, chunk):
+        pixels = batch.reshape(-1, 3).astype(np.float64)
+        total += pixels.sum(axis=0)
+        squares += np.square(pixels).sum(axis=0)
+        count += len(pixels)
+    mean = total / max(count, 1)
+    variance = np.maximum(squares / max(count, 1) - np.square(mean), 0.0)
+    return mean.tolist(), np.maximum(np.sqrt(variance), 1e-3).tolist()
+
+
+def load_dataset(name, data_dir=None, val_size=None, seed=0, image_size=None, download=True,
+                 view="auto", default_size=None, crop_scale=None, crop_ratio=None,
+                 eval_crop=None):
     """Loads a data set and carves a stratified validation split out of its training set.
 
     Args:
@@ -63,8 +132,12 @@ def load_dataset(name, data_dir=None, val_size=None, seed=0, image_size=None, do
         val_size: images held out of training for validation; ``None``: 10 % (CIFAR: 5,000,
             the seed's 45k/5k), 0: none. Ignored when an image folder has its own ``val/``.
         seed: the seed of the validation split.
-        image_size: ``(height, width)`` images of a folder are resized to (default 64x64).
+        image_size: ``(height, width)`` of an image folder's model input; None:
+            ``default_size`` (a pretrained backbone's), else by the folder's view (see
+            `tfresnet.data.folders.load_image_folder`).
         download: allow downloading CIFAR.
+        view, crop_scale, crop_ratio, eval_crop: an image folder's preprocessing
+            (`tfresnet.data.folders.View`).
     """
     if name in ("cifar10", "cifar100"):
         from tfresnet.data.cifar import load_cifar
@@ -77,7 +150,8 @@ def load_dataset(name, data_dir=None, val_size=None, seed=0, image_size=None, do
     elif Path(name).expanduser().is_dir():
         from tfresnet.data.folders import load_image_folder
 
-        arrays = load_image_folder(name, tuple(image_size or (64, 64)))
+        arrays = load_image_folder(name, image_size, view, default_size, crop_scale,
+                                   crop_ratio, eval_crop)
     else:
         raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)} "
                         "or give an image folder that exists")
@@ -96,14 +170,12 @@ def load_dataset(name, data_dir=None, val_size=None, seed=0, image_size=None, do
         x, y = x[kept], y[kept]
         coarse = coarse[kept] if coarse is not None else None
 
-    pixels = x.reshape(-1, x.shape[-1]).astype(np.float64)
     return Dataset(
         name=name,
         x_train=x, y_train=y, x_val=x_val, y_val=y_val,
         x_test=arrays["x_test"], y_test=arrays["y_test"],
         class_names=arrays["class_names"],
-        mean=pixels.mean(axis=0).tolist(),
-        std=np.maximum(pixels.std(axis=0), 1e-3).tolist(),
         coarse_names=arrays["coarse_names"],
         coarse_train=coarse, coarse_val=coarse_val, coarse_test=arrays["coarse_test"],
+        skipped=arrays.get("skipped", 0),
     )

@@ -1,10 +1,23 @@
-"""Image-folder data sets: ``root/train/<class>/*``, optional ``root/val`` and ``root/test``.
+"""Image-folder data sets: ``root/train/<class>/**``, optional ``root/val`` and ``root/test``.
 
-Images are decoded with OpenCV (any format it reads), converted to RGB, resized to the
-model's input size and held in memory as uint8, like CIFAR. A file OpenCV cannot decode is
-skipped with one warning naming it; a class left with no images is an error.
+A folder is listed once (recursively, files with an image extension only) and streamed from
+disk: `ImageFiles` holds a split's paths and decodes them on demand, in `tf.data`
+(`tfresnet.data.pipeline`), so memory does not grow with the number of images.
+
+Images are decoded with OpenCV, which applies the EXIF orientation and turns grey, RGBA,
+palette, 16-bit and CMYK files into 8-bit RGB. How a decoded image becomes a model input is
+a `View`:
+
+- ``small`` (CIFAR-like folders: every training image square and at most `SMALL_SIDE` px):
+  the image is resized to the input size, and training augments whole batches as for CIFAR
+  (pad-and-crop, flip);
+- ``photo`` (anything else): training takes a random-resized crop (Szegedy et al. 2015;
+  scale and aspect-ratio ranges as in torchvision), evaluation a centre crop of
+  ``eval_crop`` of the shorter side; the aspect ratio is kept in both.
 """
 
+import dataclasses
+import math
 import sys
 from pathlib import Path
 
@@ -14,24 +27,114 @@ import numpy as np
 from tfresnet.errors import UserError
 
 MAX_PIXELS = 50_000_000  # refused before decoding (decompression bombs)
+# What torchvision's ImageFolder and Keras' image_dataset_from_directory read, together.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif",
+                              ".tiff", ".ppm", ".pgm", ".pnm"})
+SMALL_SIDE = 64  # square images up to this side use the CIFAR-style pipeline
+DEFAULT_SMALL_SIZE = 64  # CIFAR-like folders: 64 beat their own 32 px (experiments/README)
+PHOTO_SIZE = 128  # photos from scratch (experiments/README, "Image folders")
+VIEWS = ("auto", "small", "photo")
+SHOWN_NAMES = 5  # undecodable files named in the one summary warning
 
 
-def _header_pixels(path):
-    """Width x height from the file header alone (Pillow reads headers lazily), or None
-    when Pillow does not know the format (OpenCV may still)."""
+def _header_size(path):
+    """``(width, height)`` from the file header alone (Pillow reads headers lazily), or None
+    when the header cannot be read."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            return image.size[0] * image.size[1]
+            return image.size
     except Image.DecompressionBombError:  # Pillow's own limit, far above ours
-        return MAX_PIXELS + 1
-    except Exception:  # unknown or broken header: leave the verdict to OpenCV
+        return (MAX_PIXELS + 1, 1)
+    except Exception:
         return None
 
 
-def read_image(path, image_size=None):
-    """Reads an image file as RGB uint8, resized to ``(height, width)`` if given.
+def decode(path):
+    """The file's pixels as RGB uint8 (EXIF orientation applied), or None when OpenCV
+    cannot decode it."""
+    data = np.fromfile(path, np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _resize(image, height, width, shrink=cv2.INTER_AREA, grow=cv2.INTER_LINEAR):
+    if image.shape[:2] == (height, width):
+        return image
+    smaller = height <= image.shape[0] and width <= image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=shrink if smaller else grow)
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """How a decoded image becomes a ``size`` model input (see the module docstring).
+
+    Args:
+        kind: ``"small"`` or ``"photo"``.
+        size: ``(height, width)`` of the model input.
+        crop_scale: photo training: range of the crop's area, as a fraction of the image.
+        crop_ratio: photo training: range of the crop's aspect ratio (width / height).
+        eval_crop: photo evaluation: the centre crop's side as a fraction of the shorter
+            side (torchvision's resize-256, crop-224 is 0.875).
+        random_crop: photo training: False trains on the evaluation view (an
+            augmentation spec without ``crop`` or ``shift``).
+    """
+
+    kind: str
+    size: tuple
+    crop_scale: tuple = (0.08, 1.0)
+    crop_ratio: tuple = (3 / 4, 4 / 3)
+    eval_crop: float = 0.875
+    random_crop: bool = True
+
+    def evaluate(self, image):
+        """The deterministic view: resized (small) or centre-cropped (photo)."""
+        height, width = self.size
+        if self.kind == "small":  # INTER_AREA both ways: the pipeline CIFAR folders had
+            return _resize(image, height, width, grow=cv2.INTER_AREA)
+        rows, cols = image.shape[:2]
+        side = self.eval_crop * min(rows / height, cols / width)  # input pixel -> image px
+        crop_h, crop_w = max(1, round(height * side)), max(1, round(width * side))
+        top, left = (rows - crop_h) // 2, (cols - crop_w) // 2
+        return _resize(image[top:top + crop_h, left:left + crop_w], height, width)
+
+    def train(self, image, rng):
+        """The augmented view: a random-resized crop (photo) or the evaluation view
+        (small; its augmentation runs on whole batches)."""
+        if self.kind == "small" or not self.random_crop:
+            return self.evaluate(image)
+        top, left, crop_h, crop_w = random_crop_box(image.shape[:2], rng, self.crop_scale,
+                                                    self.crop_ratio)
+        return _resize(image[top:top + crop_h, left:left + crop_w], *self.size)
+
+
+def random_crop_box(shape, rng, scale, ratio, attempts=10):
+    """``(top, left, height, width)`` of a random crop covering ``scale`` of the area with a
+    log-uniform aspect ratio in ``ratio``; after ``attempts`` misses, the largest centred
+    crop whose ratio is clamped to the range."""
+    rows, cols = shape
+    area = rows * cols
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(attempts):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(log_low, log_high))
+        width = round(math.sqrt(target * aspect))
+        height = round(math.sqrt(target / aspect))
+        if 0 < width <= cols and 0 < height <= rows:
+            return (int(rng.integers(0, rows - height + 1)),
+                    int(rng.integers(0, cols - width + 1)), height, width)
+    aspect = min(max(cols / rows, ratio[0]), ratio[1])
+    width, height = (cols, round(cols / aspect)) if cols / rows <= aspect else (
+        round(rows * aspect), rows)
+    width, height = min(width, cols), min(height, rows)
+    return (rows - height) // 2, (cols - width) // 2, height, width
+
+
+def read_image(path, image_size=None, eval_crop=None):
+    """Reads an image file as RGB uint8; with ``image_size`` ``(height, width)``, as the
+    model sees it: resized, or with ``eval_crop`` centre-cropped to that fraction of the
+    shorter side first (a photo model's evaluation view).
 
     Raises:
         UserError: the file is missing, not an image, or larger than `MAX_PIXELS`.
@@ -39,18 +142,71 @@ def read_image(path, image_size=None):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such image file: {path}")
-    pixels = _header_pixels(path)
-    if pixels is not None and pixels > MAX_PIXELS:
+    size = _header_size(path)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
         raise UserError(f"{path} has more than the {MAX_PIXELS:,} pixels allowed; "
                         "downscale it first")
-    data = np.fromfile(path, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    image = decode(path)
     if image is None:
         raise UserError(f"{path} is not an image OpenCV can read; remove or replace it")
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if image_size is not None and image.shape[:2] != tuple(image_size):
-        image = cv2.resize(image, (image_size[1], image_size[0]), interpolation=cv2.INTER_AREA)
-    return image
+    if image_size is None:
+        return image
+    if eval_crop is None:
+        return _resize(image, *image_size, grow=cv2.INTER_AREA)
+    return View("photo", tuple(image_size), eval_crop=eval_crop).evaluate(image)
+
+
+class ImageFiles:
+    """The images of one split as files, decoded only when used: the folder counterpart of
+    a uint8 ``(N, H, W, 3)`` array. ``files[i]`` decodes one image (evaluation view),
+    ``files[indices]`` is another `ImageFiles`, `load` decodes them all."""
+
+    dtype = np.uint8
+
+    def __init__(self, paths, view):
+        self.paths = np.asarray(paths, dtype=str)
+        self.view = view
+
+    def __len__(self):
+        return len(self.paths)
+
+    @property
+    def shape(self):
+        return (len(self), *self.view.size, 3)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.view.evaluate(self._decode(self.paths[key]))
+        return ImageFiles(self.paths[key], self.view)
+
+    def load(self):
+        """Every image decoded, in the evaluation view (for small subsets)."""
+        return np.stack([self[i] for i in range(len(self))]) if len(self) else np.zeros(
+            self.shape, np.uint8)
+
+    def decode_evaluation(self, indices):
+        """Images ``indices`` in the evaluation view, as one uint8 batch."""
+        return np.stack([self[int(i)] for i in indices])
+
+    def decode_training(self, indices, seed, epoch):
+        """Images ``indices`` in the training view; image ``i``'s crop in epoch ``epoch``
+        depends on ``(seed, epoch, i)`` only, so any process replays it exactly."""
+        return np.stack([
+            self.view.train(self._decode(self.paths[i]),
+                            np.random.default_rng([int(seed), int(epoch), int(i)]))
+            for i in indices])
+
+    def _decode(self, path):
+        image = decode(path)
+        if image is None:  # passed the header check but the data is broken
+            print(f"warning: {path} could not be decoded; a black image stands in for it",
+                  file=sys.stderr)
+            image = np.zeros((*self.view.size, 3), np.uint8)
+        return image
+
+
+def is_image_file(path):
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def _class_folders(split_dir):
@@ -60,43 +216,63 @@ def _class_folders(split_dir):
     return classes
 
 
-def _read_split(split_dir, class_names, image_size, every_class=True):
-    images, labels = [], []
+def _list_split(split_dir, class_names, every_class=True):
+    """``(paths, labels, header sizes, undecodable paths)`` of one split: the image files
+    under each class folder, sub-folders included, in sorted order."""
+    paths, labels, sizes, broken = [], [], [], []
     for label, name in enumerate(class_names):
         folder = split_dir / name
         if not every_class and not folder.is_dir():
             continue
-        files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+        files = sorted(p for p in folder.rglob("*") if is_image_file(p) and p.is_file())
         count = 0
         for path in files:
-            try:
-                images.append(read_image(path, image_size))
-            except UserError as err:
-                print(f"warning: {err} (skipped)", file=sys.stderr)
+            size = _header_size(path)
+            if size is None or size[0] * size[1] > MAX_PIXELS:
+                broken.append(path)
                 continue
+            paths.append(str(path))
             labels.append(label)
+            sizes.append(size)
             count += 1
         if count == 0:
-            raise UserError(f"class folder {folder} has no readable images")
-    return np.stack(images), np.asarray(labels, np.int32)
+            raise UserError(f"class folder {folder} has no readable images; add some or "
+                            "remove the folder")
+    return paths, np.asarray(labels, np.int32), sizes, broken
 
 
-def load_image_folder(root, image_size=(64, 64)):
-    """Loads ``root/train`` (or ``root`` itself when it holds the class folders), plus
-    ``root/val`` and ``root/test`` when present.
+def choose_view(kind, sizes):
+    """``"small"`` when every training image is square and at most `SMALL_SIDE` px,
+    else ``"photo"``; an explicit ``kind`` wins."""
+    if kind != "auto":
+        return kind
+    small = all(w == h and w <= SMALL_SIDE for w, h in sizes)
+    return "small" if small else "photo"
+
+
+def load_image_folder(root, image_size=None, view="auto", default_size=None, crop_scale=None,
+                      crop_ratio=None, eval_crop=None):
+    """Lists ``root/train`` (or ``root`` itself when it holds the class folders), plus
+    ``root/val`` and ``root/test`` when present. Decodes nothing.
+
+    Args:
+        image_size: ``(height, width)`` of the model input; None: ``default_size``, else 64
+            for small images and `PHOTO_SIZE` for photos.
+        view: ``"auto"``, ``"small"`` or ``"photo"`` (see `choose_view`).
+        crop_scale, crop_ratio, eval_crop: the photo view's settings (None: `View`'s).
 
     Returns:
-        The dict layout of `tfresnet.data.cifar.load_cifar`, with ``x_val``/``y_val`` when
-        ``root/val`` exists and ``x_test`` = ``None`` when ``root/test`` does not.
+        The dict layout of `tfresnet.data.cifar.load_cifar` with `ImageFiles` for images,
+        ``x_val``/``y_val`` when ``root/val`` exists, ``x_test`` = ``None`` when
+        ``root/test`` does not, and ``skipped`` (files with an image extension that
+        cannot be read).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"data set folder {root} does not exist")
     train_dir = root / "train" if (root / "train").is_dir() else root
     class_names = [p.name for p in _class_folders(train_dir)]
-    arrays = {"class_names": class_names, "coarse_names": None, "coarse_train": None,
-              "coarse_test": None, "x_test": None, "y_test": None}
-    arrays["x_train"], arrays["y_train"] = _read_split(train_dir, class_names, image_size)
+    splits = {"train": _list_split(train_dir, class_names)}
     for split in ("val", "test"):
         split_dir = root / split
         if train_dir is root or not split_dir.is_dir():
@@ -104,6 +280,36 @@ def load_image_folder(root, image_size=(64, 64)):
         unknown = {p.name for p in _class_folders(split_dir)} - set(class_names)
         if unknown:
             raise UserError(f"{split_dir} has classes not in train/: {', '.join(sorted(unknown))}")
-        arrays[f"x_{split}"], arrays[f"y_{split}"] = _read_split(
-            split_dir, class_names, image_size, every_class=False)
+        splits[split] = _list_split(split_dir, class_names, every_class=False)
+
+    kind = choose_view(view, splits["train"][2])
+    size = tuple(image_size or default_size or (
+        (DEFAULT_SMALL_SIZE,) * 2 if kind == "small" else (PHOTO_SIZE,) * 2))
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in
+                (("crop_scale", crop_scale), ("crop_ratio", crop_ratio),
+                 ("eval_crop", eval_crop)) if v is not None}
+    files_view = View(kind, size, **settings)
+    _warn_small(splits["train"][2], size)
+    broken = [p for _, _, _, b in splits.values() for p in b]
+    if broken:
+        names = ", ".join(str(p) for p in broken[:SHOWN_NAMES])
+        more = f" and {len(broken) - SHOWN_NAMES} more" if len(broken) > SHOWN_NAMES else ""
+        print(f"warning: skipped {len(broken)} file(s) that are not readable images: "
+              f"{names}{more}", file=sys.stderr)
+    arrays = {"class_names": class_names, "coarse_names": None, "coarse_train": None,
+              "coarse_test": None, "x_test": None, "y_test": None, "skipped": len(broken)}
+    for split, (paths, labels, _, _) in splits.items():
+        arrays[f"x_{split}"] = ImageFiles(paths, files_view)
+        arrays[f"y_{split}"] = labels
     return arrays
+
+
+
+def _warn_small(sizes, size):
+    """One line when the images are smaller than the input, so they are upsampled."""
+    shorter = np.array([min(w, h) for w, h in sizes])
+    smaller = int(np.sum(shorter < min(size)))
+    if smaller:
+        print(f"note: {smaller} of {len(sizes)} training images have a shorter side below "
+              f"the {size[0]}x{size[1]} input (median {int(np.median(shorter))} px); they are "
+              "upsampled. Pass a smaller --image-size to avoid it", file=sys.stderr)

@@ -1,6 +1,7 @@
 """tf.data pipelines: shuffle -> batch -> augment whole batches -> prefetch.
 
-Images stay uint8 in memory. Every augmentation is a vectorised TensorFlow function of a
+In-memory images stay uint8; an image folder's files (`ImageFiles`) are decoded, cropped
+and resized per image in the pipeline's parallel map, in a fixed order. Every augmentation is a vectorised TensorFlow function of a
 whole batch and a per-step seed, so the same code runs in the tf.data map (host) or inside
 the compiled train step (``Classifier.train_augmenter``, on the accelerator), and the same
 seed and step always give the same batch -- which is what makes resumed runs exact.
@@ -14,8 +15,10 @@ Augmentation specs are comma-separated names with ``:key=value`` parameters, for
 import functools
 import inspect
 
+import numpy as np
 import tensorflow as tf
 
+from tfresnet.data.folders import ImageFiles
 from tfresnet.errors import UserError
 
 AUGMENTATIONS = {}  # name -> batch operation (see `augmentation`)
@@ -27,6 +30,9 @@ PRESETS = {
 }
 PRESET_ALIASES = {"seed": "shift_flip"}  # the name before 0.2
 FILL_MODES = ("reflect", "zero", "nearest")
+# Photos take a random-resized crop per image (`tfresnet.data.folders.View`) where small
+# images take these batch operations.
+PHOTO_REPLACED = ("crop", "shift")
 AUGMENT_PLACES = ("auto", "host", "device")  # where augmentation runs (TrainConfig.augment_on)
 
 
@@ -260,12 +266,14 @@ class Augmenter:
         spec: a preset or spec string (see `parse_augment`).
         num_classes: for the size defaults.
         seed: with the step number, fixes every random choice.
+        skip: names of the spec's operations to leave out.
     """
 
-    def __init__(self, spec, num_classes, seed=0):
+    def __init__(self, spec, num_classes, seed=0, skip=()):
         self.seed = int(seed)
         self.ops = []
-        for index, (name, params) in enumerate(parse_augment(spec, num_classes)):
+        parsed = [item for item in parse_augment(spec, num_classes) if item[0] not in skip]
+        for index, (name, params) in enumerate(parsed):
             op = AUGMENTATIONS[name]
             self.ops.append(op(self.seed + index, **params) if op.stateful
                             else functools.partial(op, **params))
@@ -300,10 +308,13 @@ def make_train_pipeline(images, labels, num_classes, batch_size, augmenter=None,
     With ``augmenter=None`` batches are raw uint8 (augment later, on the device).
 
     Args:
+        images: uint8 ``(N, H, W, 3)`` or `ImageFiles` (decoded here, in the training view:
+            image ``i`` of epoch ``e`` is cropped by ``(seed, e, i)`` alone).
         split: ``(replicas, pipelines, pipeline_id)`` under tf.distribute: every global
             batch is cut into ``replicas`` equal parts, and this input pipeline (one per
             worker) yields its own ``replicas / pipelines`` parts, one per local replica.
-            The union over workers is exactly the single-process global batch.
+            The union over workers is exactly the single-process global batch; a worker
+            reads only its own parts' files.
 
     Returns:
         ``(dataset, steps_per_epoch)``; pass both to ``model.fit``.
@@ -318,7 +329,8 @@ def make_train_pipeline(images, labels, num_classes, batch_size, augmenter=None,
         raise UserError(f"the global batch {batch} must divide evenly over {replicas} replicas")
     local = replicas // pipelines
     part = batch // replicas
-    pixels = tf.constant(images)  # no copy when given a tensor already
+    gather = _file_gather(images, "training", seed) if isinstance(images, ImageFiles) else (
+        _array_gather(images))
     targets = tf.cast(labels, tf.int32)
 
     def epoch_indices(epoch):
@@ -330,7 +342,7 @@ def make_train_pipeline(images, labels, num_classes, batch_size, augmenter=None,
         return tf.data.Dataset.from_tensor_slices(order).enumerate(start=first)
 
     def load(element, index):
-        x = tf.gather(pixels, index)
+        x = gather(index, element // (steps * local))
         y = tf.one_hot(tf.gather(targets, index), num_classes)
         if augmenter:
             step = element // local
@@ -344,13 +356,51 @@ def make_train_pipeline(images, labels, num_classes, batch_size, augmenter=None,
     return dataset.prefetch(tf.data.AUTOTUNE), steps
 
 
+def _array_gather(images):
+    pixels = tf.constant(images)  # no copy when given a tensor already
+    return lambda index, epoch: tf.gather(pixels, index)
+
+
+def _file_gather(files, view, seed=0):
+    """``gather(index, epoch)`` -> the uint8 batch of files ``index``, decoded in the
+    ``"training"`` or ``"evaluation"`` view by OpenCV (which releases the GIL, so the
+    parallel map decodes on every core)."""
+    def decode(index, epoch):
+        if view == "training":
+            return files.decode_training(index, seed, epoch)
+        return files.decode_evaluation(index)
+
+    def gather(index, epoch):
+        images = tf.numpy_function(decode, [index, tf.cast(epoch, tf.int64)], tf.uint8,
+                                   stateful=False)
+        return tf.ensure_shape(images, [None, *files.view.size, 3])
+    return gather
+
+
 def make_eval_pipeline(images, labels, num_classes, batch_size):
-    """Batches in order, no augmentation, uint8 images and one-hot labels."""
+    """Batches in order, no augmentation, uint8 images (files: in their evaluation view)
+    and one-hot labels."""
     if batch_size <= 0:
         raise UserError(f"batch size must be positive. Received: {batch_size}")
-    pixels = tf.constant(images)
+    gather = _file_gather(images, "evaluation") if isinstance(images, ImageFiles) else (
+        _array_gather(images))
     targets = tf.one_hot(tf.cast(labels, tf.int32), num_classes)
     dataset = tf.data.Dataset.range(len(images)).batch(batch_size)
-    dataset = dataset.map(lambda index: (tf.gather(pixels, index), tf.gather(targets, index)),
-                          num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(lambda index: (gather(index, 0), tf.gather(targets, index)),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def image_batches(images, batch_size):
+    """uint8 NumPy batches of ``images`` (an array or `ImageFiles`) in order; files are
+    decoded in parallel, at most a few batches ahead."""
+    if not isinstance(images, ImageFiles):
+        for start in range(0, len(images), batch_size):
+            yield np.asarray(images[start:start + batch_size])
+        return
+    gather = _file_gather(images, "evaluation")
+    dataset = tf.data.Dataset.range(len(images)).batch(batch_size)
+    dataset = dataset.map(lambda index: gather(index, 0), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True).prefetch(2)
+    for batch in dataset.as_numpy_iterator():
+        yield batch

@@ -23,13 +23,17 @@ class Classifier(keras.Model):
         std: per-channel standard deviation, 0-255 scale.
         class_names: the name of each output class.
         image_size: ``(height, width)`` the backbone expects.
+        eval_crop: for a model trained on photos, the fraction of the shorter side an
+            image is centre-cropped to before resizing (`tfresnet.data.folders.View`);
+            None: images are resized whole.
         l2: weight of the ``l2 / 2 * sum(||w||^2)`` penalty added to the loss.
         l2_on: ``"kernels"`` or ``"all"`` (see `tfresnet.losses`).
         dataset: name of the data set it was trained on (metadata).
     """
 
     def __init__(self, network=None, mean=None, std=None, class_names=(), image_size=(32, 32),
-                 l2=0.0, l2_on="kernels", dataset=None, backbone=None, **kwargs):
+                 l2=0.0, l2_on="kernels", dataset=None, eval_crop=None, backbone=None,
+                 **kwargs):
         super().__init__(**kwargs)
         network = network if network is not None else backbone  # files before 0.2
         if isinstance(network, dict):
@@ -39,6 +43,7 @@ class Classifier(keras.Model):
         self.std = [float(s) for s in std]
         self.class_names = list(class_names)
         self.image_size = tuple(image_size)
+        self.eval_crop = eval_crop
         self.l2 = float(l2)
         self.l2_on = l2_on
         self.dataset = dataset
@@ -215,5 +220,6 @@ class Classifier(keras.Model):
             l2=self.l2,
             l2_on=self.l2_on,
             dataset=self.dataset,
+            eval_crop=self.eval_crop,
         )
         return config

@@ -61,6 +61,7 @@ IMAGENET_OFFSET = [-m / s for m, s in zip(_MEAN, _STD)]
 # none: no pretrained backbone; scratch: the pretrained architecture from random weights.
 TRANSFER_MODES = ("none", "scratch", "frozen", "finetune", "two-stage")
 MIN_IMAGE_SIZE = 32  # Keras Applications' ResNets refuse smaller inputs
+IMAGENET_INPUT_SIZE = 224  # the side every ImageNet ResNet here was trained at
 
 
 def is_preset(weights):
@@ -77,6 +78,22 @@ def is_preset(weights):
 def resolve_weights(arch, weights):
     """``--weights`` with "imagenet" replaced by the preset it means for ``arch``."""
     return IMAGENET_PRESETS.get(arch, weights) if weights == "imagenet" else weights
+
+
+def backbone_input_size(arch, weights):
+    """The input side a pretrained backbone expects: a local preset's image converter
+    size, else `IMAGENET_INPUT_SIZE`."""
+    weights = resolve_weights(arch, weights)
+    if is_preset(weights) and Path(weights).is_dir():
+        try:
+            import keras_hub
+
+            size = keras_hub.layers.ImageConverter.from_preset(weights).image_size
+        except Exception:  # no converter (or no keras-hub): the preset says nothing
+            size = None
+        if size:
+            return int(size[0])
+    return IMAGENET_INPUT_SIZE
 
 
 def _load_preset(arch, preset, load_weights):

@@ -4,6 +4,7 @@ from ../shared when present, and a helper that runs a CLI the way a user does.""
 import csv
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -120,6 +121,19 @@ def free_ports(count):
     for s in sockets:
         s.close()
     return ports
+
+
+def kill_after_first_epoch(run_dir, *args):
+    """Starts ``python -m tfresnet.train args --output-dir/--name`` for ``run_dir`` and
+    kills it (SIGKILL) once an epoch is saved: last.keras is the last file an epoch
+    writes, so the next epoch has begun. Returns the epochs in its history."""
+    command = [sys.executable, "-m", "tfresnet.train", *map(str, args), "--output-dir",
+               str(run_dir.parent), "--name", run_dir.name]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: (run_dir / "last.keras").exists())
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return len(history(run_dir))
 
 
 def wait_for(condition, timeout=300):

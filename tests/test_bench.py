@@ -62,3 +62,23 @@ def test_bench_train_is_assembled_like_a_training_run(monkeypatch):
     assert calls[1][1] is config
     assert (config.model, config.width, config.batch_size, config.augment) == \
         ("resnet18", 0.0625, 8, "standard")
+
+
+def test_pipeline_on_a_folder_decodes_its_files_as_train_does(tmp_path, monkeypatch):
+    import cv2
+    import numpy as np
+
+    from tfresnet.data import folders
+
+    for name in ("a", "b"):
+        (tmp_path / "set" / name).mkdir(parents=True)
+        for i in range(6):
+            cv2.imwrite(str(tmp_path / "set" / name / f"{i}.jpg"), np.full((30, 40, 3), 99))
+    decoded = []
+    original = folders.decode
+    monkeypatch.setattr(folders, "decode", lambda path: decoded.append(path) or original(path))
+    record, = run(build_parser().parse_args(
+        ["--pipeline", "--dataset", str(tmp_path / "set"), "--image-size", "24", "--augment",
+         "standard", "--batch-size", "4", "--steps", "2", "--repeats", "1", "--warmup", "1"]))
+    assert record["source"] == f"{tmp_path / 'set'} (photo)" and record["image_size"] == 24
+    assert len(decoded) >= 3 * 4  # warm-up and timed batches, every image decoded

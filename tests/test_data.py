@@ -1,7 +1,6 @@
 import os
 import pickle
 
-import cv2
 import numpy as np
 import pytest
 
@@ -116,36 +115,6 @@ def test_digits_demo_is_fixed_and_rgb():
     assert len(data.x_test) == 360 and data.num_classes == 10
     assert np.array_equal(data.x_train[..., 0], data.x_train[..., 2])
     np.testing.assert_array_equal(data.y_test, load_dataset("digits").y_test)
-
-
-def write_folder(root, classes, per_class, size=(40, 30)):
-    rng = np.random.default_rng(0)
-    for name in classes:
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            cv2.imwrite(str(root / name / f"{i}.png"), rng.integers(0, 255, (*size, 3), np.uint8))
-
-
-def test_image_folder_with_val_split_and_bad_file(tmp_path, capsys):
-    write_folder(tmp_path / "ants" / "train", ["ants", "bees"], 6)
-    write_folder(tmp_path / "ants" / "val", ["ants", "bees"], 2)
-    (tmp_path / "ants" / "train" / "bees" / "notes.txt").write_text("not an image")
-    data = load_dataset(str(tmp_path / "ants"), image_size=(24, 24))
-    assert data.class_names == ["ants", "bees"]
-    assert data.x_train.shape == (12, 24, 24, 3) and data.x_val.shape == (4, 24, 24, 3)
-    assert data.x_test is None
-    assert "notes.txt" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("setup,message", [
-    (lambda root: root.mkdir(), "has no class folders"),
-    (lambda root: (root / "train" / "cats").mkdir(parents=True), "has no readable images"),
-])
-def test_image_folder_errors(tmp_path, setup, message):
-    root = tmp_path / "set"
-    setup(root)
-    with pytest.raises(UserError, match=message):
-        load_dataset(str(root))
 
 
 def test_real_cifar10_images_load(real_cifar10):

@@ -62,9 +62,11 @@ def test_predict_matches_model_predict_and_reports_non_images(digits_model, tmp_
     folder.mkdir()
     for i in range(4):
         cv2.imwrite(str(folder / f"{i}.png"), data.x_test[i][..., ::-1])  # RGB -> BGR file
-    (folder / "notes.txt").write_text("not an image")
+    (folder / "notes.txt").write_text("not an image")  # not an image file: skipped quietly
+    (folder / "broken.png").write_text("not an image")
     results = predict(path, folder, top_k=3)
-    assert "notes.txt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "notes.txt" not in err
     assert [r["file"].rsplit("/", 1)[1] for r in results] == [f"{i}.png" for i in range(4)]
     expected = keras.saving.load_model(path).predict(data.x_test[:4], verbose=0).argmax(1)
     assert [r["top"][0]["index"] for r in results] == expected.tolist()

@@ -5,15 +5,12 @@ bfloat16 (the default on A100/H100). A two-stage transfer trial under float16 is
 test_transfer.py, MirroredStrategy with several steps per execution in test_distributed.py."""
 
 import json
-import signal
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
-from conftest import TINY, history, run_cli, wait_for, weights
+from conftest import TINY, history, kill_after_first_epoch, run_cli, weights
 from tfresnet import bench, evaluate, predict, train, tune, visualize
 
 GPU_DEFAULTS = ["--precision", "mixed_float16", "--jit", "on", "--augment-on", "device",
@@ -36,20 +33,15 @@ def test_gpu_defaults_kill_resume_and_every_command_on_the_result(tmp_path, caps
     # No --deterministic: Keras turns XLA off under op determinism. XLA on CPU computes
     # the same run twice all the same (on a GPU its atomic reductions would not).
     common = [*TINY, *GPU_DEFAULTS, "--model", "small_cnn", "--epochs", "3", "--batch-size",
-              "16", "--val-size", "0", "--output-dir", tmp_path]
+              "16", "--val-size", "0"]
     # Both runs in fresh processes: state other tests left in this one must not differ.
-    reference = run_cli("tfresnet.train", *common, "--name", "ref")
+    reference = run_cli("tfresnet.train", *common, "--output-dir", tmp_path, "--name", "ref")
     assert reference.returncode == 0, reference.stderr
     assert "mixed_float16 on a CPU" in reference.stderr  # the one-line warning
 
-    process = subprocess.Popen([sys.executable, "-m", "tfresnet.train", *map(str, common),
-                                "--name", "killed"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    wait_for(lambda: (tmp_path / "killed" / "last.keras").exists())  # epoch 2 has begun
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert len(history(tmp_path / "killed")) < 3, "the kill should land before the end"
-    resumed = run_cli("tfresnet.train", *common, "--name", "killed")
+    done = kill_after_first_epoch(tmp_path / "killed", *common)
+    assert done < 3, "the kill should land before the end"
+    resumed = run_cli("tfresnet.train", *common, "--output-dir", tmp_path, "--name", "killed")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
     rows, ref_rows = history(tmp_path / "killed"), history(tmp_path / "ref")

@@ -1,13 +1,10 @@
 import json
-import signal
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
-from conftest import TINY, history, run_cli, wait_for, weights
+from conftest import TINY, history, kill_after_first_epoch, run_cli, weights
 from tfresnet import train as train_module
 from tfresnet.data import load_dataset
 from tfresnet.errors import UserError
@@ -62,22 +59,15 @@ def test_learning_rate_is_logged_per_epoch_from_the_schedule(tmp_path):
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     common = [*TINY, "--epochs", "3", "--batch-size", "32", "--deterministic",
-              "--output-dir", tmp_path, "--schedule", "cosine"]
-    reference = run_cli("tfresnet.train", *common, "--name", "ref")
+              "--schedule", "cosine"]
+    reference = run_cli("tfresnet.train", *common, "--output-dir", tmp_path, "--name", "ref")
     assert reference.returncode == 0, reference.stderr
 
-    process = subprocess.Popen([sys.executable, "-m", "tfresnet.train", *map(str, common),
-                                "--name", "killed"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    # last.keras is the last file an epoch writes: once it exists, epoch 2 has begun.
-    wait_for(lambda: (tmp_path / "killed" / "last.keras").exists())
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done = len(history(tmp_path / "killed"))
+    done = kill_after_first_epoch(tmp_path / "killed", *common)
     assert done < 3, "the kill should land before the run finished"
     keras.saving.load_model(tmp_path / "killed" / "last.keras")  # readable after the kill
 
-    resumed = run_cli("tfresnet.train", *common, "--name", "killed")
+    resumed = run_cli("tfresnet.train", *common, "--output-dir", tmp_path, "--name", "killed")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
     ref_rows, rows = history(tmp_path / "ref"), history(tmp_path / "killed")

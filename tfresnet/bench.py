@@ -7,6 +7,7 @@ appends one JSON line per measurement with device, versions and thread settings.
 
 Example:
     python -m tfresnet.bench --pipeline                          # augmentation only
+    python -m tfresnet.bench --pipeline --dataset photos/ --image-size 224  # decode too
     python -m tfresnet.bench --train --inference --batch-size 64 128
     python -m tfresnet.bench --train --precision mixed_float16 --jit on --batch-size 512
 """
@@ -26,10 +27,11 @@ from tfresnet.runtime import PRECISIONS
 PIPELINE_PRESETS = ("standard", "strong")
 
 
-def synthetic_cifar(count, num_classes, seed=0):
-    """Random CIFAR-shaped uint8 images and labels (speed does not depend on content)."""
+def synthetic_cifar(count, num_classes, seed=0, size=32):
+    """Random ``size`` x ``size`` uint8 images and labels (speed does not depend on
+    content)."""
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, (count, 32, 32, 3), np.uint8),
+    return (rng.integers(0, 256, (count, size, size, 3), np.uint8),
             rng.integers(0, num_classes, count).astype(np.int32))
 
 
@@ -49,14 +51,29 @@ def peak_memory_mb():
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def bench_pipeline(preset, batch_size, steps, repeats, warmup, num_classes=100):
-    """Augmented batches per second of the training pipeline on 50,000 CIFAR-shaped images."""
+def bench_pipeline(preset, batch_size, steps, repeats, warmup, num_classes=100, dataset=None,
+                   image_size=None):
+    """Augmented images per second of the training pipeline: on 50,000 synthetic images
+    in memory, or on an image folder's training split (decoding, cropping and resizing
+    each file, as ``train`` does)."""
+    from tfresnet.assemble import load_data, make_augmenter
+    from tfresnet.config import TrainConfig
     from tfresnet.data.pipeline import Augmenter, make_train_pipeline
 
-    images, labels = synthetic_cifar(50_000, num_classes)
-    dataset, _ = make_train_pipeline(images, labels, num_classes, batch_size,
-                                     Augmenter(preset, num_classes), seed=0)
-    iterator = iter(dataset)
+    if dataset:
+        config = TrainConfig(dataset=dataset, image_size=image_size, augment=preset,
+                             val_size=0).validate()
+        data = load_data(config)
+        images, labels, num_classes = data.x_train, data.y_train, data.num_classes
+        augmenter = make_augmenter(config, data)
+        source = f"{dataset} ({data.x_train.view.kind})" if data.streamed else dataset
+    else:
+        images, labels = synthetic_cifar(50_000 if not image_size else 2_000, num_classes,
+                                         size=image_size or 32)
+        augmenter = Augmenter(preset, num_classes)
+        source = "synthetic in memory"
+    stream, _ = make_train_pipeline(images, labels, num_classes, batch_size, augmenter, seed=0)
+    iterator = iter(stream)
     for _ in range(warmup):
         next(iterator)
     rates = []
@@ -65,7 +82,8 @@ def bench_pipeline(preset, batch_size, steps, repeats, warmup, num_classes=100):
         for _ in range(steps):
             next(iterator)
         rates.append(steps * batch_size / (time.perf_counter() - start))
-    return {"kind": "pipeline", "augment": preset, "batch_size": batch_size,
+    return {"kind": "pipeline", "source": source, "augment": preset,
+            "image_size": images.shape[1], "batch_size": batch_size,
             "images": steps * batch_size, **summarize(rates)}
 
 
@@ -97,7 +115,7 @@ class _StepTimer:
 
 
 def build_bench_model(model, batch_size, precision, jit, num_classes, width, steps,
-                      augment="standard"):
+                      augment="standard", image_size=32):
     """The config, synthetic data, runtime and compiled `Classifier` of a measurement,
     assembled exactly as ``tfresnet.train`` assembles a run (`tfresnet.assemble`)."""
     from tfresnet.assemble import build_model
@@ -105,41 +123,47 @@ def build_bench_model(model, batch_size, precision, jit, num_classes, width, ste
     from tfresnet.data import Dataset
     from tfresnet.runtime import configure
 
+    # A pretrained backbone (``*_imagenet``) is measured with random weights: same compute.
     config = TrainConfig(model=model, batch_size=batch_size, precision=precision,
                          jit="on" if jit else "off", width=width, epochs=1, augment=augment,
-                         strategy="one").validate()
+                         strategy="one", image_size=image_size,
+                         transfer="scratch" if model.endswith("_imagenet") else "none"
+                         ).validate()
     runtime = configure(config)
-    images, labels = synthetic_cifar(max(batch_size * steps, batch_size), num_classes)
+    images, labels = synthetic_cifar(max(batch_size * steps, batch_size), num_classes,
+                                     size=image_size)
     data = Dataset("synthetic", images, labels, images[:0], labels[:0], None, None,
                    [str(i) for i in range(num_classes)])
     return config, data, runtime, build_model(config, data, runtime)
 
 
 def bench_train(model, batch_size, precision, jit, steps, repeats, num_classes, width,
-                augment="standard"):
+                image_size=32, augment="standard"):
     """Training images/s of ``model.fit`` on the product's pipeline, loss and optimizer."""
     from tfresnet.assemble import make_pipelines
 
     config, data, runtime, classifier = build_bench_model(
-        model, batch_size, precision, jit, num_classes, width, steps, augment)
+        model, batch_size, precision, jit, num_classes, width, steps, augment, image_size)
     dataset, _ = make_pipelines(config, data, runtime)
     timer = _StepTimer()
     epochs = 1 + repeats  # epoch 0 is the warm-up: compilation and the first steps
     classifier.fit(dataset, steps_per_epoch=steps, epochs=epochs, verbose=0,
                    callbacks=[timer.callback], shuffle=False)
     rates = [steps * batch_size / s for s in timer.epoch_seconds[1:]]
-    return {"kind": "train", "model": model, "batch_size": batch_size,
+    return {"kind": "train", "model": model, "image_size": image_size,
+            "batch_size": batch_size,
             "precision": runtime.precision, "jit": runtime.jit, "augment": augment,
             "images": steps * batch_size, "compile_seconds": round(timer.first_step, 2),
             **summarize(rates), "peak_memory_mb": peak_memory_mb()}
 
 
-def bench_inference(model, batch_size, precision, jit, steps, repeats, num_classes, width):
+def bench_inference(model, batch_size, precision, jit, steps, repeats, num_classes, width,
+                    image_size=32):
     """Inference images/s: ``model.predict`` and the compiled call evaluation uses."""
     from tfresnet.inference import predict_probabilities
 
     _, data, runtime, classifier = build_bench_model(
-        model, batch_size, precision, jit, num_classes, width, steps)
+        model, batch_size, precision, jit, num_classes, width, steps, image_size=image_size)
     images = data.x_train[: steps * batch_size]
     results = []
     for method, run in (
@@ -176,8 +200,9 @@ def environment():
 
 
 def _print(record):
-    label = " ".join(f"{k}={record[k]}" for k in ("kind", "method", "model", "augment",
-                                                   "batch_size", "precision", "jit")
+    label = " ".join(f"{k}={record[k]}" for k in ("kind", "method", "source", "model",
+                                                   "augment", "image_size", "batch_size",
+                                                   "precision", "jit")
                      if k in record)
     extra = f"  compile {record['compile_seconds']}s" if "compile_seconds" in record else ""
     memory = f"  peak {record['peak_memory_mb']} MB" if "peak_memory_mb" in record else ""
@@ -197,6 +222,8 @@ def run(args):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive. "
                             f"Received: {getattr(args, name)}")
+    if args.image_size is not None and args.image_size < 8:
+        raise UserError(f"--image-size must be at least 8. Received: {args.image_size}")
     if any(b <= 0 for b in args.batch_size):
         raise UserError(f"--batch-size must be positive. Received: {args.batch_size}")
     for precision in args.precision:
@@ -207,14 +234,16 @@ def run(args):
         for preset in args.augment:
             for batch in args.batch_size:
                 records.append(bench_pipeline(preset, batch, args.steps, args.repeats,
-                                              args.warmup, args.num_classes))
+                                              args.warmup, args.num_classes, args.dataset,
+                                              args.image_size))
                 _print(records[-1])
     for name in args.model:
         for batch in args.batch_size:
             for precision in args.precision:
                 for jit in args.jit:
                     settings = (name, batch, precision, jit == "on", args.steps,
-                                args.repeats, args.num_classes, args.width)
+                                args.repeats, args.num_classes, args.width,
+                                args.image_size or 32)
                     if args.train or everything:
                         records.append(bench_train(*settings))
                         _print(records[-1])
@@ -249,6 +278,10 @@ def build_parser():
                              "discard their first, compiling, repetition)")
     parser.add_argument("--num-classes", type=int, default=100)
     parser.add_argument("--width", type=float, default=1.0, help="model width multiplier")
+    parser.add_argument("--image-size", type=int,
+                        help="input side (default 32; a --dataset folder: as train decides)")
+    parser.add_argument("--dataset", help="--pipeline: an image folder to stream (default: "
+                                          "synthetic images in memory)")
     parser.add_argument("--json", metavar="FILE", help="append one JSON line per measurement")
     return parser
 

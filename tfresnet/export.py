@@ -192,9 +192,11 @@ def check_images(target, model, dataset, data_dir, count, need_training_images):
     images, labels, split = data.x_test, data.y_test, "test"
     if images is None:
         images, labels, split = data.x_val, data.y_val, "validation"
-    pick = np.random.default_rng(0).permutation(len(data.x_train))[:CALIBRATION_IMAGES]
-    return (in_memory(images[:count]), labels[:count], f"{data.name} {split}",
-            in_memory(data.x_train[np.sort(pick)]))
+    calibration = None
+    if need_training_images:
+        pick = np.random.default_rng(0).permutation(len(data.x_train))[:CALIBRATION_IMAGES]
+        calibration = in_memory(data.x_train[np.sort(pick)])
+    return in_memory(images[:count]), labels[:count], f"{data.name} {split}", calibration
 
 
 def export(target, fmt, out=None, quantize=None, dataset=None, data_dir=None, count=500):

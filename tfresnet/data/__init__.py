@@ -102,27 +102,26 @@ def in_memory(images):
     return images.load() if isinstance(images, ImageFiles) else images
 
 
-def channel_stats(images, chunk=1024):
+def channel_stats(images, chunk_pixels=2**22):
     """Per-channel mean and std (0-255 scale, std at least 1e-3) of uint8 images or
-    `ImageFiles`, accumulated chunk by chunk: memory stays that of one chunk."""
+    `ImageFiles`, from exact per-channel histograms of chunks of about ``chunk_pixels``
+    pixels: memory stays that of one chunk."""
     from tfresnet.data.pipeline import image_batches
 
-    total = np.zeros(3)
-    squares = np.zeros(3)
-    count = 0
-    for batch in image_batches(images, chunk):
-        pixels = batch.reshape(-1, 3).astype(np.float64)
-        total += pixels.sum(axis=0)
-        squares += np.square(pixels).sum(axis=0)
-        count += len(pixels)
-    mean = total / max(count, 1)
-    variance = np.maximum(squares / max(count, 1) - np.square(mean), 0.0)
-    return mean.tolist(), np.maximum(np.sqrt(variance), 1e-3).tolist()
+    height, width = images.shape[1:3]
+    counts = np.zeros((3, 256), np.int64)
+    for batch in image_batches(images, max(1, chunk_pixels // (height * width))):
+        for channel in range(3):
+            counts[channel] += np.bincount(batch[..., channel].ravel(), minlength=256)
+    values = np.arange(256, dtype=np.float64)
+    total = np.maximum(counts.sum(axis=1), 1)
+    mean = counts @ values / total
+    variance = counts @ np.square(values) / total - np.square(mean)
+    return mean.tolist(), np.maximum(np.sqrt(np.maximum(variance, 0.0)), 1e-3).tolist()
 
 
 def load_dataset(name, data_dir=None, val_size=None, seed=0, image_size=None, download=True,
-                 view="auto", default_size=None, crop_scale=None, crop_ratio=None,
-                 eval_crop=None):
+                 view="auto", crop_scale=None, crop_ratio=None, eval_crop=None):
     """Loads a data set and carves a stratified validation split out of its training set.
 
     Args:
@@ -132,9 +131,8 @@ def load_dataset(name, data_dir=None, val_size=None, seed=0, image_size=None, do
         val_size: images held out of training for validation; ``None``: 10 % (CIFAR: 5,000,
             the seed's 45k/5k), 0: none. Ignored when an image folder has its own ``val/``.
         seed: the seed of the validation split.
-        image_size: ``(height, width)`` of an image folder's model input; None:
-            ``default_size`` (a pretrained backbone's), else by the folder's view (see
-            `tfresnet.data.folders.load_image_folder`).
+        image_size: ``(height, width)`` of an image folder's model input; None: by the
+            folder's view (see `tfresnet.data.folders.load_image_folder`).
         download: allow downloading CIFAR.
         view, crop_scale, crop_ratio, eval_crop: an image folder's preprocessing
             (`tfresnet.data.folders.View`).
@@ -150,8 +148,7 @@ def load_dataset(name, data_dir=None, val_size=None, seed=0, image_size=None, do
     elif Path(name).expanduser().is_dir():
         from tfresnet.data.folders import load_image_folder
 
-        arrays = load_image_folder(name, image_size, view, default_size, crop_scale,
-                                   crop_ratio, eval_crop)
+        arrays = load_image_folder(name, image_size, view, crop_scale, crop_ratio, eval_crop)
     else:
         raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)} "
                         "or give an image folder that exists")

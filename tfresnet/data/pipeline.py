@@ -1,10 +1,11 @@
 """tf.data pipelines: shuffle -> batch -> augment whole batches -> prefetch.
 
 In-memory images stay uint8; an image folder's files (`ImageFiles`) are decoded, cropped
-and resized per image in the pipeline's parallel map, in a fixed order. Every augmentation is a vectorised TensorFlow function of a
-whole batch and a per-step seed, so the same code runs in the tf.data map (host) or inside
-the compiled train step (``Classifier.train_augmenter``, on the accelerator), and the same
-seed and step always give the same batch -- which is what makes resumed runs exact.
+and resized per image in the pipeline's parallel map, in a fixed order. Every augmentation
+is a vectorised TensorFlow function of a whole batch and a per-step seed, so the same code
+runs in the tf.data map (host) or inside the compiled train step
+(``Classifier.train_augmenter``, on the accelerator), and the same seed and step always give
+the same batch -- which is what makes resumed runs exact.
 Normalisation is the model's first operation (`tfresnet.models.Classifier`), so it travels
 with the saved model.
 
@@ -402,5 +403,4 @@ def image_batches(images, batch_size):
     dataset = tf.data.Dataset.range(len(images)).batch(batch_size)
     dataset = dataset.map(lambda index: gather(index, 0), num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=True).prefetch(2)
-    for batch in dataset.as_numpy_iterator():
-        yield batch
+    yield from dataset.as_numpy_iterator()

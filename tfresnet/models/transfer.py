@@ -82,8 +82,10 @@ def resolve_weights(arch, weights):
 
 def backbone_input_size(arch, weights):
     """The input side a pretrained backbone expects: a local preset's image converter
-    size, else `IMAGENET_INPUT_SIZE`."""
+    size, a tfresnet ``.keras`` transfer model's input size, else `IMAGENET_INPUT_SIZE`."""
     weights = resolve_weights(arch, weights)
+    if str(weights).endswith(".keras") and Path(weights).is_file():
+        return _keras_file_input_size(weights) or IMAGENET_INPUT_SIZE
     if is_preset(weights) and Path(weights).is_dir():
         try:
             import keras_hub
@@ -94,6 +96,27 @@ def backbone_input_size(arch, weights):
         if size:
             return int(size[0])
     return IMAGENET_INPUT_SIZE
+
+
+def _keras_file_input_size(path):
+    """The ``image_size`` of the `TransferNet` inside a ``.keras`` file, or None."""
+    import json
+    import zipfile
+
+    def find(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "TransferNet":
+                return node.get("config", {}).get("image_size")
+            return next(filter(None, map(find, node.values())), None)
+        if isinstance(node, list):
+            return next(filter(None, map(find, node)), None)
+        return None
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return find(json.loads(archive.read("config.json")))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
 
 
 def _load_preset(arch, preset, load_weights):

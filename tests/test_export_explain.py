@@ -165,11 +165,13 @@ def test_explain_cli_writes_one_captioned_overlay_per_image(run, tmp_path, capsy
     folder.mkdir()
     for i, image in enumerate(images):
         cv2.imwrite(str(folder / f"digit{i}.png"), image[..., ::-1])
-    (folder / "notes.txt").write_text("not an image")
+    (folder / "notes.txt").write_text("not an image")  # not an image file: ignored
+    (folder / "broken.png").write_text("not an image")
     assert explain_main([str(run), str(folder), "--out", str(tmp_path / "cams"),
                          "--size", "96"]) == 0
     result = capsys.readouterr()
-    assert "notes.txt" in result.err  # skipped with a warning naming it
+    assert "broken.png" in result.err  # skipped with a warning naming it
+    assert "notes.txt" not in result.err
     written = sorted(p.name for p in (tmp_path / "cams").iterdir())
     assert written == ["digit0_cam.png", "digit1_cam.png", "digit2_cam.png"]
     picture = cv2.imread(str(tmp_path / "cams" / "digit0_cam.png"))

@@ -170,7 +170,7 @@ def sweep_cases(root):
         ("tfresnet.evaluate", [ok, "--tta", "rotate"], "invalid choice: 'rotate'"),
         ("tfresnet.predict", [ok, root / "text.png"], "not an image OpenCV can read"),
         ("tfresnet.predict", [ok, root / "huge.png"], "more than the 50,000,000 pixels"),
-        ("tfresnet.predict", [ok, root / "empty"], "has no files to predict"),
+        ("tfresnet.predict", [ok, root / "empty"], "has no image files to predict"),
         ("tfresnet.predict", [ok, root / "missing.jpg"], "no such image file or folder"),
         ("tfresnet.predict", [t, root / "text.png"], "not a Keras archive"),
         ("tfresnet.predict", [root / "foreign.keras", root / "text.png"],

@@ -102,7 +102,7 @@ def in_memory(images):
     return images.load() if isinstance(images, ImageFiles) else images
 
 
-def channel_stats(images, chunk_pixels=2**22):
+def channel_stats(images, chunk_pixels=2**20):
     """Per-channel mean and std (0-255 scale, std at least 1e-3) of uint8 images or
     `ImageFiles`, from exact per-channel histograms of chunks of about ``chunk_pixels``
     pixels: memory stays that of one chunk."""

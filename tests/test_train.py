@@ -170,3 +170,15 @@ def test_augmentation_goes_into_the_xla_step_only_when_xla_can_compile_it():
     assert not augments_in_step(TrainConfig(augment="strong"), eager)
     assert not augments_in_step(TrainConfig(augment="randaugment,flip"), xla)  # host instead
     assert augments_in_step(TrainConfig(augment="flip", augment_on="device"), eager)
+
+
+def test_a_run_without_a_terminal_prints_step_lines(tmp_path):
+    # 1,293 training digits at batch 64: 20 steps per epoch, a line every 6 steps.
+    result = run_cli("tfresnet.train", *TINY, "--model", "small_cnn", "--epochs", "1",
+                     "--log-every", "6", "--output-dir", tmp_path, "--name", "steps")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch 1 step")]
+    assert [line.split()[3] for line in lines] == ["6/20", "12/20", "18/20"]
+    for line in lines:
+        assert all(field in line for field in ("loss", "acc", "lr", "img/s", "ETA"))
+    assert any(line.startswith("epoch 1/1  loss") for line in result.stdout.splitlines())

@@ -12,7 +12,13 @@ with native_stderr_silenced():
     tensorflow.config.list_physical_devices("GPU")  # CUDA probing prints here, once
 
 from tfresnet import losses, models  # noqa: E402  (registers every serializable class)
+from tfresnet.api import Run, classify, draw, fit, load_model  # noqa: E402
+from tfresnet.config import TrainConfig  # noqa: E402
+from tfresnet.data import load_dataset  # noqa: E402
 from tfresnet.models import get_model, list_models  # noqa: E402
 
-__version__ = "0.1.0"
-__all__ = ["get_model", "list_models", "losses", "models"]
+# Follows the on-disk formats: 0.2 renamed the saved model's parts, 0.3 added the photo
+# models' evaluation crop to it (files of every version load).
+__version__ = "0.3.0"
+__all__ = ["Run", "TrainConfig", "classify", "draw", "fit", "get_model", "list_models",
+           "load_dataset", "load_model", "losses", "models"]

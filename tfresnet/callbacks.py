@@ -55,13 +55,11 @@ def read_history(path):
 
 def plot_curves(rows, title, path):
     """Loss and accuracy against epoch, train vs validation, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays
 
     epochs = [r["epoch"] for r in rows]
-    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    figure = Figure(figsize=(11, 4))
+    loss_ax, acc_ax = figure.subplots(1, 2)
     for ax, key, label in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
         ax.plot(epochs, [r[key] for r in rows], "-", color="tab:red", label=f"train {label}")
         if any(f"val_{key}" in r for r in rows):
@@ -74,7 +72,6 @@ def plot_curves(rows, title, path):
     figure.suptitle(title)
     figure.tight_layout()
     atomic_save_figure(figure, path)
-    plt.close(figure)
 
 
 class RunRecorder(keras.callbacks.Callback):
@@ -156,3 +153,47 @@ class RunRecorder(keras.callbacks.Callback):
         parts += [f"lr {row['lr']:.3g}", f"{row['seconds']:.1f}s",
                   f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"]
         print("  ".join(parts), file=sys.stdout, flush=True)
+
+
+def interactive():
+    """Whether output goes to a terminal or a notebook kernel, where Keras' progress bar
+    renders (elsewhere it would print nothing until an epoch ends)."""
+    return sys.stdout.isatty() or "ipykernel" in sys.modules
+
+
+class StepLog(keras.callbacks.Callback):
+    """A line every ``every`` training steps, for logs without a progress bar (``nohup``,
+    pipes, ``!python`` in a notebook): epoch and step, loss, accuracy, learning rate,
+    images/s since the last line and the epoch's ETA.
+
+    Args:
+        every: steps between lines.
+        steps: steps per epoch.
+        batch_size: global batch size (for images/s).
+    """
+
+    def __init__(self, every, steps, batch_size):
+        super().__init__()
+        self.every = every
+        self.steps = steps
+        self.batch_size = batch_size
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.epoch_start = self.last_time = time.perf_counter()
+        self.last_step = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = batch + 1  # steps done this epoch (the last of an execution of several)
+        if step // self.every == self.last_step // self.every or step >= self.steps:
+            return
+        now = time.perf_counter()
+        rate = (step - self.last_step) * self.batch_size / max(now - self.last_time, 1e-9)
+        eta = (now - self.epoch_start) / step * (self.steps - step)
+        logs = logs or {}
+        print(f"epoch {self.epoch + 1} step {step}/{self.steps}  "
+              f"loss {float(logs.get('loss', math.nan)):.4f}  "
+              f"acc {float(logs.get('accuracy', math.nan)):.4f}  "
+              f"lr {current_learning_rate(self.model.optimizer):.3g}  {rate:,.1f} img/s  "
+              f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
+        self.last_step, self.last_time = step, now

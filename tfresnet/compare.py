@@ -69,12 +69,10 @@ def write_table(runs, out_dir):
 
 
 def plot(runs, out_dir):
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    figure = Figure(figsize=(12, 4.5))
+    by_epoch, by_time = figure.subplots(1, 2, sharey=True)
     for row, history in runs:
         points = [r for r in history if "val_accuracy" in r]
         if points:
@@ -95,7 +93,6 @@ def plot(runs, out_dir):
     by_time.legend(fontsize=8)
     figure.tight_layout()
     atomic_save_figure(figure, out_dir / "comparison.png")
-    plt.close(figure)
 
 
 def main(argv=None):

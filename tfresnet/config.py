@@ -114,6 +114,8 @@ class TrainConfig:
     output_dir: str = _field("saved_models", "where run folders go", "output")
     tensorboard: bool = _field(True, "write TensorBoard logs", "output")
     visualize: bool = _field(True, "draw test_visualisation.png at the end", "output")
+    log_every: int = _field(50, "outside a terminal or notebook (no progress bar), a step "
+                            "line every this many steps; 0: none", "output")
 
     def __post_init__(self):
         for key, aliases in ALIASES.items():
@@ -147,6 +149,8 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0. "
                                 f"Received: {getattr(self, name)}")
+        if self.log_every < 0:
+            raise UserError(f"--log-every must be >= 0. Received: {self.log_every}")
         if self.steps_per_execution < 0:
             raise UserError("--steps-per-execution must be >= 0 (0 = auto)")
         if self.image_size is not None and self.image_size < 8:

@@ -66,17 +66,15 @@ def most_confused(matrix, class_names, count=10):
 
 def plot_confusion(matrix, class_names, fine_to_coarse, title, path):
     """Row-normalised confusion matrix; classes grouped by superclass when known."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays
 
     order = np.arange(len(class_names))
     if fine_to_coarse is not None:
         order = np.lexsort((order, fine_to_coarse))
     rates = matrix[np.ix_(order, order)] / np.maximum(matrix.sum(axis=1)[order, None], 1)
     size = max(6.0, 0.16 * len(class_names))
-    figure, ax = plt.subplots(figsize=(size + 1.5, size))
+    figure = Figure(figsize=(size + 1.5, size))
+    ax = figure.subplots()
     image = ax.imshow(rates, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     font = 10 if len(class_names) <= 20 else 5
     names = [class_names[i] for i in order]
@@ -93,7 +91,6 @@ def plot_confusion(matrix, class_names, fine_to_coarse, title, path):
     figure.colorbar(image, ax=ax, fraction=0.03, label="fraction of the true class")
     figure.tight_layout()
     atomic_save_figure(figure, path)
-    plt.close(figure)
 
 
 def evaluate(target, dataset=None, data_dir=None, tta=None, out_dir=None):

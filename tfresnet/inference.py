@@ -16,7 +16,8 @@ _COMPILED = weakref.WeakKeyDictionary()  # model -> its compiled softmax call
 def compiled_softmax(model):
     """``softmax(model(x))`` as one tf.function, built once per model."""
     if model not in _COMPILED:
-        _COMPILED[model] = tf.function(lambda x: tf.nn.softmax(model(x, training=False)))
+        _COMPILED[model] = tf.function(lambda x: tf.nn.softmax(model(x, training=False)),
+                                       reduce_retracing=True)
     return _COMPILED[model]
 
 

@@ -75,14 +75,20 @@ def predict(model_path, target, top_k=5):
         model = load_model(model_path)
         images, kept = read_images(target, model.image_size, model.eval_crop)
         probabilities = predict_probabilities(model, images)
+    return [{"file": str(path), **row}
+            for path, row in zip(kept, top_classes(probabilities, model.class_names, top_k))]
+
+
+def top_classes(probabilities, class_names, top_k):
+    """Per row of ``probabilities``: ``{"top": [{"class", "index", "probability"}, ...]}``,
+    the ``top_k`` most probable classes first."""
     k = min(top_k, probabilities.shape[1])
-    results = []
-    for path, row in zip(kept, probabilities):
+    rows = []
+    for row in probabilities:
         best = np.argsort(-row, kind="stable")[:k]
-        results.append({"file": str(path), "top": [
-            {"class": model.class_names[i], "index": int(i), "probability": float(row[i])}
-            for i in best]})
-    return results
+        rows.append({"top": [{"class": class_names[i], "index": int(i),
+                              "probability": float(row[i])} for i in best]})
+    return rows
 
 
 def main(argv=None):

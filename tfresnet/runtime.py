@@ -250,10 +250,51 @@ def configure(config):
     return runtime
 
 
+# Optional libraries whose version a record names when they are installed.
+OPTIONAL_LIBRARIES = ("keras-hub", "keras-tuner", "tf2onnx", "onnx", "onnxruntime",
+                      "ai-edge-litert")
+
+
 def versions():
-    """Library versions for summaries and benchmark records."""
+    """Library versions for summaries and benchmark records: tfresnet's (with the git
+    commit when it runs from a checkout), the core libraries' and the optional ones
+    installed."""
+    from importlib import metadata
+
     import cv2
 
-    return {"python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "numpy": np.__version__, "opencv": cv2.__version__}
+    import tfresnet
+
+    found = {"tfresnet": tfresnet.__version__}
+    commit = source_commit()
+    if commit:
+        found["tfresnet_commit"] = commit
+    found.update(python=platform.python_version(), tensorflow=tf.__version__,
+                 keras=keras.__version__, numpy=np.__version__, opencv=cv2.__version__)
+    for name in OPTIONAL_LIBRARIES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+@functools.cache
+def source_commit():
+    """The git commit of the checkout tfresnet runs from (``+dirty`` with uncommitted
+    changes to tracked files), or None when it is not a git checkout."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isdir(os.path.join(root, ".git")):
+        return None
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 

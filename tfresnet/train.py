@@ -21,7 +21,7 @@ from tfresnet.assemble import (
     make_pipelines,
     training_callbacks,
 )
-from tfresnet.callbacks import NanGuard, RunRecorder, read_history
+from tfresnet.callbacks import NanGuard, RunRecorder, StepLog, interactive, read_history
 from tfresnet.checkpoint import atomic_write_text, load_model
 from tfresnet.config import TrainConfig, add_config_arguments, canonical, resolve_config
 from tfresnet.errors import UserError, command_parser, run_cli
@@ -29,7 +29,7 @@ from tfresnet.inference import test_metrics
 from tfresnet.runtime import cluster_faults, configure, versions
 
 # Settings a resumed run may change; any other difference means a different run.
-RESUMABLE_CHANGES = {"epochs", "tensorboard", "visualize", "name", "output_dir"}
+RESUMABLE_CHANGES = {"epochs", "tensorboard", "visualize", "name", "output_dir", "log_every"}
 
 
 def build_parser():
@@ -110,10 +110,11 @@ def _restore(model, run_dir, steps_per_epoch):
     return int(model.optimizer.iterations.numpy()) // steps_per_epoch
 
 
-def make_callbacks(config, run_dir, rows, data):
+def make_callbacks(config, run_dir, rows, data, chief=True):
     """The run's training callbacks (`tfresnet.assemble`), then the run folder's: the
     recorder and TensorBoard (into ``run_dir``: a scratch folder on workers other than
-    the chief, which must write the same checkpoints in step with it)."""
+    the chief, which must write the same checkpoints in step with it), and on the chief,
+    outside a terminal or notebook, the step log."""
     callbacks = training_callbacks(config)
     guard = next(c for c in callbacks if isinstance(c, NanGuard))
     callbacks.append(RunRecorder(run_dir, config.epochs, rows,
@@ -122,6 +123,9 @@ def make_callbacks(config, run_dir, rows, data):
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"),
                                                      profile_batch=0))
+    if chief and config.log_every and not interactive():
+        batch, steps = batch_and_steps(config, data)
+        callbacks.append(StepLog(config.log_every, steps, batch))
     return callbacks
 
 
@@ -176,7 +180,7 @@ def _fit(config, model, run_dir, data, runtime, start_epoch, rows, steps):
     """Trains from ``start_epoch`` to the end, recording into ``run_dir``; returns the
     recorder."""
     train_data, val_data = make_pipelines(config, data, runtime, start_epoch)
-    callbacks = make_callbacks(config, run_dir, rows, data)
+    callbacks = make_callbacks(config, run_dir, rows, data, runtime.chief)
     guard = next(c for c in callbacks if isinstance(c, NanGuard))
     recorder = next(c for c in callbacks if isinstance(c, RunRecorder))
     if start_epoch < config.epochs:
@@ -184,7 +188,7 @@ def _fit(config, model, run_dir, data, runtime, start_epoch, rows, steps):
             model.fit(train_data, steps_per_epoch=steps, epochs=config.epochs,
                       initial_epoch=start_epoch, validation_data=val_data,
                       callbacks=callbacks, shuffle=False,
-                      verbose=1 if sys.stdout.isatty() and runtime.chief else 0)
+                      verbose=1 if interactive() and runtime.chief else 0)
     if guard.bad_epoch:
         raise UserError(f"the loss became NaN or infinite in epoch {guard.bad_epoch}; "
                         f"{run_dir}/best.keras and last.keras hold the last good epoch. "

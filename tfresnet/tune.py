@@ -236,12 +236,10 @@ def write_search_results(tuner, out_dir, base, epochs_per_trial):
 
 
 def _plot(path, xlabel, ylabel, xs, ys, marker, title, line=False):
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, ax = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))
+    ax = figure.subplots()
     ax.plot(xs, ys, "-" if line else "o", color="tab:blue", alpha=0.8)
     ax.plot(*marker, "*", color="tab:red", markersize=16,
             label=f"chosen: {marker[0]:.3g}")
@@ -253,7 +251,6 @@ def _plot(path, xlabel, ylabel, xs, ys, marker, title, line=False):
     ax.legend()
     figure.tight_layout()
     atomic_save_figure(figure, path)
-    plt.close(figure)
 
 
 def lr_range_test(base, data, runtime, lr_range, steps, out_dir):

@@ -1,0 +1,99 @@
+"""The Python API: what the commands do, from a notebook or a script (see README, "From
+Python"). Names differ from the command modules (``tfresnet.train`` is the module of
+``python -m tfresnet.train``), so both can be imported side by side."""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from tfresnet.config import TrainConfig
+from tfresnet.errors import UserError
+
+
+@dataclasses.dataclass
+class Run:
+    """A finished training run: its folder and its ``summary.json`` as a dict."""
+
+    folder: Path
+    summary: dict
+
+
+def fit(config=None, *, fresh=False, **settings):
+    """Trains (or resumes) a run, as ``python -m tfresnet.train`` does, and returns it.
+
+    Args:
+        config: a `TrainConfig` to start from (default: the recommended recipe).
+        fresh: start the run over instead of resuming it.
+        **settings: any `TrainConfig` field, e.g. ``dataset="cifar10", epochs=30``.
+
+    Returns:
+        A `Run` (on a worker other than the chief of a cluster: its summary is empty).
+    """
+    from tfresnet.train import train
+
+    config = (config or TrainConfig()).updated(settings, "fit()")
+    summary = train(config, fresh=fresh)
+    return Run(Path(summary.get("run", config.output_dir)), summary)
+
+
+def load_model(target):
+    """The model of a run folder (its ``best.keras``) or of a ``.keras`` file."""
+    from tfresnet.checkpoint import load_model as load
+
+    return load(target)
+
+
+def classify(model, images, top_k=5):
+    """The ``top_k`` classes of each image, most probable first.
+
+    Args:
+        model: a model from `load_model`.
+        images: uint8 RGB images, one array ``(N, H, W, 3)`` (resized to the model's input
+            when they differ), or image file paths (a list, or one path or folder).
+
+    Returns:
+        One dict per image: ``{"top": [{"class", "index", "probability"}, ...]}``, with
+        ``"file"`` for files.
+    """
+    from tfresnet.data.folders import read_image
+    from tfresnet.inference import predict_probabilities
+    from tfresnet.predict import read_images, top_classes
+
+    if isinstance(images, np.ndarray):
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise UserError(f"images must be uint8 (N, H, W, 3) RGB. Received: "
+                            f"{images.dtype} {images.shape}")
+        if images.shape[1:3] != tuple(model.image_size):
+            images = np.stack([_as_input(image, model) for image in images])
+        files = None
+    else:
+        paths = [images] if isinstance(images, (str, Path)) else list(images)
+        if len(paths) == 1 and Path(paths[0]).is_dir():
+            images, files = read_images(paths[0], model.image_size, model.eval_crop)
+        else:
+            files = paths
+            images = np.stack([read_image(p, model.image_size, model.eval_crop)
+                               for p in paths])
+    rows = top_classes(predict_probabilities(model, images), model.class_names, top_k)
+    for row, path in zip(rows, files or []):
+        row["file"] = str(path)
+    return rows
+
+
+def _as_input(image, model):
+    """One RGB array as ``model`` sees an image file (`tfresnet.data.folders.View`)."""
+    from tfresnet.data.folders import View
+
+    kind = "photo" if model.eval_crop else "small"
+    return View(kind, tuple(model.image_size), eval_crop=model.eval_crop or 1.0).evaluate(
+        image)
+
+
+def draw(target, cam=False, **options):
+    """Draws ``test_visualisation.png`` (``cam=True``: with Grad-CAM overlays) for a run
+    folder or model file, as ``python -m tfresnet.visualize`` does; returns its path.
+    ``options``: those of `tfresnet.visualize.draw_run` (dataset, per_row, scale, ...)."""
+    from tfresnet.visualize import draw_run
+
+    return draw_run(target, cam=cam, **options)

@@ -4,10 +4,16 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import TINY, history, kill_after_first_epoch, run_cli, weights
+from tfresnet import train as train_module
+from tfresnet.assemble import build_model, make_pipelines
 from tfresnet.config import TrainConfig
+from tfresnet.data import load_dataset
 from tfresnet.losses import l2_penalty, l2_variables
 from tfresnet.models import get_model
 from tfresnet.optim import OneCycle, make_optimizer, make_schedule
+from tfresnet.runtime import configure
+from tfresnet.train import main
 
 
 def built(name="resnet18", stem="cifar"):
@@ -34,14 +40,14 @@ def test_l2_all_minus_kernels_is_exactly_the_bn_and_bias_terms():
 
 def test_legacy_adam_decay_is_inverse_time_per_step():
     config = TrainConfig(optimizer="adam", lr=1e-3, schedule="inverse_time", decay=0.004)
-    schedule = make_schedule(config, steps_per_epoch=100)
+    schedule = make_schedule(config, 100, 128)
     for step in (0, 1, 10, 703, 10_000):
         assert float(schedule(step)) == pytest.approx(1e-3 / (1 + 0.004 * step), rel=1e-6)
 
 
 def test_cosine_warmup_rises_linearly_then_decays_to_zero():
     config = TrainConfig(lr=0.1, epochs=10, warmup_epochs=2, schedule="cosine")
-    schedule = make_schedule(config, steps_per_epoch=10)
+    schedule = make_schedule(config, 10, 128)
     assert float(schedule(0)) == pytest.approx(0.0, abs=1e-9)
     assert float(schedule(10)) == pytest.approx(0.05, rel=1e-5)
     assert float(schedule(20)) == pytest.approx(0.1, rel=1e-5)
@@ -51,7 +57,7 @@ def test_cosine_warmup_rises_linearly_then_decays_to_zero():
 
 def test_step_schedule_multiplies_by_gamma_at_milestones():
     config = TrainConfig(lr=0.1, schedule="step", milestones=[2, 4], gamma=0.1)
-    schedule = make_schedule(config, steps_per_epoch=5)
+    schedule = make_schedule(config, 5, 128)
     values = [float(schedule(s)) for s in (0, 9, 10, 19, 20)]
     assert values == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001], rel=1e-5)
 
@@ -65,14 +71,16 @@ def test_onecycle_shape_and_serialization():
     assert float(restored(50)) == pytest.approx(float(schedule(50)))
 
 
-def test_scale_lr_follows_global_batch():
-    config = TrainConfig(lr=0.1, batch_size=512, scale_lr=True, schedule="constant")
-    assert make_schedule(config, 10) == pytest.approx(0.4)
+def test_scale_lr_follows_the_samples_of_one_update():
+    config = TrainConfig(lr=0.1, scale_lr=True, schedule="constant")
+    assert make_schedule(config, 10, 512) == pytest.approx(0.4)  # the resolved global batch
+    accumulated = TrainConfig(lr=0.1, scale_lr=True, schedule="constant", grad_accum=4)
+    assert make_schedule(accumulated, 10, 128) == pytest.approx(0.4)
 
 
 def test_decoupled_weight_decay_skips_bn_and_biases():
     model = built(stem="seed")
-    optimizer = make_optimizer(TrainConfig(optimizer="sgd", weight_decay=0.01), 10)
+    optimizer = make_optimizer(TrainConfig(optimizer="sgd", weight_decay=0.01), 10, 128)
     optimizer.build(model.trainable_variables)
     decayed = {v.path.rsplit("/", 1)[1] for v in model.trainable_variables
                if optimizer._use_weight_decay(v)}
@@ -89,3 +97,75 @@ def test_cross_entropy_matches_the_formula():
     # Smoothing 0.3 over 3 classes: targets (0.1, 0.8, 0.1).
     smoothed = -(0.1 * log_p[0] + 0.8 * log_p[1] + 0.1 * log_p[2])
     assert float(cross_entropy(0.3)(labels, logits)) == pytest.approx(smoothed, rel=1e-5)
+
+
+# SGD without momentum on the small CNN (no batch norm, no dropout): one update from the
+# mean gradient of two batches equals one update on both batches at once.
+PLAIN_SGD = [*TINY, "--model", "small_cnn", "--epochs", "2", "--augment", "none",
+             "--momentum", "0", "--no-nesterov", "--lr", "0.05", "--val-size", "0"]
+
+
+def test_accumulating_two_batches_equals_one_batch_twice_as_large(tmp_path):
+    for name, flags in (("accumulated", ["--batch-size", "32", "--grad-accum", "2"]),
+                        ("large", ["--batch-size", "64"])):
+        assert main([*map(str, PLAIN_SGD), *flags, "--output-dir", str(tmp_path), "--name",
+                     name]) == 0
+    accumulated, large = (keras.saving.load_model(tmp_path / n / "last.keras")
+                          for n in ("accumulated", "large"))
+    # 1,437 digits: 22 batches of 64 per epoch, or 44 of 32 accumulated in pairs.
+    assert int(accumulated.optimizer.iterations) == int(large.optimizer.iterations) == 44
+    for a, b in zip(accumulated.get_weights(), large.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+    # The cosine schedule (with warm-up) is counted in updates: the logged LRs agree.
+    rows = [history(tmp_path / n) for n in ("accumulated", "large")]
+    assert [r["lr"] for r in rows[0]] == [r["lr"] for r in rows[1]]
+
+
+def test_ema_weights_are_the_running_average_and_resume_exactly(tmp_path):
+    class Record(keras.callbacks.Callback):  # the trained weights after every update
+        def on_train_batch_end(self, batch, logs=None):
+            trained.append([v.numpy().copy() for v in self.model.trainable_variables])
+
+    trained = []
+    args = [*map(str, PLAIN_SGD), "--ema", "0.9", "--epochs", "1", "--output-dir",
+            str(tmp_path), "--name", "ema"]
+    make_callbacks = train_module.make_callbacks
+    train_module.make_callbacks = lambda *a: [Record(), *make_callbacks(*a)]
+    try:
+        assert main(args) == 0
+    finally:
+        train_module.make_callbacks = make_callbacks
+    average = trained[0]  # Keras starts the average at the first update's weights
+    for weights_now in trained[1:]:
+        average = [0.9 * a + 0.1 * w for a, w in zip(average, weights_now)]
+    best = keras.saving.load_model(tmp_path / "ema" / "best.keras")
+    for expected, got in zip(average, best.trainable_variables):
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    # last.keras holds the trained weights (Keras' in-place swap rounds them by an ulp).
+    last = keras.saving.load_model(tmp_path / "ema" / "last.keras")
+    np.testing.assert_allclose(last.trainable_variables[0].numpy(), trained[-1][0], rtol=1e-6,
+                               atol=1e-8)
+
+    common = [*PLAIN_SGD, "--ema", "0.9", "--epochs", "3", "--deterministic"]
+    assert main([*map(str, common), "--output-dir", str(tmp_path), "--name", "ref"]) == 0
+    assert kill_after_first_epoch(tmp_path / "killed", *common) < 3
+    resumed = run_cli("tfresnet.train", *common, "--output-dir", tmp_path, "--name", "killed")
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr
+    for name in ("best.keras", "last.keras"):
+        for a, b in zip(weights(tmp_path / "ref" / name), weights(tmp_path / "killed" / name)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_clip_norm_bounds_every_update():
+    data = load_dataset("digits")
+    config = TrainConfig(model="small_cnn", width=0.0625, batch_size=64, lr=0.5, momentum=0.0,
+                         nesterov=False, schedule="constant", augment="none", clip_norm=0.01,
+                         epochs=1, strategy="one").validate()
+    runtime = configure(config)
+    model = build_model(config, data, runtime)
+    before = [v.numpy() for v in model.trainable_variables]
+    train, _ = make_pipelines(config, data, runtime)
+    model.fit(train, steps_per_epoch=1, epochs=1, verbose=0)
+    step = np.sqrt(sum(np.sum(np.square(v.numpy() - b))
+                       for v, b in zip(model.trainable_variables, before)))
+    assert 0.5 * 0.01 * 0.99 < step <= 0.5 * 0.01 * 1.0001  # lr x the clipped norm

@@ -82,16 +82,18 @@ MIN_DEFAULT_STEPS = 12  # 450 images: batch 32 beat 128 by 3.5 points (experimen
 
 
 def batch_and_steps(config, data):
-    """The global batch (never more than the training set) and full batches per epoch.
-    Without ``--batch-size``: 128, halved (not below 16) until an epoch has at least
-    `MIN_DEFAULT_STEPS` batches."""
+    """The global batch (never more than the training set) and full batches per epoch, a
+    multiple of ``--grad-accum``. Without ``--batch-size``: 128, halved (not below 16)
+    until an epoch has at least `MIN_DEFAULT_STEPS` batches."""
     batch = config.batch_size
     if batch is None:
         batch = DEFAULT_BATCH
         while batch > 16 and len(data.x_train) // batch < MIN_DEFAULT_STEPS:
             batch //= 2
     batch = min(batch, len(data.x_train))
-    return batch, train_steps(len(data.x_train), batch)
+    steps = train_steps(len(data.x_train), batch)
+    # Whole updates only: an epoch ends with its last update, never inside one.
+    return batch, max(config.grad_accum, steps - steps % config.grad_accum)
 
 
 def augments_in_step(config, runtime):
@@ -99,13 +101,17 @@ def augments_in_step(config, runtime):
     than in tf.data: when asked, or by default whenever the step is XLA-compiled and XLA
     can compile every augmentation."""
     xla_ok = xla_compatible(config.augment)
+    if config.augment_on == "device" and config.grad_accum > 1:
+        raise UserError("--grad-accum augments in tf.data (the step's seed counts updates, "
+                        "not batches); use --augment-on auto or host")
     if config.augment_on == "device":
         if runtime.jit and not xla_ok:
             raise UserError(f"--augment {config.augment} cannot run inside an XLA-compiled "
                             "step (RandAugment has no XLA kernel); use --augment-on host "
                             "or --jit off")
         return True
-    return config.augment_on == "auto" and runtime.jit and xla_ok
+    return (config.augment_on == "auto" and runtime.jit and xla_ok
+            and config.grad_accum == 1)
 
 
 def make_network(config, num_classes):
@@ -137,9 +143,12 @@ def build_model(config, data, runtime, pretrained=True):
         pretrained: load ``config.weights`` into the backbone (a resumed run loads its own
             checkpoint instead).
     """
-    _, steps = batch_and_steps(config, data)
+    batch, steps = batch_and_steps(config, data)
     augmenter = make_augmenter(config, data)
     in_step = augments_in_step(config, runtime)  # may refuse: before anything is built
+    if runtime.strategy.num_replicas_in_sync > 1 and (config.ema or config.grad_accum > 1):
+        raise UserError("--ema and --grad-accum are not tested under several replicas or "
+                        "workers yet; train on one device (--strategy one) or drop them")
     with runtime.strategy.scope():
         network = make_network(config, data.num_classes)
         if config.sync_bn:
@@ -154,7 +163,7 @@ def build_model(config, data, runtime, pretrained=True):
                            dataset=config.dataset, name=f"{config.model}_classifier",
                            eval_crop=data.x_train.view.eval_crop if is_photo(data) else None)
         model.compile(
-            optimizer=make_optimizer(config, steps),
+            optimizer=make_optimizer(config, steps, batch),
             loss=cross_entropy(config.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                      keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
@@ -179,14 +188,14 @@ def make_pipelines(config, data, runtime, start_epoch=0, arrays=None):
         arrays: ``(x_train, y_train, x_val, y_val)`` to use instead of the data set's own
             arrays (a tuner passes tensors made once for the whole search).
     """
-    batch, _ = batch_and_steps(config, data)
+    batch, steps = batch_and_steps(config, data)
     x_train, y_train, x_val, y_val = arrays or (data.x_train, data.y_train, data.x_val,
                                                 data.y_val)
     augmenter = None if augments_in_step(config, runtime) else make_augmenter(config, data)
 
     def stream(split=None):
         return make_train_pipeline(x_train, y_train, data.num_classes, batch, augmenter,
-                                   config.seed, start_epoch, split)[0]
+                                   config.seed, start_epoch, split, steps)[0]
 
     strategy = runtime.strategy
     replicas = strategy.num_replicas_in_sync
@@ -224,7 +233,8 @@ class TransferStages(keras.callbacks.Callback):
 
 
 def training_callbacks(config):
-    """The callbacks every run trains with: the transfer stages (when fine-tuning), then
-    the NaN guard."""
+    """The callbacks every run trains with: the transfer stages (when fine-tuning), the
+    NaN guard and, with ``--ema``, Keras' swap to the averaged weights for validation."""
     stages = [TransferStages(config)] if config.transfer in ("finetune", "two-stage") else []
-    return [*stages, NanGuard()]
+    ema = [keras.callbacks.SwapEMAWeights()] if config.ema else []
+    return [*stages, NanGuard(), *ema]

@@ -1,6 +1,7 @@
 """Training callbacks: the run recorder (checkpoints, history, curves, progress) and the
 NaN guard."""
 
+import contextlib
 import csv
 import io
 import math
@@ -86,9 +87,11 @@ class RunRecorder(keras.callbacks.Callback):
         has_validation: without a validation split the last epoch is the best.
         guard: the `NanGuard`, whose verdict suppresses saving.
         title: title of the curves plot.
+        ema: Keras' `SwapEMAWeights` callback of a run with ``--ema``: best.keras gets the
+            averaged weights (last.keras keeps the trained ones and the average's state).
     """
 
-    def __init__(self, run_dir, epochs, rows, has_validation, guard, title):
+    def __init__(self, run_dir, epochs, rows, has_validation, guard, title, ema=None):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.epochs = epochs
@@ -96,6 +99,7 @@ class RunRecorder(keras.callbacks.Callback):
         self.has_validation = has_validation
         self.guard = guard
         self.title = title
+        self.ema = ema
         self.best = max((r.get("val_accuracy", -1.0) for r in self.rows), default=-1.0)
         self.train_seconds = 0.0
         self.trained_epochs = 0
@@ -128,12 +132,27 @@ class RunRecorder(keras.callbacks.Callback):
         improved = row.get("val_accuracy", -1.0) > self.best
         if improved:
             self.best = row["val_accuracy"]
-            atomic_save_model(self.model, self.run_dir / "best.keras")
+        # Without validation there is nothing to select on: the last epoch is the best.
+        if improved or (self.ema and not self.has_validation):
+            with self._averaged_weights():
+                atomic_save_model(self.model, self.run_dir / "best.keras")
         atomic_write_text(self.run_dir / "history.csv", self._history_csv())
         plot_curves(self.rows, self.title, self.run_dir / "curves.png")
         atomic_save_model(self.model, self.run_dir / "last.keras")
-        if not self.has_validation:  # nothing to select on: the last epoch is the best
+        if not self.has_validation and not self.ema:
             atomic_copy(self.run_dir / "last.keras", self.run_dir / "best.keras")
+
+    @contextlib.contextmanager
+    def _averaged_weights(self):
+        """The model holds the EMA weights inside (the swap validation uses too)."""
+        if self.ema is None:
+            yield
+            return
+        self.ema.on_test_begin()
+        try:
+            yield
+        finally:
+            self.ema.on_test_end()
 
     def _history_csv(self):
         out = io.StringIO()

@@ -87,7 +87,15 @@ class TrainConfig:
                                    "optimizer")
     gamma: float = _field(0.2, "factor of the 'step' schedule", "optimizer")
     decay: float = _field(0.0, "inverse_time rate: lr / (1 + decay * step)", "optimizer")
-    scale_lr: bool = _field(False, "scale lr by global batch / 128", "optimizer")
+    scale_lr: bool = _field(False, "scale lr by global batch (times --grad-accum) / 128",
+                            "optimizer")
+    ema: float = _field(0.0, "momentum of an exponential moving average of the weights, "
+                        "which validation, best.keras and the test use (0: off; e.g. 0.999)",
+                        "optimizer")
+    grad_accum: int = _field(1, "average the gradients of this many batches per update",
+                             "optimizer")
+    clip_norm: float = _field(0.0, "clip the gradients' global norm to this (0: off)",
+                              "optimizer")
     # Loss
     l2: float = _field(5e-4, "L2 weight: loss = ce + l2/2 * sum(w^2)", "loss")
     l2_on: str = _field("kernels", "variables the L2 covers", "loss", list(L2_TARGETS))
@@ -149,6 +157,14 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0. "
                                 f"Received: {getattr(self, name)}")
+        if not 0 <= self.ema < 1:
+            raise UserError(f"--ema must be in [0, 1), e.g. 0.999. Received: {self.ema}")
+        if self.grad_accum < 1 or self.clip_norm < 0:
+            raise UserError("--grad-accum must be >= 1 and --clip-norm >= 0")
+        if self.ema and self.transfer in ("finetune", "two-stage"):
+            raise UserError(f"--ema does not work with --transfer {self.transfer} yet (its "
+                            "backbone LR rescales updates after the average is taken); "
+                            "drop one of them")
         if self.log_every < 0:
             raise UserError(f"--log-every must be >= 0. Received: {self.log_every}")
         if self.steps_per_execution < 0:

@@ -42,9 +42,29 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
                 "final_div_factor": self.final_div_factor}
 
 
-def base_learning_rate(config):
-    """The configured lr, scaled linearly by ``--batch-size`` / 128 with ``scale_lr``."""
-    return config.lr * (config.batch_size or 128) / 128 if config.scale_lr else config.lr
+@keras.saving.register_keras_serializable(package="tfresnet")
+class PerUpdate(keras.optimizers.schedules.LearningRateSchedule):
+    """``schedule`` counted in optimizer updates: Keras calls a schedule with the count of
+    batches, which under gradient accumulation is ``accumulation`` times the updates."""
+
+    def __init__(self, schedule, accumulation):
+        if isinstance(schedule, dict):
+            schedule = keras.optimizers.schedules.deserialize(schedule)
+        self.schedule = schedule
+        self.accumulation = accumulation
+
+    def __call__(self, step):
+        return self.schedule(step // self.accumulation)
+
+    def get_config(self):
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule),
+                "accumulation": self.accumulation}
+
+
+def base_learning_rate(config, batch_size):
+    """The configured lr; with ``scale_lr``, scaled linearly by the samples of one update
+    (the global ``batch_size`` times ``--grad-accum``) / 128."""
+    return config.lr * batch_size * config.grad_accum / 128 if config.scale_lr else config.lr
 
 
 def _inverse_time(config, lr, steps_per_epoch, total):
@@ -77,38 +97,48 @@ SCHEDULES = {
     "onecycle": lambda config, lr, steps_per_epoch, total: OneCycle(lr, total),
 }
 
-# name -> (config, learning rate, decoupled weight decay or None) -> optimizer.
+# name -> (config, learning rate, decoupled weight decay or None, keyword arguments every
+# Keras optimizer takes) -> optimizer.
 OPTIMIZERS = {
-    "sgd": lambda config, lr, decay: keras.optimizers.SGD(
-        lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay),
-    "adam": lambda config, lr, decay: keras.optimizers.Adam(lr, weight_decay=decay),
-    "adamw": lambda config, lr, decay: keras.optimizers.AdamW(
-        lr, weight_decay=config.weight_decay),
+    "sgd": lambda config, lr, decay, common: keras.optimizers.SGD(
+        lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay, **common),
+    "adam": lambda config, lr, decay, common: keras.optimizers.Adam(
+        lr, weight_decay=decay, **common),
+    "adamw": lambda config, lr, decay, common: keras.optimizers.AdamW(
+        lr, weight_decay=config.weight_decay, **common),
 }
 
 
-def make_schedule(config, steps_per_epoch):
-    """The learning rate as a float or a schedule of the optimizer step."""
+def make_schedule(config, updates_per_epoch, batch_size):
+    """The learning rate as a float or a schedule of the optimizer updates."""
     if config.schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {config.schedule!r}")
-    total = max(1, config.epochs * steps_per_epoch)
-    return SCHEDULES[config.schedule](config, base_learning_rate(config), steps_per_epoch,
-                                      total)
+    total = max(1, config.epochs * updates_per_epoch)
+    return SCHEDULES[config.schedule](config, base_learning_rate(config, batch_size),
+                                      updates_per_epoch, total)
 
 
-def make_optimizer(config, steps_per_epoch):
-    """The configured optimizer. Decoupled ``weight_decay`` skips BN and bias variables.
+def make_optimizer(config, steps_per_epoch, batch_size):
+    """The configured optimizer, with Keras' own EMA of the weights (``--ema``), gradient
+    accumulation (``--grad-accum``) and global-norm clipping (``--clip-norm``). Decoupled
+    ``weight_decay`` skips BN and bias variables.
 
     Args:
         config: a `TrainConfig`.
-        steps_per_epoch: optimizer steps in one epoch (for the schedules).
+        steps_per_epoch: batches in one epoch (a multiple of ``--grad-accum``).
+        batch_size: the global batch (for ``--scale-lr``).
     """
     if config.optimizer not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {config.optimizer!r}; choose one of "
                         f"{', '.join(OPTIMIZERS)}")
     decay = config.weight_decay or None
-    optimizer = OPTIMIZERS[config.optimizer](config, make_schedule(config, steps_per_epoch),
-                                             decay)
+    rate = make_schedule(config, steps_per_epoch // config.grad_accum, batch_size)
+    if config.grad_accum > 1 and not isinstance(rate, float):
+        rate = PerUpdate(rate, config.grad_accum)
+    common = {"use_ema": bool(config.ema), "ema_momentum": config.ema or 0.99,
+              "gradient_accumulation_steps": config.grad_accum if config.grad_accum > 1
+              else None, "global_clipnorm": config.clip_norm or None}
+    optimizer = OPTIMIZERS[config.optimizer](config, rate, decay, common)
     if decay or config.optimizer == "adamw":
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     return optimizer
@@ -122,7 +152,8 @@ def current_learning_rate(optimizer):
     """
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # under mixed precision
     rate = inner.get_config()["learning_rate"]
-    if isinstance(rate, dict):  # a serialized schedule
+    if isinstance(rate, dict):  # a serialized schedule (of batches: see `PerUpdate`)
         schedule = keras.optimizers.schedules.deserialize(rate)
-        rate = schedule(max(0, int(inner.iterations.numpy()) - 1))
+        last_update = max(0, int(inner.iterations.numpy()) - 1)
+        rate = schedule(last_update * (inner.gradient_accumulation_steps or 1))
     return float(keras.ops.convert_to_numpy(rate))

@@ -100,14 +100,14 @@ def write_run_dir(run_dir, config, data, fresh):
                       json.dumps(dict(enumerate(data.class_names)), indent=2) + "\n")
 
 
-def _restore(model, run_dir, steps_per_epoch):
+def _restore(model, run_dir, updates_per_epoch):
     """Loads weights and optimizer state from last.keras; returns the finished epochs."""
     try:
         model.load_weights(run_dir / "last.keras")
     except Exception as err:
         raise UserError(f"{run_dir / 'last.keras'} cannot be resumed from ({type(err).__name__}); "
                         "rerun with --fresh to start over")
-    return int(model.optimizer.iterations.numpy()) // steps_per_epoch
+    return int(model.optimizer.iterations.numpy()) // updates_per_epoch
 
 
 def make_callbacks(config, run_dir, rows, data, chief=True):
@@ -117,9 +117,10 @@ def make_callbacks(config, run_dir, rows, data, chief=True):
     outside a terminal or notebook, the step log."""
     callbacks = training_callbacks(config)
     guard = next(c for c in callbacks if isinstance(c, NanGuard))
+    ema = next((c for c in callbacks if isinstance(c, keras.callbacks.SwapEMAWeights)), None)
     callbacks.append(RunRecorder(run_dir, config.epochs, rows,
                                  has_validation=len(data.x_val) > 0, guard=guard,
-                                 title=f"{config.model} on {config.dataset}"))
+                                 title=f"{config.model} on {config.dataset}", ema=ema))
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"),
                                                      profile_batch=0))
@@ -149,7 +150,7 @@ def train(config: TrainConfig, fresh=False):
         print(data.describe())
     model = build_model(config, data, runtime, pretrained=not resuming)
     batch, steps = batch_and_steps(config, data)
-    start_epoch = _restore(model, run_dir, steps) if resuming else 0
+    start_epoch = _restore(model, run_dir, steps // config.grad_accum) if resuming else 0
     runtime.agree(start_epoch, "the workers found different checkpoints in "
                   f"{run_dir}; the run folder must be one shared folder that every worker "
                   "reads (pass the same --output-dir on a shared file system)")

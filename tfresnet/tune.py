@@ -256,6 +256,9 @@ def _plot(path, xlabel, ylabel, xs, ys, marker, title, line=False):
 def lr_range_test(base, data, runtime, lr_range, steps, out_dir):
     """Trains ``steps`` batches with the LR growing from ``lr_range[0]`` to ``[1]``;
     returns the suggested LR (steepest fall of the smoothed loss before divergence)."""
+    if base.grad_accum > 1:
+        raise UserError("the LR range test records one LR per batch; drop --grad-accum for "
+                        "it (the LR it finds holds per update)")
     low, high = lr_range
     schedule = keras.optimizers.schedules.ExponentialDecay(low, max(1, steps - 1), high / low)
     model = build_model(base, data, runtime)

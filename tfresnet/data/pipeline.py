@@ -301,7 +301,7 @@ def train_steps(num_images, batch_size):
 
 
 def make_train_pipeline(images, labels, num_classes, batch_size, augmenter=None, seed=0,
-                        start_epoch=0, split=None):
+                        start_epoch=0, split=None, steps=None):
     """An endless stream of training batches, epoch after epoch from ``start_epoch``.
 
     Each epoch is a fresh permutation drawn from ``(seed, epoch)``; batch ``i`` of epoch
@@ -316,6 +316,7 @@ def make_train_pipeline(images, labels, num_classes, batch_size, augmenter=None,
             worker) yields its own ``replicas / pipelines`` parts, one per local replica.
             The union over workers is exactly the single-process global batch; a worker
             reads only its own parts' files.
+        steps: batches per epoch, at most (and by default) the full batches there are.
 
     Returns:
         ``(dataset, steps_per_epoch)``; pass both to ``model.fit``.
@@ -324,7 +325,7 @@ def make_train_pipeline(images, labels, num_classes, batch_size, augmenter=None,
         raise UserError(f"batch size must be positive. Received: {batch_size}")
     count = len(images)
     batch = min(batch_size, count)
-    steps = train_steps(count, batch)
+    steps = min(steps or train_steps(count, batch), train_steps(count, batch))
     replicas, pipelines, pipeline_id = split or (1, 1, 0)
     if batch % replicas:
         raise UserError(f"the global batch {batch} must divide evenly over {replicas} replicas")

@@ -6,9 +6,10 @@ import pytest
 
 from conftest import TINY, history, kill_after_first_epoch, run_cli, weights
 from tfresnet import train as train_module
-from tfresnet.assemble import build_model, make_pipelines
+from tfresnet.assemble import batch_and_steps, build_model, make_pipelines
 from tfresnet.config import TrainConfig
 from tfresnet.data import load_dataset
+from tfresnet.errors import UserError
 from tfresnet.losses import l2_penalty, l2_variables
 from tfresnet.models import get_model
 from tfresnet.optim import OneCycle, make_optimizer, make_schedule
@@ -169,3 +170,12 @@ def test_clip_norm_bounds_every_update():
     step = np.sqrt(sum(np.sum(np.square(v.numpy() - b))
                        for v, b in zip(model.trainable_variables, before)))
     assert 0.5 * 0.01 * 0.99 < step <= 0.5 * 0.01 * 1.0001  # lr x the clipped norm
+
+
+def test_grad_accum_needs_whole_updates_per_epoch():
+    data = load_dataset("digits", val_size=0)  # 1,437 images: 22 batches of 64
+    assert batch_and_steps(TrainConfig(batch_size=64, grad_accum=4), data) == (64, 20)
+    with pytest.raises(UserError, match="--grad-accum 30 needs that many batches"):
+        batch_and_steps(TrainConfig(batch_size=64, grad_accum=30), data)
+    with pytest.raises(UserError, match="--seed must be >= 0"):
+        TrainConfig(seed=-1).validate()

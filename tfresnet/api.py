@@ -49,8 +49,9 @@ def classify(model, images, top_k=5):
 
     Args:
         model: a model from `load_model`.
-        images: uint8 RGB images, one array ``(N, H, W, 3)`` (resized to the model's input
-            when they differ), or image file paths (a list, or one path or folder).
+        images: uint8 RGB images, one array ``(N, H, W, 3)``, or image file paths (a
+            list, or one path or folder); either is shown to the model as in its
+            evaluation (resized, or for a model trained on photos centre-cropped).
 
     Returns:
         One dict per image: ``{"top": [{"class", "index", "probability"}, ...]}``, with
@@ -64,7 +65,7 @@ def classify(model, images, top_k=5):
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise UserError(f"images must be uint8 (N, H, W, 3) RGB. Received: "
                             f"{images.dtype} {images.shape}")
-        if images.shape[1:3] != tuple(model.image_size):
+        if images.shape[1:3] != tuple(model.image_size) or model.eval_crop:
             images = np.stack([_as_input(image, model) for image in images])
         files = None
     else:

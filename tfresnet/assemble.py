@@ -58,10 +58,6 @@ def load_data(config):
                         seed=config.seed, image_size=(size, size) if size else None,
                         view=config.preprocess, crop_scale=config.crop_scale,
                         crop_ratio=config.crop_ratio, eval_crop=config.eval_crop)
-    if is_photo(data):
-        cropped = any(name in PHOTO_REPLACED for name, _ in parse_augment(config.augment))
-        view = dataclasses.replace(data.x_train.view, random_crop=cropped)
-        data.x_train = ImageFiles(data.x_train.paths, view)
     return data
 
 
@@ -92,8 +88,12 @@ def batch_and_steps(config, data):
             batch //= 2
     batch = min(batch, len(data.x_train))
     steps = train_steps(len(data.x_train), batch)
+    if steps < config.grad_accum:
+        raise UserError(f"--grad-accum {config.grad_accum} needs that many batches per epoch "
+                        f"and {len(data.x_train)} images at batch {batch} make {steps}; "
+                        "lower --grad-accum or --batch-size")
     # Whole updates only: an epoch ends with its last update, never inside one.
-    return batch, max(config.grad_accum, steps - steps % config.grad_accum)
+    return batch, steps - steps % config.grad_accum
 
 
 def augments_in_step(config, runtime):
@@ -192,6 +192,11 @@ def make_pipelines(config, data, runtime, start_epoch=0, arrays=None):
     x_train, y_train, x_val, y_val = arrays or (data.x_train, data.y_train, data.x_val,
                                                 data.y_val)
     augmenter = None if augments_in_step(config, runtime) else make_augmenter(config, data)
+    if isinstance(x_train, ImageFiles) and x_train.view.kind == "photo":
+        # The random-resized crop stands for the spec's crop/shift (each trial's own).
+        cropped = any(name in PHOTO_REPLACED for name, _ in parse_augment(config.augment))
+        x_train = ImageFiles(x_train.paths, dataclasses.replace(x_train.view,
+                                                                random_crop=cropped))
 
     def stream(split=None):
         return make_train_pipeline(x_train, y_train, data.num_classes, batch, augmenter,

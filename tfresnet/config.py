@@ -128,6 +128,9 @@ class TrainConfig:
     def __post_init__(self):
         for key, aliases in ALIASES.items():
             setattr(self, key, aliases.get(getattr(self, key), getattr(self, key)))
+        for field in dataclasses.fields(self):  # tuples from Python are lists in JSON
+            if isinstance(getattr(self, field.name), tuple):
+                setattr(self, field.name, list(getattr(self, field.name)))
 
     @classmethod
     def keys(cls):
@@ -165,6 +168,8 @@ class TrainConfig:
             raise UserError(f"--ema does not work with --transfer {self.transfer} yet (its "
                             "backbone LR rescales updates after the average is taken); "
                             "drop one of them")
+        if self.seed < 0:
+            raise UserError(f"--seed must be >= 0. Received: {self.seed}")
         if self.log_every < 0:
             raise UserError(f"--log-every must be >= 0. Received: {self.log_every}")
         if self.steps_per_execution < 0:

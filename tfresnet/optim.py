@@ -133,9 +133,12 @@ def make_optimizer(config, steps_per_epoch, batch_size):
                         f"{', '.join(OPTIMIZERS)}")
     decay = config.weight_decay or None
     rate = make_schedule(config, steps_per_epoch // config.grad_accum, batch_size)
-    if config.grad_accum > 1 and not isinstance(rate, float):
+    schedule = keras.optimizers.schedules.LearningRateSchedule
+    if config.grad_accum > 1 and isinstance(rate, schedule):
         rate = PerUpdate(rate, config.grad_accum)
-    common = {"use_ema": bool(config.ema), "ema_momentum": config.ema or 0.99,
+    # Keras updates the average at every batch, also between accumulated updates.
+    momentum = config.ema ** (1 / config.grad_accum) if config.ema else 0.99
+    common = {"use_ema": bool(config.ema), "ema_momentum": momentum,
               "gradient_accumulation_steps": config.grad_accum if config.grad_accum > 1
               else None, "global_clipnorm": config.clip_norm or None}
     optimizer = OPTIMIZERS[config.optimizer](config, rate, decay, common)

@@ -75,7 +75,13 @@ def check_run_dir(config, fresh):
             raise UserError(f"{run_dir} exists but is not a tfresnet run (no config.json); "
                             "pick another --name")
         # Settings added since the run was written have their defaults there.
-        saved = {**TrainConfig().to_dict(), **canonical(json.loads(config_path.read_text()))}
+        raw = canonical(json.loads(config_path.read_text()))
+        saved = {**TrainConfig().to_dict(), **raw}
+        if "preprocess" not in raw and Path(str(raw.get("dataset"))).is_dir():
+            if saved["transfer"] != "none":  # decoded at 64 px, resized inside to 224
+                raise UserError(f"{run_dir} trained on a folder before version 0.3, which "
+                                "decoded it otherwise; rerun with --fresh to start over")
+            saved.update(preprocess="small", image_size=saved["image_size"] or 64)
         changed = {k for k in set(saved) | set(config.to_dict())
                    if saved.get(k) != config.to_dict().get(k)} - RESUMABLE_CHANGES
         if changed:

@@ -330,6 +330,7 @@ def subset(data, fraction, seed):
         return data
     _, kept = stratified_split(data.y_train, max(data.num_classes,
                                                  round(fraction * len(data.y_train))), seed)
+    data.mean  # noqa: B018  (the whole training split's statistics, as before the subset)
     data.x_train, data.y_train = data.x_train[kept], data.y_train[kept]
     if data.coarse_train is not None:
         data.coarse_train = data.coarse_train[kept]

@@ -113,18 +113,34 @@ def draw_predictions(images, labels, probabilities, class_names, header, per_row
     return canvas, layout, placement
 
 
+class SparseTiles:
+    """Images by index, like an array's ``tiles[i]`` and ``shape``; black where none was
+    drawn (and never stored)."""
+
+    def __init__(self, tiles, shape):
+        self.tiles, self.shape = tiles, shape
+        self.black = np.zeros(shape[1:], np.uint8)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        return self.tiles.get(int(index), self.black)
+
+
 def cam_tiles(model, images, indices, scale):
     """Images ``scale`` times larger, with the Grad-CAM of their predicted class laid over
-    them at that resolution; only ``indices`` are drawn, the rest stay black."""
+    them at that resolution; only ``indices`` are drawn, the rest are black."""
     from tfresnet.explain import grad_cam, overlay
 
     height, width = images.shape[1] * scale, images.shape[2] * scale
-    tiles = np.zeros((len(images), height, width, 3), np.uint8)
-    for index, cam in zip(indices, grad_cam(model, in_memory(images[indices]))):
-        big = cv2.resize(images[index], (width, height), interpolation=cv2.INTER_CUBIC)
+    shown = in_memory(images[indices])
+    tiles = {}
+    for index, image, cam in zip(indices, shown, grad_cam(model, shown)):
+        big = cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
         heat = cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR)
-        tiles[index] = overlay(big, heat)[..., ::-1]  # BGR -> RGB, as the images
-    return tiles
+        tiles[int(index)] = overlay(big, heat)[..., ::-1]  # BGR -> RGB, as the images
+    return SparseTiles(tiles, (len(images), height, width, 3))
 
 
 def draw_run(target, dataset=None, data_dir=None, out=None, per_row=None, scale=2,

@@ -36,6 +36,7 @@ SMALL_SIDE = 64  # square images up to this side use the CIFAR-style pipeline
 SCRATCH_SIZE = 64
 VIEWS = ("auto", "small", "photo")
 SHOWN_NAMES = 5  # undecodable files named in the one summary warning
+_UNDECODABLE = set()  # files that failed to decode after their header passed: warned once
 
 
 def _header_size(path):
@@ -164,8 +165,6 @@ class ImageFiles:
     a uint8 ``(N, H, W, 3)`` array. ``files[i]`` decodes one image (evaluation view),
     ``files[indices]`` is another `ImageFiles`, `load` decodes them all."""
 
-    dtype = np.uint8
-
     def __init__(self, paths, view):
         self.paths = np.asarray(paths, dtype=str)
         self.view = view
@@ -202,8 +201,10 @@ class ImageFiles:
     def _decode(self, path):
         image = decode(path)
         if image is None:  # passed the header check but the data is broken
-            print(f"warning: {path} could not be decoded; a black image stands in for it",
-                  file=sys.stderr)
+            if path not in _UNDECODABLE:
+                _UNDECODABLE.add(path)
+                print(f"warning: {path} could not be decoded; a black image stands in for "
+                      "it", file=sys.stderr)
             image = np.zeros((*self.view.size, 3), np.uint8)
         return image
 

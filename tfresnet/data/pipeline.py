@@ -375,7 +375,7 @@ def _file_gather(files, view, seed=0):
     def gather(index, epoch):
         images = tf.numpy_function(decode, [index, tf.cast(epoch, tf.int64)], tf.uint8,
                                    stateful=False)
-        return tf.ensure_shape(images, [None, *files.view.size, 3])
+        return tf.ensure_shape(images, [index.shape[0], *files.view.size, 3])
     return gather
 
 

@@ -19,6 +19,8 @@ from tfresnet.data.folders import View, choose_view, decode, random_crop_box
 from tfresnet.data.pipeline import make_train_pipeline
 from tfresnet.errors import UserError
 from tfresnet.evaluate import main as evaluate_main
+from tfresnet.export import main as export_main
+from tfresnet.predict import predict
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 40, 220)}
 original_decode = decode
@@ -261,6 +263,15 @@ def test_kill_and_resume_on_a_streamed_folder_gives_the_uninterrupted_weights(ph
     assert predicted.returncode == 0, predicted.stderr
     rows = json.loads((tmp_path / "p.json").read_text())
     assert len(rows) == 4 and all(len(r["top"]) == 2 for r in rows)
+    # An export sees the files as the Keras model does (its centre crop travels along).
+    assert export_main([str(tmp_path / "ref"), "--format", "tflite", "--check-images",
+                        "8"]) == 0
+    exported = predict(tmp_path / "ref" / "export" / "model.tflite", photo_folder / "test" /
+                       "red", top_k=2)
+    for row, keras_row in zip(exported, predict(tmp_path / "ref", photo_folder / "test" /
+                                                "red", top_k=2)):
+        assert row["top"][0]["class"] == keras_row["top"][0]["class"]
+        assert abs(row["top"][0]["probability"] - keras_row["top"][0]["probability"]) < 1e-4
 
 
 # A worker of a two-worker run that logs every file it decodes for training.

@@ -95,7 +95,8 @@ def _write_onnx(serving, out):
 
 class ExportedModel:
     """An exported model run by its own runtime (TensorFlow, LiteRT or ONNX Runtime):
-    ``probabilities(images)`` plus the ``class_names`` and ``image_size`` it was made for.
+    ``probabilities(images)`` plus the ``class_names``, ``image_size`` and ``eval_crop``
+    (a photo model's centre crop, from ``export.json``; None: resize whole) it was made for.
     """
 
     def __init__(self, path):
@@ -105,6 +106,12 @@ class ExportedModel:
             raise UserError(f"{labels} is missing: it holds the class names of {self.path}; "
                             "export again with python -m tfresnet.export")
         self.class_names = labels.read_text().splitlines()
+        record = self.path.parent / "export.json"
+        try:
+            entry = json.loads(record.read_text()).get(self.path.name, {})
+        except (OSError, ValueError, AttributeError):
+            entry = {}
+        self.eval_crop = entry.get("eval_crop")
         if self.path.suffix == ".tflite":
             self._run, self.image_size = self._tflite()
         elif self.path.suffix == ".onnx":
@@ -236,6 +243,7 @@ def export(target, fmt, out=None, quantize=None, dataset=None, data_dir=None, co
         "format": fmt, "quantize": quantize, "path": str(out), "bytes": _size(out),
         "input": {"shape": [None, *model.image_size, 3], "dtype": "float32",
                   "values": "RGB pixels 0-255"},
+        "eval_crop": model.eval_crop,
         "output": "class probabilities (softmax)", "labels": labels_path(out).name,
         "check_images": len(images), "check_source": source,
         "max_probability_difference": float(np.max(np.abs(got - expected))),

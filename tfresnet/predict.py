@@ -69,7 +69,7 @@ def predict(model_path, target, top_k=5):
         from tfresnet.export import ExportedModel
 
         model = ExportedModel(model_path)
-        images, kept = read_images(target, model.image_size)
+        images, kept = read_images(target, model.image_size, model.eval_crop)
         probabilities = model.probabilities(images)
     else:
         model = load_model(model_path)

@@ -336,3 +336,16 @@ def test_transfer_defaults_to_the_backbones_input_size(tmp_path):
                          weights=str(tmp_path / "pretrained.keras"))
     assert input_size(config) == 48  # the size the backbone was trained at
     assert input_size(TrainConfig(**{**config.to_dict(), "image_size": 96})) == 96
+
+
+def test_photos_take_the_random_crop_only_when_the_spec_has_one(tmp_path):
+    from tfresnet.assemble import training_images
+    from tfresnet.config import TrainConfig
+
+    write_photos(tmp_path / "set", 2, size=(60, 80))
+    files = load_dataset(str(tmp_path / "set"), val_size=0, image_size=(32, 32)).x_train
+    for spec, cropped in (("standard", True), ("shift_flip", True), ("flip", False),
+                          ("none", False)):
+        assert training_images(TrainConfig(augment=spec), files).view.random_crop is cropped
+    image = np.zeros((4, 32, 32, 3), np.uint8)  # arrays pass unchanged
+    assert training_images(TrainConfig(), image) is image

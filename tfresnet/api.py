@@ -57,7 +57,7 @@ def classify(model, images, top_k=5):
         One dict per image: ``{"top": [{"class", "index", "probability"}, ...]}``, with
         ``"file"`` for files.
     """
-    from tfresnet.data.folders import read_image
+    from tfresnet.data.folders import evaluation_view, read_image
     from tfresnet.inference import predict_probabilities
     from tfresnet.predict import read_images, top_classes
 
@@ -66,7 +66,8 @@ def classify(model, images, top_k=5):
             raise UserError(f"images must be uint8 (N, H, W, 3) RGB. Received: "
                             f"{images.dtype} {images.shape}")
         if images.shape[1:3] != tuple(model.image_size) or model.eval_crop:
-            images = np.stack([_as_input(image, model) for image in images])
+            view = evaluation_view(model.image_size, model.eval_crop)
+            images = np.stack([view.evaluate(image) for image in images])
         files = None
     else:
         paths = [images] if isinstance(images, (str, Path)) else list(images)
@@ -80,15 +81,6 @@ def classify(model, images, top_k=5):
     for row, path in zip(rows, files or []):
         row["file"] = str(path)
     return rows
-
-
-def _as_input(image, model):
-    """One RGB array as ``model`` sees an image file (`tfresnet.data.folders.View`)."""
-    from tfresnet.data.folders import View
-
-    kind = "photo" if model.eval_crop else "small"
-    return View(kind, tuple(model.image_size), eval_crop=model.eval_crop or 1.0).evaluate(
-        image)
 
 
 def draw(target, cam=False, **options):

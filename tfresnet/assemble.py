@@ -54,11 +54,10 @@ def load_data(config):
     """The configured data set, with its validation split; an image folder is listed (not
     decoded) with the run's input size and preprocessing."""
     size = input_size(config)
-    data = load_dataset(config.dataset, data_dir=config.data_dir, val_size=config.val_size,
+    return load_dataset(config.dataset, data_dir=config.data_dir, val_size=config.val_size,
                         seed=config.seed, image_size=(size, size) if size else None,
                         view=config.preprocess, crop_scale=config.crop_scale,
                         crop_ratio=config.crop_ratio, eval_crop=config.eval_crop)
-    return data
 
 
 def is_photo(data):
@@ -71,6 +70,15 @@ def make_augmenter(config, data):
     operations each image's random-resized crop replaces."""
     return Augmenter(config.augment, data.num_classes, config.seed,
                      skip=PHOTO_REPLACED if is_photo(data) else ())
+
+
+def training_images(config, images):
+    """``images`` as training streams them: a photo folder takes its random-resized crop
+    only when the ``--augment`` spec has an operation it replaces."""
+    if not (isinstance(images, ImageFiles) and images.view.kind == "photo"):
+        return images
+    cropped = any(name in PHOTO_REPLACED for name, _ in parse_augment(config.augment))
+    return ImageFiles(images.paths, dataclasses.replace(images.view, random_crop=cropped))
 
 
 DEFAULT_BATCH = 128
@@ -192,11 +200,7 @@ def make_pipelines(config, data, runtime, start_epoch=0, arrays=None):
     x_train, y_train, x_val, y_val = arrays or (data.x_train, data.y_train, data.x_val,
                                                 data.y_val)
     augmenter = None if augments_in_step(config, runtime) else make_augmenter(config, data)
-    if isinstance(x_train, ImageFiles) and x_train.view.kind == "photo":
-        # The random-resized crop stands for the spec's crop/shift (each trial's own).
-        cropped = any(name in PHOTO_REPLACED for name, _ in parse_augment(config.augment))
-        x_train = ImageFiles(x_train.paths, dataclasses.replace(x_train.view,
-                                                                random_crop=cropped))
+    x_train = training_images(config, x_train)  # each tuner trial's own spec
 
     def stream(split=None):
         return make_train_pipeline(x_train, y_train, data.num_classes, batch, augmenter,

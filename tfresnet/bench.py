@@ -56,7 +56,7 @@ def bench_pipeline(preset, batch_size, steps, repeats, warmup, num_classes=100, 
     """Augmented images per second of the training pipeline: on 50,000 synthetic images
     in memory, or on an image folder's training split (decoding, cropping and resizing
     each file, as ``train`` does)."""
-    from tfresnet.assemble import load_data, make_augmenter
+    from tfresnet.assemble import load_data, make_augmenter, training_images
     from tfresnet.config import TrainConfig
     from tfresnet.data.pipeline import Augmenter, make_train_pipeline
 
@@ -64,7 +64,8 @@ def bench_pipeline(preset, batch_size, steps, repeats, warmup, num_classes=100, 
         config = TrainConfig(dataset=dataset, image_size=image_size, augment=preset,
                              val_size=0).validate()
         data = load_data(config)
-        images, labels, num_classes = data.x_train, data.y_train, data.num_classes
+        images = training_images(config, data.x_train)
+        labels, num_classes = data.y_train, data.num_classes
         augmenter = make_augmenter(config, data)
         source = f"{dataset} ({data.x_train.view.kind})" if data.streamed else dataset
     else:

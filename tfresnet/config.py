@@ -176,12 +176,11 @@ class TrainConfig:
             raise UserError("--steps-per-execution must be >= 0 (0 = auto)")
         if self.image_size is not None and self.image_size < 8:
             raise UserError(f"--image-size must be at least 8. Received: {self.image_size}")
-        low, high = (self.crop_scale + [0, 0])[:2]
-        if len(self.crop_scale) != 2 or not 0 < low <= high <= 1:
+        scale, ratio = self.crop_scale, self.crop_ratio
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise UserError("--crop-scale takes two fractions 0 < low <= high <= 1. "
                             f"Received: {self.crop_scale}")
-        low, high = (self.crop_ratio + [0, 0])[:2]
-        if len(self.crop_ratio) != 2 or not 0 < low <= high:
+        if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
             raise UserError("--crop-ratio takes two ratios 0 < low <= high. "
                             f"Received: {self.crop_ratio}")
         if not 0 < self.eval_crop <= 1:

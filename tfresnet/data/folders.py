@@ -113,6 +113,14 @@ class View:
         return _resize(image[top:top + crop_h, left:left + crop_w], *self.size)
 
 
+def evaluation_view(image_size, eval_crop=None):
+    """The `View` a model of input ``image_size`` sees images in: a centre crop of
+    ``eval_crop`` (a model trained on photos), else the whole image resized."""
+    if eval_crop:
+        return View("photo", tuple(image_size), eval_crop=eval_crop)
+    return View("small", tuple(image_size))
+
+
 def random_crop_box(shape, rng, scale, ratio, attempts=10):
     """``(top, left, height, width)`` of a random crop covering ``scale`` of the area with a
     log-uniform aspect ratio in ``ratio``; after ``attempts`` misses, the largest centred
@@ -155,9 +163,7 @@ def read_image(path, image_size=None, eval_crop=None):
         raise UserError(f"{path} is not an image OpenCV can read; remove or replace it")
     if image_size is None:
         return image
-    if eval_crop is None:
-        return _resize(image, *image_size, grow=cv2.INTER_AREA)
-    return View("photo", tuple(image_size), eval_crop=eval_crop).evaluate(image)
+    return evaluation_view(image_size, eval_crop).evaluate(image)
 
 
 class ImageFiles:
@@ -183,8 +189,9 @@ class ImageFiles:
 
     def load(self):
         """Every image decoded, in the evaluation view (for small subsets)."""
-        return np.stack([self[i] for i in range(len(self))]) if len(self) else np.zeros(
-            self.shape, np.uint8)
+        if not len(self):
+            return np.zeros(self.shape, np.uint8)
+        return self.decode_evaluation(range(len(self)))
 
     def decode_evaluation(self, indices):
         """Images ``indices`` in the evaluation view, as one uint8 batch."""

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -41,3 +43,23 @@ def test_importing_tfresnet_changes_no_global_setting():
     done = subprocess.run([sys.executable, "-c", IMPORT_CHECK], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("blocked,module,args,extra", [
+    ("sklearn.neighbors", "tfresnet.baselines", ["knn", "--dataset", "digits"], "baselines"),
+    ("keras_hub", "tfresnet.train", ["--dataset", "digits", "--model", "resnet18_imagenet",
+                                     "--weights", "{tmp}", "--transfer", "frozen", "--epochs", "1"],
+     "pretrained"),
+])
+def test_a_missing_extra_is_one_line_naming_its_install(tmp_path, blocked, module, args, extra):
+    """The default install lacks the extras: each command that needs one says which. The
+    digits demo data loads without scikit-learn."""
+    script = (f"import sys; sys.modules[{blocked!r}] = None; sys.modules['sklearn'] = None\n"
+              "from tfresnet.data.digits import load_digits_rgb; load_digits_rgb()\n"
+              f"from {module} import main; from tfresnet.errors import run_cli\n"
+              f"sys.exit(run_cli({module!r}, main, {args!r}))")
+    done = subprocess.run([sys.executable, "-c", script.replace("{tmp}", str(tmp_path))],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f'pip install "tfresnet[{extra}]"' in lines[0], lines

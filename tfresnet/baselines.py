@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tfresnet.checkpoint import atomic_write_text
-from tfresnet.errors import ArgumentParser, UserError, command_parser, run_cli
+from tfresnet.errors import ArgumentParser, UserError, command_parser, require, run_cli
 from tfresnet.inference import topk_accuracy
 
 K_VALUES = (1, 3, 5, 7, 10, 15, 20, 30)
@@ -51,11 +51,10 @@ def network_features(run, arrays, batch_size=256):
 
 def knn_sweep(x_train, y_train, x_val, y_val, k_values=K_VALUES):
     """Validation accuracy for every (metric, k); returns the table and the best pair."""
-    from sklearn.neighbors import KNeighborsClassifier
-
+    neighbors = require("sklearn.neighbors", "baselines")
     table = []
     for metric in ("manhattan", "euclidean"):  # L1, L2
-        search = KNeighborsClassifier(n_neighbors=max(k_values), metric=metric, n_jobs=-1)
+        search = neighbors.KNeighborsClassifier(n_neighbors=max(k_values), metric=metric, n_jobs=-1)
         search.fit(x_train, y_train)
         neighbours = search.kneighbors(x_val, return_distance=False)
         votes = y_train[neighbours]
@@ -72,9 +71,9 @@ def knn_sweep(x_train, y_train, x_val, y_val, k_values=K_VALUES):
 def run_knn(data, features):
     x_train, x_val, x_test = features
     table, best = knn_sweep(x_train, data.y_train, x_val, data.y_val)
-    from sklearn.neighbors import KNeighborsClassifier
-
-    final = KNeighborsClassifier(n_neighbors=best["k"], metric=best["metric"], n_jobs=-1)
+    neighbors = require("sklearn.neighbors", "baselines")
+    final = neighbors.KNeighborsClassifier(n_neighbors=best["k"], metric=best["metric"],
+                                           n_jobs=-1)
     final.fit(x_train, data.y_train)
     probabilities = np.zeros((len(x_test), data.num_classes))
     probabilities[:, final.classes_] = final.predict_proba(x_test)
@@ -82,8 +81,8 @@ def run_knn(data, features):
 
 
 def run_linear(data, features):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+    LogisticRegression = require("sklearn.linear_model", "baselines").LogisticRegression
+    StandardScaler = require("sklearn.preprocessing", "baselines").StandardScaler
 
     x_train, x_val, x_test = features
     scaler = StandardScaler().fit(x_train)

@@ -1,6 +1,7 @@
 """One-line errors for user mistakes, and the wrapper every CLI runs under."""
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -14,6 +15,21 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UserError(f"{message} (see --help)")
+
+
+def require(module, extra):
+    """Imports ``module`` from an optional extra, or a `UserError` naming the install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise missing_extra(err.name or module, extra)
+
+
+def missing_extra(package, extra):
+    """The one-line error for ``package`` of tfresnet's optional ``extra`` not installed."""
+    return UserError(f"this needs {package.split('.')[0]}, part of tfresnet's [{extra}] extra: "
+                     f"pip install \"tfresnet[{extra}]\" (pip install -e \".[{extra}]\" "
+                     "in a checkout)")
 
 
 def command_parser(module, doc):

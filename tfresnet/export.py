@@ -31,7 +31,7 @@ import numpy as np
 
 from tfresnet.checkpoint import atomic_write, atomic_write_text, load_model, make_dir
 from tfresnet.data import in_memory
-from tfresnet.errors import UserError, command_parser, run_cli
+from tfresnet.errors import UserError, command_parser, require, run_cli
 from tfresnet.quiet import native_stderr_silenced
 
 FORMATS = ("saved_model", "tflite", "onnx")
@@ -83,11 +83,8 @@ def _write_tflite(serving, out, quantize, calibration):
 
 
 def _write_onnx(serving, out):
-    try:
-        import onnxruntime  # noqa: F401  (the check below runs the export)
-        import tf2onnx  # noqa: F401
-    except ImportError:
-        raise UserError('ONNX export needs the optional packages: pip install -e ".[onnx]"')
+    require("onnxruntime", "onnx")  # the check after the export runs it
+    require("tf2onnx", "onnx")
     with warnings.catch_warnings():  # a NumPy FutureWarning inside Keras' tf2onnx shim
         warnings.simplefilter("ignore", FutureWarning)
         atomic_write(out, lambda tmp: serving.export(str(tmp), format="onnx", verbose=False))
@@ -120,10 +117,9 @@ class ExportedModel:
             self._run, self.image_size = self._saved_model()
 
     def _tflite(self):
-        from ai_edge_litert.interpreter import Interpreter
-
+        litert = require("ai_edge_litert.interpreter", "tflite")
         try:
-            interpreter = Interpreter(model_path=str(self.path))
+            interpreter = litert.Interpreter(model_path=str(self.path))
         except (ValueError, RuntimeError) as err:
             raise UserError(f"{self.path} is not a TFLite model LiteRT can load ({err})")
         source = interpreter.get_input_details()[0]
@@ -142,8 +138,7 @@ class ExportedModel:
         return run, tuple(int(d) for d in source["shape_signature"][1:3])
 
     def _onnx(self):
-        import onnxruntime
-
+        onnxruntime = require("onnxruntime", "onnx")
         session = onnxruntime.InferenceSession(str(self.path),
                                                providers=["CPUExecutionProvider"])
         source = session.get_inputs()[0]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import keras
 
-from tfresnet.errors import UserError
+from tfresnet.errors import UserError, missing_extra, require
 from tfresnet.models.resnet import (
     ClassifierHead,
     check_dropout,
@@ -121,15 +121,11 @@ def _keras_file_input_size(path):
 
 def _load_preset(arch, preset, load_weights):
     """keras-hub's `ResNetBackbone` from ``preset``; any failure is one `UserError` line."""
-    try:
-        import keras_hub
-    except ImportError:
-        raise UserError("--weights presets need keras-hub: pip install keras-hub safetensors")
+    keras_hub = require("keras_hub", "pretrained")
     try:
         return keras_hub.models.ResNetBackbone.from_preset(preset, load_weights=load_weights)
     except ImportError as err:
-        raise UserError(f"--weights {preset} needs a missing package ({err}); "
-                        "pip install safetensors")
+        raise missing_extra(err.name or "safetensors", "pretrained")
     except Exception as err:
         reason = str(err).splitlines()[0][:100].rstrip(": .")
         if Path(preset).is_dir():
@@ -145,8 +141,7 @@ def _load_preset(arch, preset, load_weights):
 def _pixel_transform(preset):
     """The preset's image converter as ``(scale, offset)`` per channel on 0-255 pixels;
     torchvision's ImageNet normalisation when the preset has no converter."""
-    import keras_hub
-
+    keras_hub = require("keras_hub", "pretrained")
     try:
         converter = keras_hub.layers.ImageConverter.from_preset(preset)
     except (FileNotFoundError, ValueError):
@@ -183,8 +178,7 @@ def build_base(arch, image_size, padding="torch", preset=None, width=1.0):
     ``padding`` and ``width`` apply to the project's own ResNet-18/34 (see `ResNet`);
     ``preset`` (a `preset_spec`) builds keras-hub's backbone instead."""
     if preset is not None:
-        import keras_hub
-
+        keras_hub = require("keras_hub", "pretrained")
         return keras_hub.models.ResNetBackbone.from_config(dict(preset["backbone"]))
     if arch in _OWN:
         return _OWN[arch](1000, stem="imagenet", include_top=False, padding=padding,

@@ -54,8 +54,8 @@ def read_history(path):
     return rows
 
 
-def plot_curves(rows, title, path):
-    """Loss and accuracy against epoch, train vs validation, as a PNG."""
+def curves_figure(rows, title):
+    """Loss and accuracy against epoch, train vs validation (a matplotlib Figure)."""
     from matplotlib.figure import Figure  # no pyplot: the caller's backend stays
 
     epochs = [r["epoch"] for r in rows]
@@ -72,7 +72,7 @@ def plot_curves(rows, title, path):
         ax.legend()
     figure.suptitle(title)
     figure.tight_layout()
-    atomic_save_figure(figure, path)
+    return figure
 
 
 class RunRecorder(keras.callbacks.Callback):
@@ -137,7 +137,7 @@ class RunRecorder(keras.callbacks.Callback):
             with self._averaged_weights():
                 atomic_save_model(self.model, self.run_dir / "best.keras")
         atomic_write_text(self.run_dir / "history.csv", self._history_csv())
-        plot_curves(self.rows, self.title, self.run_dir / "curves.png")
+        atomic_save_figure(curves_figure(self.rows, self.title), self.run_dir / "curves.png")
         atomic_save_model(self.model, self.run_dir / "last.keras")
         if not self.has_validation and not self.ema:
             atomic_copy(self.run_dir / "last.keras", self.run_dir / "best.keras")

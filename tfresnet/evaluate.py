@@ -64,8 +64,9 @@ def most_confused(matrix, class_names, count=10):
     return pairs
 
 
-def plot_confusion(matrix, class_names, fine_to_coarse, title, path):
-    """Row-normalised confusion matrix; classes grouped by superclass when known."""
+def confusion_figure(matrix, class_names, fine_to_coarse, title):
+    """Row-normalised confusion matrix, classes grouped by superclass when known (a
+    matplotlib Figure)."""
     from matplotlib.figure import Figure  # no pyplot: the caller's backend stays
 
     order = np.arange(len(class_names))
@@ -90,7 +91,7 @@ def plot_confusion(matrix, class_names, fine_to_coarse, title, path):
     ax.set_title(title)
     figure.colorbar(image, ax=ax, fraction=0.03, label="fraction of the true class")
     figure.tight_layout()
-    atomic_save_figure(figure, path)
+    return figure
 
 
 def evaluate(target, dataset=None, data_dir=None, tta=None, out_dir=None):
@@ -121,9 +122,10 @@ def evaluate(target, dataset=None, data_dir=None, tta=None, out_dir=None):
         support, correct = int(matrix[index].sum()), int(matrix[index, index])
         writer.writerow([name, support, correct, f"{correct / support:.4f}" if support else ""])
     atomic_write_text(out_dir / "per_class_accuracy.csv", rows.getvalue())
-    plot_confusion(matrix, data.class_names, data.fine_to_coarse,
-                   f"{model.network.name} on {data.name} ({split}): top-1 "
-                   f"{100 * result['top1']:.2f}%", out_dir / "confusion_matrix.png")
+    figure = confusion_figure(matrix, data.class_names, data.fine_to_coarse,
+                              f"{model.network.name} on {data.name} ({split}): top-1 "
+                              f"{100 * result['top1']:.2f}%")
+    atomic_save_figure(figure, out_dir / "confusion_matrix.png")
     atomic_write_text(out_dir / "evaluation.json", json.dumps(result, indent=2) + "\n")
     return result
 

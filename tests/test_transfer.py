@@ -153,7 +153,7 @@ def trial(weights_file, digits, **overrides):
     """One keras-tuner trial as the tuner runs it: ``HyperModel.build`` then ``fit``."""
     import keras_tuner as kt
 
-    from tfresnet.tune import ResNetHyperModel
+    from tfresnet.tuning.search import ResNetHyperModel
 
     config = TrainConfig(**{"model": "resnet18", "weights": str(weights_file), "image_size": 32,
                             "batch_size": 32, "lr": 0.05, **overrides}).validate()

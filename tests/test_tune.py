@@ -10,7 +10,8 @@ import pytest
 from conftest import free_ports, run_cli, wait_for
 from tfresnet.train import main as train_main
 from tfresnet.tune import main as tune_main
-from tfresnet.tune import read_trial_stats, steepest_descent
+from tfresnet.tuning.lr_range import steepest_descent
+from tfresnet.tuning.results import read_trial_stats
 
 SEARCH = ["--dataset", "digits", "--width", "0.0625", "--batch-size", "64",
           "--epochs-per-trial", "1", "--max-trials", "3"]
@@ -119,6 +120,28 @@ def test_lr_range_test_suggests_a_rate_inside_the_sweep(tmp_path):
     assert 1e-4 < lr < 10
     assert (out / "lr_range.png").stat().st_size > 0
     assert len(rows(out / "lr_range.csv")) >= 20
+
+
+def test_lr_range_test_records_the_lr_each_update_applied_under_several_steps_per_execution(
+        tmp_path, monkeypatch):
+    """With 4 steps per execution (the GPU default is 16) every optimizer update is one
+    point, logged with the LR that update applied."""
+    from tfresnet.tuning import lr_range
+
+    models = []
+    build = lr_range.build_model
+    monkeypatch.setattr(lr_range, "build_model", lambda *a: models.append(build(*a)) or models[-1])
+    low, high, steps = 1e-3, 1.0, 30
+    assert tune_main(["--method", "lr-range", "--dataset", "digits", "--model", "small_cnn",
+                      "--width", "0.25", "--batch-size", "32", "--steps-per-execution", "4",
+                      "--range-steps", str(steps), "--lr-min", str(low), "--lr-max", str(high),
+                      "--output-dir", str(tmp_path), "--name", "spe"]) == 0
+    points = rows(tmp_path / "tune" / "spe" / "lr_range.csv")
+    updates = int(models[-1].optimizer.iterations.numpy())
+    assert [int(p["update"]) for p in points] == list(range(1, updates + 1))
+    for point in points:  # the sweep's LR at the update's own step
+        expected = low * (high / low) ** ((int(point["update"]) - 1) / (steps - 1))
+        assert float(point["lr"]) == pytest.approx(expected, rel=1e-4)
 
 
 def test_steepest_descent_finds_the_fastest_fall():

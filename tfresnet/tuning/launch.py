@@ -1,0 +1,62 @@
+"""keras-tuner's distributed mode: the role of this process, and a chief plus workers
+started on this machine."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from tfresnet.errors import UserError
+
+
+def tuner_role():
+    """``"chief"`` or ``"worker"`` under keras-tuner's distributed mode, else None."""
+    tuner_id = os.environ.get("KERASTUNER_TUNER_ID")
+    if not tuner_id:
+        return None
+    missing = [name for name in ("KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
+               if not os.environ.get(name)]
+    if missing:
+        raise UserError(f"KERASTUNER_TUNER_ID is set but {' and '.join(missing)} is not; set "
+                        "all three on the chief and on every worker, or none")
+    return "chief" if tuner_id == "chief" else "worker"
+
+
+def run_in_parallel(argv, workers):
+    """Runs this search as keras-tuner's chief plus ``workers`` workers on 127.0.0.1, each
+    worker on its own GPU (if any); returns the first non-zero exit status, else 0."""
+    from tfresnet.runtime import gpus
+
+    argv = list(argv)
+    at = next(i for i, a in enumerate(argv) if a.startswith("--parallel"))
+    del argv[at:at + (1 if "=" in argv[at] else 2)]
+    with socket.socket() as probe:  # a free port for the oracle
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    devices = len(gpus())
+    processes = []
+    for tuner_id in ["chief", *(f"tuner{i}" for i in range(workers))]:
+        env = {**os.environ, "KERASTUNER_TUNER_ID": tuner_id,
+               "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}
+        if devices and tuner_id != "chief":
+            env["CUDA_VISIBLE_DEVICES"] = str(int(tuner_id[5:]) % devices)
+        elif devices:
+            env["CUDA_VISIBLE_DEVICES"] = ""  # the oracle needs no GPU
+        processes.append(subprocess.Popen([sys.executable, "-m", "tfresnet.tune", *argv],
+                                          env=env))
+    try:
+        while True:
+            codes = [p.poll() for p in processes]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed:
+                return failed[0]
+            if all(c == 0 for c in codes):
+                return 0
+            time.sleep(0.2)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            process.wait()

@@ -1,0 +1,134 @@
+"""The keras-tuner search: trials are `tfresnet.train` runs of one base `TrainConfig`."""
+
+import json
+import time
+
+import keras_tuner as kt
+import tensorflow as tf
+
+from tfresnet.assemble import batch_and_steps, build_model, make_pipelines, training_callbacks
+from tfresnet.checkpoint import atomic_write_text, make_dir
+from tfresnet.data.folders import ImageFiles
+from tfresnet.data.pipeline import PRESETS
+from tfresnet.data.splits import stratified_split
+from tfresnet.optim import OPTIMIZERS
+from tfresnet.tuning.memory import release_memory, resident_memory_mb
+
+# The searchable hyper-parameters besides the learning rate: name (a `TrainConfig` key) ->
+# its keras-tuner declaration. Adding one is one line here.
+SEARCH_SPACE = {
+    "optimizer": lambda hp: hp.Choice("optimizer", list(OPTIMIZERS)),
+    "l2": lambda hp: hp.Float("l2", 1e-5, 1e-2, sampling="log"),
+    "weight_decay": lambda hp: hp.Float("weight_decay", 1e-5, 1e-2, sampling="log"),
+    "labelsmoothing": lambda hp: hp.Float("labelsmoothing", 0.0, 0.2, step=0.05),
+    "batch_size": lambda hp: hp.Choice("batch_size", [64, 128, 256]),
+    "augment": lambda hp: hp.Choice("augment", list(PRESETS)),
+}
+
+
+SEARCHABLE = tuple(SEARCH_SPACE)
+
+
+TUNERS = ("random", "bayesian", "hyperband")
+
+
+class ResNetHyperModel(kt.HyperModel):
+    """Trials are `tfresnet.train` runs of ``base`` with the searched values substituted:
+    the same model, loss, optimizer and pipeline, no second code path.
+
+    Args:
+        base: the `TrainConfig` every trial starts from.
+        data: the (possibly subset) `Dataset`, with a validation split.
+        runtime: the resolved `tfresnet.runtime.Runtime`.
+        search: names from `SEARCHABLE` to search besides the learning rate.
+        lr_range: ``(low, high)`` of the log-uniform learning rate.
+    """
+
+    def __init__(self, base, data, runtime, search, lr_range):
+        super().__init__()
+        self.base = base
+        self.data = data
+        # The arrays become tensors once for the whole search: converting them again in
+        # every trial's pipeline made the process grow by their size per trial.
+        self.tensors = [a if isinstance(a, ImageFiles) else tf.constant(a)
+                        for a in (data.x_train, data.y_train, data.x_val, data.y_val)]
+        self.runtime = runtime
+        self.search = set(search)
+        self.lr_range = lr_range
+
+    def trial_config(self, hp):
+        """The `TrainConfig` of one trial; also declares the search space."""
+        values = {"lr": hp.Float("lr", *self.lr_range, sampling="log")}
+        for name in SEARCHABLE:  # a fixed order keeps keras-tuner's space stable
+            if name in self.search:
+                values[name] = SEARCH_SPACE[name](hp)
+        if "tuner/epochs" in hp.values:  # Hyperband's budget for this trial
+            values["epochs"] = int(hp.values["tuner/epochs"])
+        return self.base.updated(values, "search space")
+
+    def build(self, hp):
+        return build_model(self.trial_config(hp), self.data, self.runtime)
+
+    def fit(self, hp, model, *args, **kwargs):
+        config = self.trial_config(hp)
+        train_data, val_data = make_pipelines(config, self.data, self.runtime,
+                                              arrays=self.tensors)
+        callbacks = [*training_callbacks(config), *kwargs.get("callbacks", [])]
+        return model.fit(train_data, steps_per_epoch=batch_and_steps(config, self.data)[1],
+                         epochs=kwargs.pop("epochs", config.epochs),
+                         initial_epoch=kwargs.pop("initial_epoch", 0),
+                         validation_data=val_data, callbacks=callbacks, shuffle=False,
+                         verbose=0)
+
+
+def make_tuner(kind, hypermodel, out_dir, runtime, max_trials, epochs_per_trial, seed,
+               overwrite):
+    """The keras-tuner tuner (``kind``: one of `TUNERS`) of ``max_trials`` trials in
+    ``out_dir``, recording each trial's seconds and the process's resident memory after it
+    into ``trial_stats/<trial>.json``. ``epochs_per_trial`` is Hyperband's largest budget;
+    ``overwrite`` starts the search over."""
+    base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization,
+            "hyperband": kt.Hyperband}[kind]
+
+    class TimedTuner(base):
+        # Stats are recorded after the oracle has saved the trial as finished, one file
+        # per trial (parallel workers never write the same file).
+        def on_trial_begin(self, trial):
+            self._trial_start = time.perf_counter()
+            super().on_trial_begin(trial)
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            release_memory()
+            stats = {"seconds": round(time.perf_counter() - self._trial_start, 2),
+                     "rss_mb": resident_memory_mb(), "tuner": self.tuner_id}
+            make_dir(out_dir / "trial_stats")
+            atomic_write_text(out_dir / "trial_stats" / f"{trial.trial_id}.json",
+                              json.dumps(stats) + "\n")
+            print(f"trial {trial.trial_id}: {json.dumps(trial.hyperparameters.values)} "
+                  f"{stats}", flush=True)
+
+    options = {"objective": kt.Objective("val_accuracy", "max"), "seed": seed,
+               "directory": str(out_dir), "project_name": "keras_tuner",
+               "overwrite": overwrite}
+    if runtime.strategy.num_replicas_in_sync > 1:
+        options["distribution_strategy"] = runtime.strategy
+    if kind == "hyperband":
+        options.update(max_epochs=epochs_per_trial, factor=3, max_retries_per_trial=0)
+        tuner = TimedTuner(hypermodel, **options)
+        tuner.oracle.max_trials = max_trials
+        return tuner
+    return TimedTuner(hypermodel, max_trials=max_trials, **options)
+
+
+def subset(data, fraction, seed):
+    """Keeps a stratified ``fraction`` of the training split (validation untouched)."""
+    if fraction >= 1.0:
+        return data
+    _, kept = stratified_split(data.y_train, max(data.num_classes,
+                                                 round(fraction * len(data.y_train))), seed)
+    data.mean  # noqa: B018  (the whole training split's statistics, as before the subset)
+    data.x_train, data.y_train = data.x_train[kept], data.y_train[kept]
+    if data.coarse_train is not None:
+        data.coarse_train = data.coarse_train[kept]
+    return data

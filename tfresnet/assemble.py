@@ -3,9 +3,9 @@ compiled model (pretrained weights loaded), the train and validation pipelines (
 augmentation where it belongs) and the training callbacks out.
 
 `tfresnet.train`, every keras-tuner trial (`tfresnet.tuning.search.ResNetHyperModel.build`
-and ``fit``), the LR range test and ``tfresnet.bench --train`` go through these functions; none of them assembles
-a part of a run itself. ``train`` adds only what belongs to its run folder (the recorder,
-TensorBoard).
+and ``fit``), the LR range test and ``tfresnet.bench --train`` go through these functions;
+none of them assembles a part of a run itself. ``train`` adds only what belongs to its run
+folder (the recorder, TensorBoard).
 """
 
 import dataclasses

@@ -29,6 +29,31 @@ def test_json_has_every_field_and_counts_images(tmp_path):
     assert {r.get("method") for r in lines[2:]} == {"predict", "compiled_call"}
 
 
+def test_train_rows_follow_train_defaults_and_sweep_execution_and_augmentation(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    run(build_parser().parse_args(
+        ["--train", "--width", "0.0625", "--batch-size", "8", "--steps", "4", "--repeats",
+         "1", "--steps-per-execution", "0", "2", "--augment-on", "host", "device",
+         "--json", str(out)]))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # train's defaults on a CPU: float32, no XLA, so one step per execution
+    assert {(r["precision"], r["jit"]) for r in rows} == {("float32", False)}
+    assert [(r["steps_per_execution"], r["augment_on"]) for r in rows] == [
+        (1, "tf.data"), (1, "step"), (2, "tf.data"), (2, "step")]
+
+
+def test_peak_memory_is_each_measurements_own():
+    import numpy as np
+
+    from tfresnet.bench import peak_memory_mb, reset_peak_memory
+
+    block = np.ones(300 * 2**20, np.uint8)  # 300 MB resident
+    high = peak_memory_mb()
+    del block
+    reset_peak_memory()
+    assert peak_memory_mb() < high - 200
+
+
 @pytest.mark.parametrize("args,message", [
     (["--model", "resnet19"], "unknown model 'resnet19'"),
     (["--batch-size", "0"], "--batch-size must be positive"),

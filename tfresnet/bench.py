@@ -2,27 +2,33 @@
 pipeline, through the same code the product runs.
 
 Each measurement runs warm-up steps first (excluded), then ``--repeats`` timed repetitions
-of ``--steps`` batches; the median and the spread (min-max) are printed. ``--json FILE``
-appends one JSON line per measurement with device, versions and thread settings.
+of ``--steps`` batches; the median, the spread (min-max) and the peak memory of that
+measurement alone are printed. ``--json FILE`` appends one JSON line per measurement, as it
+is taken, with device, versions and thread settings. Unset, every setting is train's
+default (XLA, steps per execution, precision and where augmentation runs follow the device).
 
 Example:
     python -m tfresnet.bench --pipeline                          # augmentation only
     python -m tfresnet.bench --pipeline --dataset photos/ --image-size 224  # decode too
     python -m tfresnet.bench --train --inference --batch-size 64 128
     python -m tfresnet.bench --train --precision mixed_float16 --jit on --batch-size 512
+    python -m tfresnet.bench --train --jit on --steps-per-execution 1 16 --augment-on host device
 """
 
+import itertools
 import json
 import os
 import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
+from tfresnet.data.pipeline import AUGMENT_PLACES
 from tfresnet.errors import UserError, command_parser, run_cli
-from tfresnet.runtime import PRECISIONS
+from tfresnet.runtime import JIT_MODES, PRECISIONS
 
 PIPELINE_PRESETS = ("standard", "strong")
 
@@ -40,15 +46,36 @@ def summarize(rates):
             "min": round(min(rates), 1), "max": round(max(rates), 1)}
 
 
+def reset_peak_memory():
+    """Starts a new peak for `peak_memory_mb`: the GPU allocator's statistics, or Linux's
+    resident high-water mark (``/proc/self/clear_refs``)."""
+    from tfresnet.runtime import gpus
+
+    if gpus():
+        import tensorflow as tf
+
+        tf.config.experimental.reset_memory_stats("GPU:0")
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux: the peak stays the process's
+
+
 def peak_memory_mb():
-    """Peak memory of this process: the GPU's when there is one, else resident RAM."""
+    """Peak memory since `reset_peak_memory`: the GPU's when there is one, else resident
+    RAM (the process's whole-life peak where Linux's high-water mark is unavailable)."""
     from tfresnet.runtime import gpus
 
     if gpus():
         import tensorflow as tf
 
         return round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    try:
+        status = Path("/proc/self/status").read_text()
+        return round(int(status.split("VmHWM:")[1].split()[0]) / 1024, 1)
+    except (OSError, IndexError, ValueError):
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def bench_pipeline(preset, batch_size, steps, repeats, warmup, num_classes=100, dataset=None,
@@ -115,62 +142,74 @@ class _StepTimer:
         self.epoch_seconds = []
 
 
-def build_bench_model(model, batch_size, precision, jit, num_classes, width, steps,
-                      augment="standard", image_size=32):
-    """The config, synthetic data, runtime and compiled `Classifier` of a measurement,
-    assembled exactly as ``tfresnet.train`` assembles a run (`tfresnet.assemble`)."""
-    from tfresnet.assemble import build_model
+def bench_config(model, batch_size, precision="auto", jit="auto", width=1.0,
+                 steps_per_execution=0, augment_on="auto", augment="standard", image_size=32):
+    """The `TrainConfig` of a measurement: train's defaults unless a setting is given."""
     from tfresnet.config import TrainConfig
+
+    # A pretrained backbone (``*_imagenet``) is measured with random weights: same compute.
+    return TrainConfig(model=model, batch_size=batch_size, precision=precision, jit=jit,
+                       width=width, epochs=1, augment=augment, augment_on=augment_on,
+                       steps_per_execution=steps_per_execution, strategy="one",
+                       image_size=image_size, tensorboard=False, visualize=False,
+                       transfer="scratch" if model.endswith("_imagenet") else "none"
+                       ).validate()
+
+
+def build_bench_model(config, num_classes, steps):
+    """Synthetic data, runtime and compiled `Classifier` of a measurement, assembled
+    exactly as ``tfresnet.train`` assembles a run (`tfresnet.assemble`)."""
+    import keras
+
+    from tfresnet.assemble import build_model
     from tfresnet.data import Dataset
     from tfresnet.runtime import configure
 
-    # A pretrained backbone (``*_imagenet``) is measured with random weights: same compute.
-    config = TrainConfig(model=model, batch_size=batch_size, precision=precision,
-                         jit="on" if jit else "off", width=width, epochs=1, augment=augment,
-                         strategy="one", image_size=image_size,
-                         transfer="scratch" if model.endswith("_imagenet") else "none"
-                         ).validate()
+    keras.backend.clear_session()  # the previous row's models
     runtime = configure(config)
-    images, labels = synthetic_cifar(max(batch_size * steps, batch_size), num_classes,
-                                     size=image_size)
+    images, labels = synthetic_cifar(max(config.batch_size * steps, config.batch_size),
+                                     num_classes, size=config.image_size)
     data = Dataset("synthetic", images, labels, images[:0], labels[:0], None, None,
                    [str(i) for i in range(num_classes)])
-    return config, data, runtime, build_model(config, data, runtime)
+    return data, runtime, build_model(config, data, runtime)
 
 
-def bench_train(model, batch_size, precision, jit, steps, repeats, num_classes, width,
-                image_size=32, augment="standard"):
+def bench_train(config, steps, repeats, num_classes):
     """Training images/s of ``model.fit`` on the product's pipeline, loss and optimizer."""
-    from tfresnet.assemble import make_pipelines
+    from tfresnet.assemble import augments_in_step, make_pipelines
 
-    config, data, runtime, classifier = build_bench_model(
-        model, batch_size, precision, jit, num_classes, width, steps, augment, image_size)
+    data, runtime, classifier = build_bench_model(config, num_classes, steps)
     dataset, _ = make_pipelines(config, data, runtime)
     timer = _StepTimer()
     epochs = 1 + repeats  # epoch 0 is the warm-up: compilation and the first steps
+    reset_peak_memory()
     classifier.fit(dataset, steps_per_epoch=steps, epochs=epochs, verbose=0,
                    callbacks=[timer.callback], shuffle=False)
-    rates = [steps * batch_size / s for s in timer.epoch_seconds[1:]]
-    return {"kind": "train", "model": model, "image_size": image_size,
-            "batch_size": batch_size,
-            "precision": runtime.precision, "jit": runtime.jit, "augment": augment,
-            "images": steps * batch_size, "compile_seconds": round(timer.first_step, 2),
-            **summarize(rates), "peak_memory_mb": peak_memory_mb()}
+    rates = [steps * config.batch_size / s for s in timer.epoch_seconds[1:]]
+    return {"kind": "train", "model": config.model, "width": config.width,
+            "image_size": config.image_size, "batch_size": config.batch_size,
+            "precision": runtime.precision, "jit": runtime.jit,
+            "steps_per_execution": classifier.steps_per_execution, "augment": config.augment,
+            "augment_on": "step" if augments_in_step(config, runtime) else "tf.data",
+            "images": steps * config.batch_size,
+            "compile_seconds": round(timer.first_step, 2), **summarize(rates),
+            "peak_memory_mb": peak_memory_mb()}
 
 
-def bench_inference(model, batch_size, precision, jit, steps, repeats, num_classes, width,
-                    image_size=32):
+def bench_inference(config, steps, repeats, num_classes):
     """Inference images/s: ``model.predict`` and the compiled call evaluation uses."""
     from tfresnet.inference import predict_probabilities
 
-    _, data, runtime, classifier = build_bench_model(
-        model, batch_size, precision, jit, num_classes, width, steps, image_size=image_size)
-    images = data.x_train[: steps * batch_size]
+    data, runtime, classifier = build_bench_model(config, num_classes, steps)
+    images = data.x_train[: steps * config.batch_size]
     results = []
     for method, run in (
-        ("predict", lambda: classifier.predict(images, batch_size=batch_size, verbose=0)),
-        ("compiled_call", lambda: predict_probabilities(classifier, images, batch_size)),
+        ("predict", lambda: classifier.predict(images, batch_size=config.batch_size,
+                                               verbose=0)),
+        ("compiled_call", lambda: predict_probabilities(classifier, images,
+                                                        config.batch_size)),
     ):
+        reset_peak_memory()
         start = time.perf_counter()
         run()  # warm-up: tracing and compilation
         compile_seconds = time.perf_counter() - start
@@ -179,8 +218,9 @@ def bench_inference(model, batch_size, precision, jit, steps, repeats, num_class
             start = time.perf_counter()
             run()
             rates.append(len(images) / (time.perf_counter() - start))
-        results.append({"kind": "inference", "method": method, "model": model,
-                        "batch_size": batch_size, "precision": runtime.precision,
+        results.append({"kind": "inference", "method": method, "model": config.model,
+                        "width": config.width, "image_size": config.image_size,
+                        "batch_size": config.batch_size, "precision": runtime.precision,
                         "jit": runtime.jit, "images": len(images),
                         "compile_seconds": round(compile_seconds, 2), **summarize(rates),
                         "peak_memory_mb": peak_memory_mb()})
@@ -201,10 +241,9 @@ def environment():
 
 
 def _print(record):
-    label = " ".join(f"{k}={record[k]}" for k in ("kind", "method", "source", "model",
-                                                   "augment", "image_size", "batch_size",
-                                                   "precision", "jit")
-                     if k in record)
+    label = " ".join(f"{k}={record[k]}" for k in (
+        "kind", "method", "source", "model", "width", "augment", "image_size", "batch_size",
+        "precision", "jit", "steps_per_execution", "augment_on") if k in record)
     extra = f"  compile {record['compile_seconds']}s" if "compile_seconds" in record else ""
     memory = f"  peak {record['peak_memory_mb']} MB" if "peak_memory_mb" in record else ""
     print(f"{label}: {record['images_per_second']:,.1f} img/s "
@@ -230,33 +269,33 @@ def run(args):
     for precision in args.precision:
         resolve_precision(precision)
     everything = not (args.pipeline or args.train or args.inference)
+    env = environment() if args.json else None
     records = []
+
+    def record(result):
+        records.append(result)
+        _print(result)
+        if args.json:  # each row as it is measured: a sweep cut short keeps its rows
+            with open(args.json, "a") as f:
+                f.write(json.dumps({**result, **env}) + "\n")
+
     if args.pipeline or everything:
         for preset in args.augment:
             for batch in args.batch_size:
-                records.append(bench_pipeline(preset, batch, args.steps, args.repeats,
-                                              args.warmup, args.num_classes, args.dataset,
-                                              args.image_size))
-                _print(records[-1])
-    for name in args.model:
-        for batch in args.batch_size:
-            for precision in args.precision:
-                for jit in args.jit:
-                    settings = (name, batch, precision, jit == "on", args.steps,
-                                args.repeats, args.num_classes, args.width,
-                                args.image_size or 32)
-                    if args.train or everything:
-                        records.append(bench_train(*settings))
-                        _print(records[-1])
-                    if args.inference or everything:
-                        for record in bench_inference(*settings):
-                            records.append(record)
-                            _print(record)
-    if args.json:
-        env = environment()
-        with open(args.json, "a") as f:
-            for record in records:
-                f.write(json.dumps({**record, **env}) + "\n")
+                record(bench_pipeline(preset, batch, args.steps, args.repeats, args.warmup,
+                                      args.num_classes, args.dataset, args.image_size))
+    for name, batch, precision, jit in itertools.product(args.model, args.batch_size,
+                                                         args.precision, args.jit):
+        first = None
+        for spe, place in itertools.product(args.steps_per_execution, args.augment_on):
+            config = bench_config(name, batch, precision, jit, args.width, spe, place,
+                                  image_size=args.image_size or 32)
+            first = first or config
+            if args.train or everything:
+                record(bench_train(config, args.steps, args.repeats, args.num_classes))
+        if args.inference or everything:  # neither setting above applies to inference
+            for result in bench_inference(first, args.steps, args.repeats, args.num_classes):
+                record(result)
     return records
 
 
@@ -269,7 +308,13 @@ def build_parser():
     parser.add_argument("--batch-size", type=int, nargs="+", default=[128])
     parser.add_argument("--precision", nargs="+", default=["auto"],
                         choices=PRECISIONS)
-    parser.add_argument("--jit", nargs="+", default=["off"], choices=["on", "off"])
+    parser.add_argument("--jit", nargs="+", default=["auto"], choices=JIT_MODES,
+                        help="XLA (auto: as train, on with a GPU)")
+    parser.add_argument("--steps-per-execution", type=int, nargs="+", default=[0],
+                        help="train steps per compiled call (0: as train, 16 with XLA)")
+    parser.add_argument("--augment-on", nargs="+", default=["auto"], choices=AUGMENT_PLACES,
+                        help="where training augments (auto: as train, in the step with "
+                             "XLA)")
     parser.add_argument("--augment", nargs="+", default=list(PIPELINE_PRESETS),
                         help="pipeline presets to measure")
     parser.add_argument("--steps", type=int, default=20, help="batches per repetition")

@@ -159,13 +159,10 @@ def bench_config(model, batch_size, precision="auto", jit="auto", width=1.0,
 def build_bench_model(config, num_classes, steps):
     """Synthetic data, runtime and compiled `Classifier` of a measurement, assembled
     exactly as ``tfresnet.train`` assembles a run (`tfresnet.assemble`)."""
-    import keras
-
     from tfresnet.assemble import build_model
     from tfresnet.data import Dataset
     from tfresnet.runtime import configure
 
-    keras.backend.clear_session()  # the previous row's models
     runtime = configure(config)
     images, labels = synthetic_cifar(max(config.batch_size * steps, config.batch_size),
                                      num_classes, size=config.image_size)
@@ -252,6 +249,8 @@ def _print(record):
 
 def run(args):
     """Runs the selected measurements; returns the records."""
+    import keras
+
     from tfresnet.models import list_models
     from tfresnet.runtime import resolve_precision
 
@@ -273,6 +272,7 @@ def run(args):
     records = []
 
     def record(result):
+        keras.backend.clear_session()  # the row's models: the next row starts clean
         records.append(result)
         _print(result)
         if args.json:  # each row as it is measured: a sweep cut short keeps its rows

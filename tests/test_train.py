@@ -182,3 +182,25 @@ def test_a_run_without_a_terminal_prints_step_lines(tmp_path):
     for line in lines:
         assert all(field in line for field in ("loss", "acc", "lr", "img/s", "ETA"))
     assert any(line.startswith("epoch 1/1  loss") for line in result.stdout.splitlines())
+
+
+@pytest.mark.parametrize("steps_per_execution,own_loop", [(4, False), (3, True)])
+def test_several_steps_per_execution_leave_the_curve_unchanged(tmp_path, monkeypatch,
+                                                               steps_per_execution, own_loop):
+    """20 steps per epoch: 4 per execution divides the epoch, so Keras' own loop runs it;
+    3 does not, and Keras would run 21 steps an epoch (`tfresnet.keras_fixes.step_loop`
+    stops at the epoch's end instead). Either way the run is the one-step run."""
+    from tfresnet import keras_fixes
+
+    chosen = []
+    original = keras_fixes.needs_step_loop
+    monkeypatch.setattr(keras_fixes, "needs_step_loop",
+                        lambda model: chosen.append(original(model)) or chosen[-1])
+    args = [*TINY, "--model", "small_cnn", "--epochs", "2", "--output-dir", str(tmp_path)]
+    assert main([*args, "--name", "one"]) == 0
+    assert main([*args, "--name", "several", "--steps-per-execution",
+                 str(steps_per_execution)]) == 0
+    assert chosen[-1] is own_loop
+    for a, b in zip(history(tmp_path / "one"), history(tmp_path / "several"), strict=True):
+        for key in ("loss", "accuracy", "val_loss", "lr"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-4), key

@@ -164,3 +164,29 @@ def test_folder_of_another_search_space_is_refused(tmp_path):
         tune_main([*SEARCH, "--max-trials", "1", "--output-dir", str(tmp_path), "--name", "x",
                    "--search", "optimizer"])
     assert (tmp_path / "tune" / "x" / "trials.csv").read_text() == before
+
+
+def test_trials_in_one_process_leave_no_step_graphs_behind():
+    """Keras sums gradients over replicas even when there is one; TF's all_reduce then
+    registers a custom gradient per traced step in its global registry, which keeps every
+    trial's step graph alive (`tfresnet.keras_fixes.skip_single_replica_all_reduce`)."""
+    from tensorflow.python.framework import ops
+
+    from tfresnet.assemble import build_model, load_data, make_pipelines
+    from tfresnet.config import TrainConfig
+    from tfresnet.runtime import configure
+
+    config = TrainConfig(dataset="digits", model="small_cnn", width=0.25, batch_size=32,
+                         epochs=1, strategy="one").validate()
+    runtime = configure(config)
+    data = load_data(config)
+
+    def trial():
+        model = build_model(config, data, runtime)
+        model.fit(make_pipelines(config, data, runtime)[0], steps_per_epoch=1, verbose=0)
+
+    trial()
+    before = len(ops._gradient_registry.list())
+    trial()
+    trial()
+    assert len(ops._gradient_registry.list()) == before

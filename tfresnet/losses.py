@@ -8,6 +8,7 @@ default (``l2_on="kernels"``); ``l2_on="all"`` reproduces the seed's variant. Th
 """
 
 import keras
+import tensorflow as tf
 
 from tfresnet.errors import UserError
 
@@ -31,11 +32,13 @@ def l2_variables(model, l2_on="kernels"):
 
 
 def l2_penalty(variables, l2):
-    """``l2 / 2 * sum(||w||^2)`` in float32 (``tf.nn.l2_loss`` times ``l2``)."""
+    """``l2 / 2 * sum(||w||^2)`` in float32: ``l2`` times the sum of ``tf.nn.l2_loss``.
+
+    One fused op per variable and one sum: at ResNet-18 x0.125 on a 2-core CPU the
+    square-then-sum form cost 11 % of a bare training step (experiments/README.md)."""
     if not variables or not l2:
         return keras.ops.zeros((), "float32")
-    squares = [keras.ops.sum(keras.ops.square(keras.ops.cast(v, "float32"))) for v in variables]
-    return 0.5 * l2 * keras.ops.sum(keras.ops.stack(squares))
+    return l2 * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables])
 
 
 def cross_entropy(label_smoothing=0.0):

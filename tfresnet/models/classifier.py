@@ -7,10 +7,9 @@ raw 0-255 pixels, so ``predict`` never has to re-guess the preprocessing.
 
 import keras
 import tensorflow as tf
-from keras import tree
 
+from tfresnet import keras_fixes
 from tfresnet.losses import l2_penalty, l2_variables
-from tfresnet.runtime import worker_count
 
 
 @keras.saving.register_keras_serializable(package="tfresnet")
@@ -80,108 +79,37 @@ class Classifier(keras.Model):
         return keras.ops.cast(self.network(self.normalise(inputs), training=training),
                               "float32")
 
-    # --- tf.distribute: three Keras 3.15 failures, worked around only where they occur ---
-
-    def _multi_worker(self):
-        """Whether the strategy spans several workers."""
-        return worker_count(self.distribute_strategy) > 1
+    # --- training: Keras' fit loop, except where `tfresnet.keras_fixes` says it fails ---
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras builds from a batch averaged across replicas, which cannot cross workers
-        # (keras-team/keras#20585); the first local replica's batch has the same shapes.
-        if iterator is not None and self._multi_worker():
-            for _, _, batches in iterator:
-                data_batch = tree.map_structure(
-                    lambda v: self.distribute_strategy.experimental_local_results(v)[0],
-                    next(batches))
-                break
-            iterator = None
+        if iterator is not None and keras_fixes.multi_worker(self):
+            iterator, data_batch = None, keras_fixes.first_local_batch(self, iterator)
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    def _per_replica_logs(self, logs):
-        """Logs as length-1 vectors across workers: Keras averages them over replicas
-        along axis 0, which a scalar lacks (keras-team/keras#20585)."""
-        if not self._multi_worker():
-            return logs
-        return {name: keras.ops.reshape(value, (1,)) for name, value in logs.items()}
-
-    def _needs_own_loop(self):
-        """Whether executions of several steps run in tfresnet's loop rather than Keras'.
-
-        Keras' loop runs each step inside a ``tf.cond``, where cross-replica ops fail
-        ("You must feed a value for placeholder tensor": the optimizer's ``merge_call``
-        under MirroredStrategy, the collectives of several workers), and it always runs
-        ``steps_per_execution`` steps while data is left: past the end of the epoch when
-        the epoch is not a multiple of it (44 steps at 16 per execution ran 48), so epochs
-        and the schedule drift and a resumed run differs from an uninterrupted one."""
-        return self.steps_per_execution > 1
-
-    def _step_loop(self, step_function, epoch_steps=None):
-        """Runs up to ``steps_per_execution`` steps of ``step_function`` over a
-        distributed iterator, conditions only around fetching, then returns the metrics;
-        with ``epoch_steps``, never past the end of an epoch. Raises StopIteration (as
-        Keras' loop does) when no batch was left."""
-        strategy = self.distribute_strategy
-        steps = self.steps_per_execution
-        one_step = tf.function(lambda batch: strategy.run(step_function, args=(batch,)),
-                               jit_compile=self.jit_compile, reduce_retracing=True)
-
-        @tf.function(reduce_retracing=True)
-        def loop(iterator, limit):
-            upcoming = iterator.get_next_as_optional()
-            done = tf.constant(0)
-            while done < limit and upcoming.has_value():
-                one_step(upcoming.get_value())
-                done += 1
-                upcoming = tf.cond(done < limit, iterator.get_next_as_optional,
-                                   lambda current=upcoming: current)
-            results = strategy.run(self.get_metrics_result)
-            return done, {name: strategy.reduce("MEAN", value, axis=None)
-                          for name, value in results.items()}
-
-        into_epoch = 0  # steps of the current epoch already run (runs start at an epoch)
-
-        def function(iterator):
-            nonlocal into_epoch
-            limit = min(steps, epoch_steps - into_epoch) if epoch_steps else steps
-            done, logs = loop(iterator, tf.constant(limit))
-            if int(done) == 0:
-                raise StopIteration
-            if epoch_steps:
-                into_epoch = (into_epoch + int(done)) % epoch_steps
-            return logs
-
-        return function
 
     def make_train_function(self, force=False):
         if self.distribute_strategy.num_replicas_in_sync == 1:
-            # Keras sums the gradients over replicas even when there is one, with TF's
-            # all_reduce, which in a traced step registers a custom gradient in TF's global
-            # registry: each trace (each tuner trial) then keeps its whole step graph alive
-            # for good. Over one replica the sum is the identity.
-            for each in (self.optimizer, getattr(self.optimizer, "inner_optimizer", None)):
-                if each is not None:
-                    each._all_reduce_sum_gradients = lambda grads_and_vars: grads_and_vars
-        if not self._needs_own_loop():
+            keras_fixes.skip_single_replica_all_reduce(self.optimizer)
+        if not keras_fixes.needs_step_loop(self):
             return super().make_train_function(force)
         if self.train_function is None or force:
-            self.train_function = self._step_loop(self._train_step, self.epoch_steps)
+            self.train_function = keras_fixes.step_loop(self, self._train_step,
+                                                        self.epoch_steps)
         return self.train_function
 
     def make_test_function(self, force=False):
-        if not self._needs_own_loop():
+        if self.steps_per_execution == 1 or self.distribute_strategy.num_replicas_in_sync == 1:
             return super().make_test_function(force)
         if self.test_function is None or force:
-            self.test_function = self._step_loop(super().test_step)
+            self.test_function = keras_fixes.step_loop(self, super().test_step)
         return self.test_function
 
     # --- training ---
 
     def test_step(self, data):
-        return self._per_replica_logs(super().test_step(data))
+        return keras_fixes.per_replica_logs(self, super().test_step(data))
 
     def train_step(self, data):
-        return self._per_replica_logs(self._train_step(data))
+        return keras_fixes.per_replica_logs(self, self._train_step(data))
 
     def _train_step(self, data):
         if self.augmenter is not None:

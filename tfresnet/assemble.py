@@ -232,9 +232,7 @@ class TransferStages(keras.callbacks.Callback):
         two_stage = self.config.transfer == "two-stage"
         head_only = two_stage and epoch < self.config.head_epochs
         multiplier = 0.0 if head_only else self.config.backbone_lr
-        network = self.model.network
-        if (network.frozen_base, self.model.backbone_lr) != (head_only, multiplier):
-            network.frozen_base = head_only
+        if self.model.backbone_lr != multiplier:
             self.model.set_backbone_lr(multiplier)
             self.model.make_train_function(force=True)
             if two_stage and epoch == self.config.head_epochs:

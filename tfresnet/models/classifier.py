@@ -58,9 +58,11 @@ class Classifier(keras.Model):
         self.augmenter = augmenter
 
     def set_backbone_lr(self, multiplier):
-        """Scales the updates of a pretrained backbone (``network.feature_extractor``) by
-        ``multiplier``: 0 leaves it out of training (no gradients), 1 trains it like the
-        head. Call ``make_train_function(force=True)`` after changing it mid-training."""
+        """The transfer state of a pretrained backbone (``network.feature_extractor``), one
+        setting: 0 freezes it (no gradients, batch norm in inference mode); above 0 trains
+        it with its updates scaled by ``multiplier`` (1: like the head). Call
+        ``make_train_function(force=True)`` after changing it mid-training."""
+        self.network.frozen_base = multiplier == 0
         self.network.feature_extractor.trainable = multiplier > 0
         self.backbone_lr = float(multiplier)
 

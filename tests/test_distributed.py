@@ -168,8 +168,8 @@ def test_workers_with_different_settings_are_refused(tmp_path):
 @pytest.mark.slow
 def test_mirrored_with_several_steps_per_execution_matches_one_device(single_and_two_workers):
     # Keras runs multi-step executions in a tf.cond, where MirroredStrategy's merge_call
-    # fails; Classifier runs them in its own loop. (Steps per execution do not change the
-    # single-device curve.)
+    # fails; tfresnet.keras_fixes.step_loop runs them instead. (Steps per execution do not
+    # change the single-device curve.)
     tmp_path, _ = single_and_two_workers
     result = subprocess.run([sys.executable, "-c", TWO_DEVICES, *ARGS, "--steps-per-execution",
                              "4", "--strategy", "mirrored", "--output-dir", str(tmp_path),

@@ -79,6 +79,16 @@ def test_scale_lr_follows_the_samples_of_one_update():
     assert make_schedule(accumulated, 10, 128) == pytest.approx(0.4)
 
 
+def test_scale_lr_with_the_default_batch_uses_the_batch_that_ran(tmp_path):
+    """No --batch-size: digits' 1,437 training images get the default 128 halved to 64 (an
+    epoch needs 12 batches), so --scale-lr scales TINY's 0.05 by 64 / 128."""
+    args = [a for a in TINY if a not in ("--batch-size", "64")]
+    assert main([*args, "--model", "small_cnn", "--epochs", "1", "--scale-lr", "--schedule",
+                 "constant", "--output-dir", str(tmp_path), "--name", "scaled"]) == 0
+    row, = history(tmp_path / "scaled")
+    assert float(row["lr"]) == pytest.approx(0.05 * 64 / 128)
+
+
 def test_decoupled_weight_decay_skips_bn_and_biases():
     model = built(stem="seed")
     optimizer = make_optimizer(TrainConfig(optimizer="sgd", weight_decay=0.01), 10, 128)

@@ -179,7 +179,6 @@ def build_model(config, data, runtime, pretrained=True):
             steps_per_execution=config.steps_per_execution or (16 if runtime.jit else 1),
         )
         model.set_augmenter(augmenter if augmenter and in_step else None)
-        model.epoch_steps = steps  # executions of several steps stop at each epoch's end
         model(np.zeros((1, *data.image_size, 3), np.uint8))
         model.optimizer.build(model.trainable_variables)
     if pretrained and config.weights:

@@ -88,6 +88,12 @@ class Classifier(keras.Model):
             iterator, data_batch = None, keras_fixes.first_local_batch(self, iterator)
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
+    def fit(self, *args, steps_per_epoch=None, **kwargs):
+        # The epoch's length decides where executions of several steps run.
+        if steps_per_epoch != self.epoch_steps:
+            self.epoch_steps, self.train_function = steps_per_epoch, None
+        return super().fit(*args, steps_per_epoch=steps_per_epoch, **kwargs)
+
     def make_train_function(self, force=False):
         if self.distribute_strategy.num_replicas_in_sync == 1:
             keras_fixes.skip_single_replica_all_reduce(self.optimizer)

@@ -62,9 +62,10 @@ def curves_figure(rows, title):
     figure = Figure(figsize=(11, 4))
     loss_ax, acc_ax = figure.subplots(1, 2)
     for ax, key, label in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
-        ax.plot(epochs, [r[key] for r in rows], "-", color="tab:red", label=f"train {label}")
+        # Markers too: a run of one epoch is one point, which a bare line would not show.
+        ax.plot(epochs, [r[key] for r in rows], ".-", color="tab:red", label=f"train {label}")
         if any(f"val_{key}" in r for r in rows):
-            ax.plot(epochs, [r.get(f"val_{key}", math.nan) for r in rows], "-",
+            ax.plot(epochs, [r.get(f"val_{key}", math.nan) for r in rows], ".-",
                     color="tab:blue", label=f"validation {label}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)

@@ -196,9 +196,10 @@ def build_report(target, dataset=None, data_dir=None):
         "<h2>Confusion matrix</h2>" + picture(figure_data_uri(confusion_figure(
             matrix, data.class_names, data.fine_to_coarse, f"{title} ({split})")),
             "confusion matrix")
-        + "<p>Most-confused pairs (true &rarr; predicted):</p>"
-        + table(["true", "predicted", "images"],
-                [[p["true"], p["predicted"], p["count"]] for p in confused], numeric={2}))
+        + ("<p>Most-confused pairs (true &rarr; predicted):</p>"
+           + table(["true", "predicted", "images"],
+                   [[p["true"], p["predicted"], p["count"]] for p in confused], numeric={2})
+           if confused else "<p>No image was confused with another class.</p>"))
 
     header = f"{title} ({split}, {len(images)} images): accuracy {100 * top1:.2f}%"
     rows = min(EXCERPT_ROWS, data.num_classes)

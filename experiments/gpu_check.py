@@ -81,30 +81,15 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="CPU rehearsal: width 1/16, "
                         "batch 8, 2 steps")
     args = parser.parse_args()
-    import keras
 
-    from tfresnet.bench import (
-        bench_config,
-        bench_inference,
-        bench_train,
-        environment,
-        synthetic_cifar,
-    )
+    from tfresnet.bench import RowLog, bench_config, bench_inference, bench_train, synthetic_cifar
 
     width, batch, steps, repeats = (0.0625, 8, 2, 1) if args.tiny else (1.0, 256, 32, 3)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = out / "gpu_check.jsonl"
-    log.write_text("")
-    env = environment()
-    rows = []
-
-    def record(row):
-        keras.backend.clear_session()  # the row's models: the next row starts clean
-        rows.append(row)
-        with log.open("a") as f:
-            f.write(json.dumps({**row, **env}) + "\n")
-        print(json.dumps(row), flush=True)
+    (out / "gpu_check.jsonl").write_text("")
+    record = RowLog(out / "gpu_check.jsonl", show=lambda row: print(json.dumps(row), flush=True))
+    env = record.env
 
     start = time.perf_counter()
     for precision, jit, spe, place in ROWS:
@@ -119,7 +104,7 @@ def main():
     (out / "gpu_check.md").write_text(
         f"{env['device']}, {env['date']}, TensorFlow {env['versions']['tensorflow']}, "
         f"ResNet-18 x{width:g}, batch {batch}, {steps} steps x {repeats} repeats, "
-        f"{time.perf_counter() - start:.0f} s in all\n\n" + table(rows))
+        f"{time.perf_counter() - start:.0f} s in all\n\n" + table(record.rows))
     print((out / "gpu_check.md").read_text())
 
 

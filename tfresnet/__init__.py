@@ -12,7 +12,8 @@ with native_stderr_silenced():
     tensorflow.config.list_physical_devices("GPU")  # CUDA probing prints here, once
 
 from tfresnet import losses, models  # noqa: E402  (registers every serializable class)
-from tfresnet.api import Run, classify, draw, fit, load_model  # noqa: E402
+from tfresnet.api import Run, classify, draw, fit  # noqa: E402
+from tfresnet.checkpoint import load_model  # noqa: E402
 from tfresnet.config import TrainConfig  # noqa: E402
 from tfresnet.data import load_dataset  # noqa: E402
 from tfresnet.models import get_model, list_models  # noqa: E402

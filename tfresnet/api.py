@@ -1,6 +1,7 @@
 """The Python API: what the commands do, from a notebook or a script (see README, "From
-Python"). Names differ from the command modules (``tfresnet.train`` is the module of
-``python -m tfresnet.train``), so both can be imported side by side."""
+Python"; ``tfresnet.load_model`` is `tfresnet.checkpoint.load_model`). Names differ from the
+command modules (``tfresnet.train`` is the module of ``python -m tfresnet.train``), so both
+can be imported side by side."""
 
 import dataclasses
 from pathlib import Path
@@ -35,13 +36,6 @@ def fit(config=None, *, fresh=False, **settings):
     config = (config or TrainConfig()).updated(settings, "fit()")
     summary = train(config, fresh=fresh)
     return Run(Path(summary.get("run", config.output_dir)), summary)
-
-
-def load_model(target):
-    """The model of a run folder (its ``best.keras``) or of a ``.keras`` file."""
-    from tfresnet.checkpoint import load_model as load
-
-    return load(target)
 
 
 def classify(model, images, top_k=5):

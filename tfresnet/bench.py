@@ -247,10 +247,28 @@ def _print(record):
           f"(min {record['min']:,.1f}, max {record['max']:,.1f}){extra}{memory}", flush=True)
 
 
+class RowLog:
+    """The measured rows: each is shown, appended with `environment` as one JSON line to
+    ``path`` (if given) as soon as it is measured, so a sweep cut short keeps its rows, and
+    followed by a cleared Keras session, so the next row starts clean."""
+
+    def __init__(self, path=None, show=_print):
+        self.path, self.show, self.rows = path, show, []
+        self.env = environment() if path else None
+
+    def __call__(self, row):
+        import keras
+
+        keras.backend.clear_session()  # the row's models
+        self.rows.append(row)
+        self.show(row)
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({**row, **self.env}) + "\n")
+
+
 def run(args):
     """Runs the selected measurements; returns the records."""
-    import keras
-
     from tfresnet.models import list_models
     from tfresnet.runtime import resolve_precision
 
@@ -268,16 +286,7 @@ def run(args):
     for precision in args.precision:
         resolve_precision(precision)
     everything = not (args.pipeline or args.train or args.inference)
-    env = environment() if args.json else None
-    records = []
-
-    def record(result):
-        keras.backend.clear_session()  # the row's models: the next row starts clean
-        records.append(result)
-        _print(result)
-        if args.json:  # each row as it is measured: a sweep cut short keeps its rows
-            with open(args.json, "a") as f:
-                f.write(json.dumps({**result, **env}) + "\n")
+    record = RowLog(args.json)
 
     if args.pipeline or everything:
         for preset in args.augment:
@@ -286,17 +295,17 @@ def run(args):
                                       args.num_classes, args.dataset, args.image_size))
     for name, batch, precision, jit in itertools.product(args.model, args.batch_size,
                                                          args.precision, args.jit):
-        first = None
-        for spe, place in itertools.product(args.steps_per_execution, args.augment_on):
-            config = bench_config(name, batch, precision, jit, args.width, spe, place,
-                                  image_size=args.image_size or 32)
-            first = first or config
-            if args.train or everything:
+        size = args.image_size or 32
+        if args.train or everything:
+            for spe, place in itertools.product(args.steps_per_execution, args.augment_on):
+                config = bench_config(name, batch, precision, jit, args.width, spe, place,
+                                      image_size=size)
                 record(bench_train(config, args.steps, args.repeats, args.num_classes))
         if args.inference or everything:  # neither setting above applies to inference
-            for result in bench_inference(first, args.steps, args.repeats, args.num_classes):
+            config = bench_config(name, batch, precision, jit, args.width, image_size=size)
+            for result in bench_inference(config, args.steps, args.repeats, args.num_classes):
                 record(result)
-    return records
+    return record.rows
 
 
 def build_parser():

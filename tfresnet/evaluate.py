@@ -24,6 +24,7 @@ from tfresnet.inference import (
     coarse_accuracy,
     load_run,
     predict_probabilities,
+    run_folder,
     topk_accuracy,
 )
 
@@ -94,26 +95,33 @@ def confusion_figure(matrix, class_names, fine_to_coarse, title):
     return figure
 
 
-def evaluate(target, dataset=None, data_dir=None, tta=None, out_dir=None):
-    """Evaluates a run folder or model file; returns the evaluation dict."""
-    model, data, images, labels, split = load_run(target, dataset, data_dir)
-    probabilities = predict_probabilities(model, images)
-    if tta == "flip":
-        probabilities = (probabilities + predict_probabilities(model, images, flip=True)) / 2
-    predicted = probabilities.argmax(axis=1)
-    matrix = confusion_matrix(labels, predicted, data.num_classes)
+def scores(probabilities, labels, data):
+    """Top-1, top-5, calibration error, most-confused pairs and (CIFAR-100) superclass
+    accuracy of ``probabilities`` on ``data``'s ``labels``; returns them as a dict, and the
+    confusion matrix."""
+    matrix = confusion_matrix(labels, probabilities.argmax(axis=1), data.num_classes)
     result = {
-        "model": str(target), "dataset": data.name, "split": split, "images": len(images),
-        "tta": tta, "top1": topk_accuracy(probabilities, labels, 1),
+        "top1": topk_accuracy(probabilities, labels, 1),
         "top5": topk_accuracy(probabilities, labels, 5),
         "expected_calibration_error": expected_calibration_error(probabilities, labels),
         "most_confused": most_confused(matrix, data.class_names),
     }
     if data.fine_to_coarse is not None:
         result["coarse_accuracy"] = coarse_accuracy(probabilities, labels, data.fine_to_coarse)
+    return result, matrix
 
-    target = Path(target)
-    out_dir = Path(out_dir) if out_dir else (target if target.is_dir() else target.parent)
+
+def evaluate(target, dataset=None, data_dir=None, tta=None, out_dir=None):
+    """Evaluates a run folder or model file; returns the evaluation dict."""
+    model, data, images, labels, split = load_run(target, dataset, data_dir)
+    probabilities = predict_probabilities(model, images)
+    if tta == "flip":
+        probabilities = (probabilities + predict_probabilities(model, images, flip=True)) / 2
+    found, matrix = scores(probabilities, labels, data)
+    result = {"model": str(target), "dataset": data.name, "split": split,
+              "images": len(images), "tta": tta, **found}
+
+    out_dir = Path(out_dir) if out_dir else run_folder(target)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = io.StringIO()
     writer = csv.writer(rows)

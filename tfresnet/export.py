@@ -168,8 +168,9 @@ def labels_path(export_path):
 
 def default_out(target, fmt, quantize):
     """``<run>/export/model[_<quantize>].<ext>`` (``saved_model/`` for SavedModel)."""
-    target = Path(target)
-    folder = (target if target.is_dir() else target.parent) / "export"
+    from tfresnet.inference import run_folder
+
+    folder = run_folder(target) / "export"
     if fmt == "saved_model":
         return folder / "saved_model"
     suffix = f"_{quantize}" if quantize else ""

@@ -66,6 +66,12 @@ def test_metrics(model, images, labels, fine_to_coarse=None, batch_size=256):
     return metrics
 
 
+def run_folder(target):
+    """The folder of a run: ``target`` itself, or the folder holding a model file."""
+    target = Path(target)
+    return target if target.is_dir() else target.parent
+
+
 def add_run_arguments(parser):
     """The arguments of a command that loads a run: target, --dataset, --data-dir."""
     parser.add_argument("target", help="run folder (with best.keras) or a .keras file")
@@ -93,7 +99,7 @@ def load_run_data(target, model, dataset=None, data_dir=None):
     from tfresnet.data import load_dataset
 
     target = Path(target)
-    config_path = target / "config.json" if target.is_dir() else target.parent / "config.json"
+    config_path = run_folder(target) / "config.json"
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
     name = dataset or config.get("dataset") or model.dataset
     if name is None:

@@ -41,12 +41,17 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 """
 
 
-def png_data_uri(image_bgr):
+def png_uri(png):
+    """PNG bytes as a ``data:`` URI."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def image_data_uri(image_bgr):
     """An OpenCV (BGR) image as a ``data:`` URI holding a PNG."""
     ok, encoded = cv2.imencode(".png", image_bgr)
     if not ok:
         raise ValueError("could not encode the picture as PNG")
-    return "data:image/png;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
+    return png_uri(encoded.tobytes())
 
 
 def figure_data_uri(figure):
@@ -55,7 +60,7 @@ def figure_data_uri(figure):
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return png_uri(buffer.getvalue())
 
 
 def picture(uri, alt):
@@ -140,38 +145,23 @@ def export_rows(run_dir):
 def build_report(target, dataset=None, data_dir=None):
     """The report page of a run folder (or ``.keras`` file) as an HTML string."""
     from tfresnet.callbacks import curves_figure, read_history
-    from tfresnet.evaluate import (
-        confusion_figure,
-        confusion_matrix,
-        expected_calibration_error,
-        most_confused,
-    )
-    from tfresnet.inference import (
-        coarse_accuracy,
-        load_run,
-        predict_probabilities,
-        topk_accuracy,
-    )
+    from tfresnet.evaluate import confusion_figure, scores
+    from tfresnet.inference import load_run, predict_probabilities, run_folder
 
-    target = Path(target)
-    run_dir = target if target.is_dir() else target.parent
+    run_dir = run_folder(target)
     model, data, images, labels, split = load_run(target, dataset, data_dir)
     config = read_json(run_dir / "config.json")
     summary = read_json(run_dir / "summary.json")
     probabilities = predict_probabilities(model, images)
-    predicted = probabilities.argmax(axis=1)
-    matrix = confusion_matrix(labels, predicted, data.num_classes)
-    top1 = topk_accuracy(probabilities, labels, 1)
+    found, matrix = scores(probabilities, labels, data)
+    top1 = found["top1"]
     width = config.get("width") or 1.0
     title = f"{model.network.name}{f' x{width:g}' if width != 1 else ''} on {data.name}"
 
-    metrics = [(f"{split} top-1", percent(top1)),
-               (f"{split} top-5", percent(topk_accuracy(probabilities, labels, 5)))]
-    if data.fine_to_coarse is not None:
-        metrics.append(("superclass", percent(
-            coarse_accuracy(probabilities, labels, data.fine_to_coarse))))
-    calibration = expected_calibration_error(probabilities, labels)
-    metrics.append(("calibration error", f"{calibration:.3f}"))
+    metrics = [(f"{split} top-1", percent(top1)), (f"{split} top-5", percent(found["top5"]))]
+    if "coarse_accuracy" in found:
+        metrics.append(("superclass", percent(found["coarse_accuracy"])))
+    metrics.append(("calibration error", f"{found['expected_calibration_error']:.3f}"))
     if summary.get("best_val_accuracy") is not None:
         metrics.append(("best validation", percent(summary["best_val_accuracy"])))
     if summary.get("wall_seconds") is not None:
@@ -191,7 +181,7 @@ def build_report(target, dataset=None, data_dir=None):
         sections.append("<h2>Learning curves</h2>" + picture(
             figure_data_uri(curves_figure(history, title)), "learning curves"))
 
-    confused = most_confused(matrix, data.class_names, count=10)
+    confused = found["most_confused"]
     sections.append(
         "<h2>Confusion matrix</h2>" + picture(figure_data_uri(confusion_figure(
             matrix, data.class_names, data.fine_to_coarse, f"{title} ({split})")),
@@ -207,13 +197,13 @@ def build_report(target, dataset=None, data_dir=None):
         f"<h2>Test images by predicted class</h2><p class=muted>The first {rows} of "
         f"{data.num_classes} rows of test_visualisation.png (python -m tfresnet.visualize "
         "draws them all): green frame = correct, red = wrong.</p>"
-        + picture(png_data_uri(excerpt(images, labels, probabilities, model.class_names,
+        + picture(image_data_uri(excerpt(images, labels, probabilities, model.class_names,
                                        header)), "test images by predicted class"))
 
     sections.append(
         "<h2>Where the model looked (Grad-CAM)</h2><p class=muted>The most confident correct "
         "and wrong predictions; each image beside its Grad-CAM of the predicted class.</p>"
-        + picture(png_data_uri(cam_strip(model, images, labels, probabilities)),
+        + picture(image_data_uri(cam_strip(model, images, labels, probabilities)),
                   "Grad-CAM strip"))
 
     exports = export_rows(run_dir)
@@ -234,16 +224,14 @@ def build_report(target, dataset=None, data_dir=None):
 
 
 def main(argv=None):
-    from tfresnet.inference import add_run_arguments
+    from tfresnet.inference import add_run_arguments, run_folder
 
     parser = command_parser("tfresnet.report", __doc__)
     add_run_arguments(parser)
     parser.add_argument("--out", help="output HTML (default: report.html beside the model)")
     args = parser.parse_args(argv)
     page = build_report(args.target, args.dataset, args.data_dir)
-    target = Path(args.target)
-    out = Path(args.out) if args.out else (
-        (target if target.is_dir() else target.parent) / "report.html")
+    out = Path(args.out) if args.out else run_folder(args.target) / "report.html"
     atomic_write_text(out, page)
     print(f"{out}: {len(page) / 1e6:.2f} MB, self-contained")
     return 0

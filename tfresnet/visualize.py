@@ -147,7 +147,7 @@ def draw_run(target, dataset=None, data_dir=None, out=None, per_row=None, scale=
              select="spread", cam=False):
     """Draws ``test_visualisation.png`` (with ``cam``: ``test_visualisation_cam.png``, the
     same rows with Grad-CAM overlays) for a run folder or model; returns its path."""
-    from tfresnet.inference import load_run, predict_probabilities, topk_accuracy
+    from tfresnet.inference import load_run, predict_probabilities, run_folder, topk_accuracy
 
     model, data, images, labels, split = load_run(target, dataset, data_dir)
     probabilities = predict_probabilities(model, images)
@@ -162,9 +162,8 @@ def draw_run(target, dataset=None, data_dir=None, out=None, per_row=None, scale=
                                          probabilities, model.class_names,
                                          f"{header}; Grad-CAM of the predicted class",
                                          per_row, 1, select)
-    target = Path(target)
     name = "test_visualisation_cam.png" if cam else "test_visualisation.png"
-    out = Path(out) if out else (target if target.is_dir() else target.parent) / name
+    out = Path(out) if out else run_folder(target) / name
     atomic_write_image(out, picture)
     print(f"{out}: {picture.shape[1]}x{picture.shape[0]} px, {len(model.class_names)} rows")
     return out

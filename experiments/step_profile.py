@@ -152,8 +152,8 @@ def main():
     if importlib.util.find_spec("torch") is None:
         args.variants = [v for v in args.variants if v not in TORCH_VARIANTS]
     runs = {name: build(name, args.width, args.batch_size) for name in args.variants}
-    for run in runs.values():  # compilation and first steps, untimed
-        run(2)
+    for run in runs.values():  # compilation and first steps, untimed; the timed length,
+        run(args.steps)  # as fit traces a new step for each epoch length
     rates = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, run in runs.items():

@@ -3,6 +3,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfresnet
 from tfresnet.errors import UserError
@@ -109,6 +110,47 @@ def test_forward_backward_step_changes_weights(name):
     assert np.isfinite(loss)
     changed = [not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables)]
     assert all(changed[-2:]) and sum(changed) > len(changed) // 2
+
+
+def _bn_step(layer, x, jit=False):
+    """(outputs, moving mean, moving variance, d(x, gamma, beta), op types of the step)."""
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(tf.cast(x, layer.compute_dtype), training=True)
+            loss = tf.reduce_sum(tf.cast(y, "float32") ** 3)
+        return y, tape.gradient(loss, [x, layer.gamma, layer.beta])
+
+    function = tf.function(step, jit_compile=jit)
+    ops = {op.type for op in function.get_concrete_function(x).graph.get_operations()}
+    y, grads = function(x)
+    return [np.asarray(y, "float32"), layer.moving_mean.numpy(),
+            layer.moving_variance.numpy(), *[g.numpy() for g in grads]], ops
+
+
+@pytest.mark.parametrize("dtype,jit,rtol", [("float32", False, 1e-5), ("float32", True, 1e-5),
+                                            ("mixed_bfloat16", False, 1e-2)])
+def test_batch_norm_trains_through_the_fused_kernel_with_keras_numbers(dtype, jit, rtol):
+    from tfresnet.models.resnet import BatchNormalization
+
+    x = tf.constant(np.random.default_rng(0).normal(2, 3, (8, 6, 6, 5)), "float32")
+    results = []
+    for cls in (keras.layers.BatchNormalization, BatchNormalization):
+        layer = cls(momentum=0.9, epsilon=1e-5, dtype=dtype)
+        layer.build(x.shape)
+        layer.gamma.assign(np.linspace(0.5, 1.5, 5))
+        layer.beta.assign(np.linspace(-1, 1, 5))
+        results.append(_bn_step(layer, x, jit))
+    (keras_values, keras_ops), (fused_values, fused_ops) = results
+    assert "FusedBatchNormV3" in fused_ops and "FusedBatchNormV3" not in keras_ops
+    for name, want, got in zip(["y", "moving mean", "moving variance", "dx", "dgamma", "dbeta"],
+                               keras_values, fused_values):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max(),
+                                   err_msg=name)
+    synchronized = BatchNormalization(synchronized=True)
+    synchronized.build(x.shape)
+    assert "FusedBatchNormV3" not in _bn_step(synchronized, x)[1]  # Keras' path
 
 
 def test_zero_init_residual_and_dropout_options():

@@ -5,6 +5,7 @@ from keras import layers
 
 from tfresnet.models.resnet import (
     HE_NORMAL_FAN_OUT,
+    BatchNormalization,
     ClassifierHead,
     check_dropout,
     check_positive,
@@ -47,7 +48,7 @@ class VGG(ClassifierHead, keras.Model):
                 layers.Conv2D(max(1, round(item * width)), 3, padding="same", use_bias=False,
                               kernel_initializer=keras.initializers.get(HE_NORMAL_FAN_OUT),
                               name=f"conv{index}"),
-                layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"bn{index}"),
+                BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"bn{index}"),
                 layers.ReLU(name=f"relu{index}"),
             ]
         self.pool = layers.GlobalAveragePooling2D(name="gap")

@@ -10,6 +10,8 @@ turn, so a slow spell of the machine hits every variant alike. Variants:
 - ``fit_xla``: the same with ``--jit on`` (XLA, 16 steps per execution, augmentation in
   the step);
 - ``fit_no_augment``: ``fit`` with ``--augment none`` (tf.data and augmentation's share);
+- ``fit_keras_bn``: ``fit`` with Keras' own batch norm, built from separate ops, in place
+  of tfresnet's fused one (`tfresnet.models.resnet.BatchNormalization`);
 - ``raw``: a bare ``tf.function`` step on one fixed batch: forward, CE, backward, SGD with
   Nesterov momentum (no Keras loop, metrics, L2 or tf.data); ``raw_l2`` adds the L2 term;
   ``raw_xla`` compiles ``raw`` with XLA;
@@ -18,6 +20,9 @@ turn, so a slow spell of the machine hits every variant alike. Variants:
 
 One JSON line per variant (median, min, max img/s over the rounds). Thread and oneDNN
 settings apply per process: set ``TF_ENABLE_ONEDNN_OPTS=0`` or pass ``--intra-op`` to rerun.
+``--op-profile`` then traces ``--steps`` more steps of each TensorFlow variant with the
+TensorFlow profiler and adds each op type's share of the op time (self time, idle excluded;
+the profiler slows the step, so the shares matter, not the totals).
 
     python experiments/step_profile.py --width 0.125 --batch-size 128
 """
@@ -31,13 +36,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-BATCH_VARIANTS = ("fit", "fit_xla", "fit_no_augment")
+BATCH_VARIANTS = ("fit", "fit_xla", "fit_no_augment", "fit_keras_bn")
 RAW_VARIANTS = ("raw", "raw_l2", "raw_xla")
 TORCH_VARIANTS = ("torch_eager", "torch_compile")
 
 
-def keras_fit(width, batch, jit="off", augment="standard"):
-    """``run(steps)`` -> seconds of one epoch of ``steps`` steps of bench's training row."""
+def keras_fit(width, batch, jit="off", augment="standard", keras_bn=False):
+    """``run(steps)`` -> seconds of one epoch of ``steps`` steps of bench's training row;
+    ``keras_bn``: with Keras' own (unfused) batch norm in place of tfresnet's."""
     import keras
 
     from tfresnet.assemble import make_pipelines
@@ -45,6 +51,9 @@ def keras_fit(width, batch, jit="off", augment="standard"):
 
     config = bench_config("resnet18", batch, "float32", jit, width, augment=augment)
     data, runtime, model = build_bench_model(config, 100, steps=8)
+    for layer in model._flatten_layers() if keras_bn else ():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.__class__ = keras.layers.BatchNormalization  # same variables, Keras' call
     dataset, _ = make_pipelines(config, data, runtime)
     seconds = []
 
@@ -118,10 +127,36 @@ def torch_step(width, batch, compiled):
     return run
 
 
+def op_shares(run, steps, top=12):
+    """``{op type: share of op self time}`` of ``steps`` steps under the TF profiler."""
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin  # TF's converter
+
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        run(steps)
+        tf.profiler.experimental.stop()
+        files = [str(p) for p in Path(logdir).rglob("*.xplane.pb")]
+        table, _ = _pywrap_profiler_plugin.xspace_to_tools_data(files, "framework_op_stats", {})
+    table = json.loads(table)[0]
+    columns = [column["id"] for column in table["cols"]]
+    by_type = {}
+    for row in table["rows"]:
+        row = dict(zip(columns, [cell.get("v") for cell in row["c"]]))
+        if row["type"] != "IDLE":
+            by_type[row["type"]] = by_type.get(row["type"], 0.0) + row["total_self_time"]
+    total = sum(by_type.values())
+    ranked = sorted(by_type.items(), key=lambda item: -item[1])[:top]
+    return {op: round(time_us / total, 3) for op, time_us in ranked}
+
+
 def build(name, width, batch):
     return {"fit": lambda: keras_fit(width, batch),
             "fit_xla": lambda: keras_fit(width, batch, jit="on"),
             "fit_no_augment": lambda: keras_fit(width, batch, augment="none"),
+            "fit_keras_bn": lambda: keras_fit(width, batch, keras_bn=True),
             "raw": lambda: raw_step(width, batch),
             "raw_l2": lambda: raw_step(width, batch, l2=5e-4),
             "raw_xla": lambda: raw_step(width, batch, jit=True),
@@ -140,6 +175,8 @@ def main():
     parser.add_argument("--intra-op", type=int, help="TensorFlow intra-op threads")
     parser.add_argument("--inter-op", type=int, help="TensorFlow inter-op threads")
     parser.add_argument("--json", help="append the JSON lines to this file")
+    parser.add_argument("--op-profile", action="store_true",
+                        help="also each TensorFlow variant's op types by share of op time")
     args = parser.parse_args()
     import importlib.util
 
@@ -159,13 +196,16 @@ def main():
         for name, run in runs.items():
             rates[name].append(args.steps * args.batch_size / run(args.steps))
     for name, values in rates.items():
-        line = json.dumps({
+        row = {
             "variant": name, "width": args.width, "batch_size": args.batch_size,
             "images_per_second": round(statistics.median(values), 1),
             "min": round(min(values), 1), "max": round(max(values), 1),
             "rounds": args.rounds, "steps": args.steps,
             "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
-            "intra_op": args.intra_op or "auto", "inter_op": args.inter_op or "auto"})
+            "intra_op": args.intra_op or "auto", "inter_op": args.inter_op or "auto"}
+        if args.op_profile and name not in TORCH_VARIANTS:
+            row["op_shares"] = op_shares(runs[name], args.steps)
+        line = json.dumps(row)
         print(line, flush=True)
         if args.json:
             with open(args.json, "a") as f:

@@ -113,7 +113,8 @@ def test_forward_backward_step_changes_weights(name):
 
 
 def _bn_step(layer, x, jit=False):
-    """(outputs, moving mean, moving variance, d(x, gamma, beta), op types of the step)."""
+    """The outputs, moving mean and variance, and d(x, gamma, beta) of a training step, then
+    the outputs of an inference call; and the op types of both."""
 
     def step(x):
         with tf.GradientTape() as tape:
@@ -122,16 +123,20 @@ def _bn_step(layer, x, jit=False):
             loss = tf.reduce_sum(tf.cast(y, "float32") ** 3)
         return y, tape.gradient(loss, [x, layer.gamma, layer.beta])
 
-    function = tf.function(step, jit_compile=jit)
-    ops = {op.type for op in function.get_concrete_function(x).graph.get_operations()}
-    y, grads = function(x)
+    train = tf.function(step, jit_compile=jit)
+    infer = tf.function(lambda x: layer(tf.cast(x, layer.compute_dtype), training=False),
+                        jit_compile=jit)
+    ops = {op.type for function in (train, infer)
+           for op in function.get_concrete_function(x).graph.get_operations()}
+    y, grads = train(x)
     return [np.asarray(y, "float32"), layer.moving_mean.numpy(),
-            layer.moving_variance.numpy(), *[g.numpy() for g in grads]], ops
+            layer.moving_variance.numpy(), *[g.numpy() for g in grads],
+            np.asarray(infer(x), "float32")], ops
 
 
 @pytest.mark.parametrize("dtype,jit,rtol", [("float32", False, 1e-5), ("float32", True, 1e-5),
                                             ("mixed_bfloat16", False, 1e-2)])
-def test_batch_norm_trains_through_the_fused_kernel_with_keras_numbers(dtype, jit, rtol):
+def test_batch_norm_runs_through_the_fused_kernel_with_keras_numbers(dtype, jit, rtol):
     from tfresnet.models.resnet import BatchNormalization
 
     x = tf.constant(np.random.default_rng(0).normal(2, 3, (8, 6, 6, 5)), "float32")
@@ -144,8 +149,8 @@ def test_batch_norm_trains_through_the_fused_kernel_with_keras_numbers(dtype, ji
         results.append(_bn_step(layer, x, jit))
     (keras_values, keras_ops), (fused_values, fused_ops) = results
     assert "FusedBatchNormV3" in fused_ops and "FusedBatchNormV3" not in keras_ops
-    for name, want, got in zip(["y", "moving mean", "moving variance", "dx", "dgamma", "dbeta"],
-                               keras_values, fused_values):
+    names = ["y", "moving mean", "moving variance", "dx", "dgamma", "dbeta", "inference"]
+    for name, want, got in zip(names, keras_values, fused_values):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max(),
                                    err_msg=name)
     synchronized = BatchNormalization(synchronized=True)

@@ -104,7 +104,8 @@ def test_whole_network_equals_keras_hubs_pytorch_layout_resnet(name):
         kind = variable.path.split("/")[-1]
         target = hub.get_layer(hub_layer_name(variable.path))
         getattr(target, kind).assign(variable)
-    np.testing.assert_allclose(ours(x, training=False), hub(x, training=False), atol=2e-5)
+    want = np.asarray(hub(x, training=False))  # random weights: activations reach ~1e7
+    np.testing.assert_allclose(ours(x, training=False), want, atol=1e-5 * np.abs(want).max())
 
 
 def test_a_file_with_the_old_padding_keeps_its_outputs():

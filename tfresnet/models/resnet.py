@@ -66,35 +66,39 @@ def legacy_padding(config):
 
 @keras.saving.register_keras_serializable(package="tfresnet")
 class BatchNormalization(layers.BatchNormalization):
-    """Keras' batch norm, trained through TensorFlow's fused kernel.
+    """Keras' batch norm, run through TensorFlow's fused kernel.
 
-    Keras 3 builds training-mode batch norm from separate ops (mean, squared difference,
-    scale, shift; their gradients likewise); ``FusedBatchNormV3`` is one kernel each way
-    (oneDNN's on a CPU, cuDNN's on a GPU, and XLA lowers it). Same variables, same moving
-    statistics (the fused kernel's Bessel-corrected variance is turned back into Keras'
-    biased one), same inference path: only the speed differs. Masks, renorm and
-    synchronised statistics keep Keras' path. It keeps Keras' class name because a .keras
-    file stores the weights of a list's layers under the snake-cased class name.
+    Keras 3 builds batch norm from separate ops (mean, squared difference, scale, shift;
+    their gradients likewise); ``FusedBatchNormV3`` is one kernel each way (oneDNN's on a
+    CPU, cuDNN's on a GPU, and XLA lowers it). Same variables, same moving statistics (the
+    fused kernel's Bessel-corrected batch variance is turned back into Keras' biased one),
+    same outputs: only the speed differs. Masks, renorm and synchronised statistics keep
+    Keras' path. It keeps Keras' class name because a .keras file stores the weights of a
+    list's layers under the snake-cased class name.
     """
 
     def call(self, inputs, training=None, mask=None):
-        if not (training is True and self.trainable and mask is None and self.scale
-                and self.center and not self.renorm and not self.synchronized
-                and len(inputs.shape) == 4 and self.axis in (-1, 3)):
+        if not (mask is None and self.scale and self.center and not self.renorm
+                and not self.synchronized and len(inputs.shape) == 4
+                and self.axis in (-1, 3)):
             return super().call(inputs, training=training, mask=mask)
         if inputs.dtype not in (tf.float16, tf.bfloat16, tf.float32):
             inputs = tf.cast(inputs, tf.float32)
+        batch_statistics = bool(training) and self.trainable
         # The raw op: tf.nn's wrapper raises epsilon to 1.001e-5.
         outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
             x=inputs, scale=tf.cast(self.gamma, tf.float32),
-            offset=tf.cast(self.beta, tf.float32), mean=tf.constant([], tf.float32),
-            variance=tf.constant([], tf.float32), epsilon=self.epsilon, is_training=True)
-        count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
-        variance *= (count - 1.0) / count
-        momentum = self.momentum
-        self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
-        self.moving_variance.assign(
-            self.moving_variance * momentum + variance * (1.0 - momentum))
+            offset=tf.cast(self.beta, tf.float32),
+            mean=tf.constant([], tf.float32) if batch_statistics else self.moving_mean,
+            variance=tf.constant([], tf.float32) if batch_statistics else self.moving_variance,
+            epsilon=self.epsilon, is_training=batch_statistics)
+        if batch_statistics:
+            count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
+            variance *= (count - 1.0) / count
+            momentum = self.momentum
+            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+            self.moving_variance.assign(
+                self.moving_variance * momentum + variance * (1.0 - momentum))
         return tf.cast(outputs, self.compute_dtype)
 
 

@@ -93,7 +93,8 @@ class BatchNormalization(layers.BatchNormalization):
             variance=tf.constant([], tf.float32) if batch_statistics else self.moving_variance,
             epsilon=self.epsilon, is_training=batch_statistics)
         if batch_statistics:
-            count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
+            # Values per channel, counted in float: an int32 size overflows past 2**31.
+            count = tf.reduce_prod(tf.cast(tf.shape(inputs)[:-1], tf.float32))
             variance *= (count - 1.0) / count
             momentum = self.momentum
             self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))

@@ -5,16 +5,22 @@ bfloat16 (the default on A100/H100). A two-stage transfer trial under float16 is
 test_transfer.py, MirroredStrategy with several steps per execution in test_distributed.py."""
 
 import json
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 
+# Two logical CPU devices stand in for two GPUs (tests/test_distributed.py).
+from test_distributed import TWO_DEVICES
+
 from conftest import TINY, history, kill_after_first_epoch, run_cli, weights
 from tfresnet import bench, evaluate, predict, train, tune, visualize
+from tfresnet.callbacks import read_history
 
-GPU_DEFAULTS = ["--precision", "mixed_float16", "--jit", "on", "--augment-on", "device",
-                "--steps-per-execution", "16"]
+# Steps per execution stay automatic: with XLA, the largest divisor of the epoch up to 16.
+GPU_DEFAULTS = ["--precision", "mixed_float16", "--jit", "on", "--augment-on", "device"]
 
 
 @pytest.fixture(autouse=True)
@@ -26,18 +32,20 @@ def float32_afterwards():
 
 @pytest.mark.slow
 def test_gpu_defaults_kill_resume_and_every_command_on_the_result(tmp_path, capsys):
-    # 1,437 digits at batch 16: 89 steps per epoch, not a multiple of 16 per execution
-    # (no validation split: it would only add a compilation per process). A run of the
+    # 1,437 digits at batch 12: 119 steps per epoch, run 7 per execution (no validation
+    # split: it would only add a compilation per process). A run of the
     # small CNN takes a third of ResNet-18's time here; the ResNet under these defaults (batch
     # norm in float16) is the tuner trial below and test_transfer.py's float16 trial.
     # No --deterministic: Keras turns XLA off under op determinism. XLA on CPU computes
     # the same run twice all the same (on a GPU its atomic reductions would not).
     common = [*TINY, *GPU_DEFAULTS, "--model", "small_cnn", "--epochs", "3", "--batch-size",
-              "16", "--val-size", "0"]
+              "12", "--val-size", "0"]
     # Both runs in fresh processes: state other tests left in this one must not differ.
     reference = run_cli("tfresnet.train", *common, "--output-dir", tmp_path, "--name", "ref")
     assert reference.returncode == 0, reference.stderr
     assert "mixed_float16 on a CPU" in reference.stderr  # the one-line warning
+    assert ("mixed_float16 | XLA on | batch 12 x 119 steps, 7 per execution | augmentation "
+            "in the compiled step") in reference.stdout  # the start-up line
 
     done = kill_after_first_epoch(tmp_path / "killed", *common)
     assert done < 3, "the kill should land before the end"
@@ -57,8 +65,10 @@ def test_gpu_defaults_kill_resume_and_every_command_on_the_result(tmp_path, caps
     run_dir = tmp_path / "killed"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["precision"], summary["jit"]) == ("mixed_float16", True)
+    resumable = keras.saving.load_model(run_dir / "last.keras")
+    assert isinstance(resumable.optimizer, keras.optimizers.LossScaleOptimizer)
     model = keras.saving.load_model(run_dir / "best.keras")
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.optimizer is None  # the deployable model: no optimizer state
     assert model.network.fc.dtype_policy.compute_dtype == "float32"
     capsys.readouterr()
     assert evaluate.main([str(run_dir)]) == 0
@@ -94,3 +104,27 @@ def test_mixed_bfloat16_trains(tmp_path):
     assert summary["precision"] == "mixed_bfloat16"
     losses = [float(row["loss"]) for row in history(tmp_path / "bf16")]
     assert np.isfinite(losses).all() and losses[1] < losses[0]  # it learns
+
+
+@pytest.mark.slow
+def test_two_devices_with_the_gpu_defaults_train_and_refuse_what_keras_cannot_run(tmp_path):
+    """What ``--strategy auto`` and ``--jit auto`` resolve to on a machine with two GPUs
+    (MirroredStrategy, XLA off, one step per execution), with mixed bfloat16 and mixup
+    in the step; several steps per execution are refused in one line."""
+    args = [*map(str, TINY), "--model", "small_cnn", "--epochs", "2", "--strategy",
+            "mirrored", "--precision", "mixed_bfloat16", "--augment", "flip,mixup",
+            "--augment-on", "device", "--output-dir", str(tmp_path)]
+    result = subprocess.run([sys.executable, "-c", TWO_DEVICES, *args, "--name", "two"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ("2 replicas on 1 worker(s) | mixed_bfloat16 | XLA off | batch 64 x 20 steps, 1 per "
+            "execution | augmentation in the compiled step") in result.stdout
+    rows = read_history(tmp_path / "two" / "history.csv")
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["loss"] < rows[0]["loss"]
+    refused = subprocess.run([sys.executable, "-c", TWO_DEVICES, *args, "--name", "four",
+                              "--steps-per-execution", "4"], capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        "tfresnet.train: error: --steps-per-execution 4 needs one device"), refused.stderr
+    assert not (tmp_path / "four").exists()

@@ -184,23 +184,70 @@ def test_a_run_without_a_terminal_prints_step_lines(tmp_path):
     assert any(line.startswith("epoch 1/1  loss") for line in result.stdout.splitlines())
 
 
-@pytest.mark.parametrize("steps_per_execution,own_loop", [(4, False), (3, True)])
-def test_several_steps_per_execution_leave_the_curve_unchanged(tmp_path, monkeypatch,
-                                                               steps_per_execution, own_loop):
-    """20 steps per epoch: 4 per execution divides the epoch, so Keras' own loop runs it;
-    3 does not, and Keras would run 21 steps an epoch (`tfresnet.keras_fixes.step_loop`
-    stops at the epoch's end instead). Either way the run is the one-step run."""
-    from tfresnet import keras_fixes
-
-    chosen = []
-    original = keras_fixes.needs_step_loop
-    monkeypatch.setattr(keras_fixes, "needs_step_loop",
-                        lambda model: chosen.append(original(model)) or chosen[-1])
+def test_several_steps_per_execution_leave_the_curve_unchanged(tmp_path, capsys):
+    """20 steps per epoch: 4 per execution divides the epoch and runs in Keras' own loop,
+    with the one-step run's curve; 3 would run past each epoch's end and is refused before
+    anything is written."""
     args = [*TINY, "--model", "small_cnn", "--epochs", "2", "--output-dir", str(tmp_path)]
     assert main([*args, "--name", "one"]) == 0
-    assert main([*args, "--name", "several", "--steps-per-execution",
-                 str(steps_per_execution)]) == 0
-    assert chosen[-1] is own_loop
+    with pytest.raises(UserError, match="--steps-per-execution 3 does not divide the epoch's "
+                       "20 steps .*a divisor: 1, 2, 4, 5, 10, 20"):
+        main([*args, "--name", "three", "--steps-per-execution", "3"])
+    assert not (tmp_path / "three").exists()
+    capsys.readouterr()
+    assert main([*args, "--name", "several", "--steps-per-execution", "4"]) == 0
+    assert "4 per execution" in capsys.readouterr().out  # the start-up line
+    assert json.loads((tmp_path / "several" / "summary.json").read_text())[
+        "steps_per_execution"] == 4
     for a, b in zip(history(tmp_path / "one"), history(tmp_path / "several"), strict=True):
         for key in ("loss", "accuracy", "val_loss", "lr"):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-4), key
+
+
+def test_steps_per_execution_auto_divides_the_epoch_and_is_one_under_several_replicas():
+    from types import SimpleNamespace
+
+    from tfresnet.assemble import steps_per_execution
+    from tfresnet.config import TrainConfig
+
+    def runtime(jit, replicas=1):
+        return SimpleNamespace(jit=jit, strategy=SimpleNamespace(num_replicas_in_sync=replicas))
+
+    auto = TrainConfig()
+    # CIFAR's 45,000 training images at batch 128: 351 = 27 x 13 steps.
+    assert steps_per_execution(auto, runtime(True), 351) == 13
+    assert steps_per_execution(auto, runtime(True), 352) == 16
+    assert steps_per_execution(auto, runtime(True), 89) == 1  # a prime epoch
+    assert steps_per_execution(auto, runtime(False), 352) == 1
+    assert steps_per_execution(auto, runtime(True, replicas=2), 352) == 1
+    assert steps_per_execution(TrainConfig(steps_per_execution=11), runtime(False), 352) == 11
+
+
+def test_best_keras_is_the_deployable_model_and_last_keras_resumes(tmp_path):
+    import zipfile
+
+    import h5py
+
+    args = [*TINY, "--model", "small_cnn", "--epochs", "1", "--output-dir", str(tmp_path),
+            "--name", "run"]
+    assert main(args) == 0
+    run_dir = tmp_path / "run"
+
+    def contents(name):
+        with zipfile.ZipFile(run_dir / name) as archive:
+            config = json.loads(archive.read("config.json"))
+            with archive.open("model.weights.h5") as f, h5py.File(f) as weights:
+                return config, set(weights)
+
+    best_config, best_groups = contents("best.keras")
+    last_config, last_groups = contents("last.keras")
+    assert "optimizer" in last_groups and last_config.get("compile_config")
+    assert "optimizer" not in best_groups and not best_config.get("compile_config")
+    # The same weights, in this process and in a fresh one (evaluate reads best.keras).
+    for a, b in zip(weights(run_dir / "best.keras"), weights(run_dir / "last.keras")):
+        np.testing.assert_array_equal(a, b)
+    result = run_cli("tfresnet.evaluate", run_dir)
+    assert result.returncode == 0 and "top-1" in result.stdout, result.stderr[-2000:]
+    assert main([*args[:-4], "--epochs", "2", "--output-dir", str(tmp_path), "--name",
+                 "run"]) == 0  # resumes from last.keras
+    assert [row["epoch"] for row in history(run_dir)] == ["1", "2"]

@@ -12,6 +12,7 @@ from tfresnet.train import main as train_main
 from tfresnet.tune import main as tune_main
 from tfresnet.tuning.lr_range import steepest_descent
 from tfresnet.tuning.results import read_trial_stats
+from tfresnet.tuning.search import SEARCH_SPACE, SEARCHABLE
 
 SEARCH = ["--dataset", "digits", "--width", "0.0625", "--batch-size", "64",
           "--epochs-per-trial", "1", "--max-trials", "3"]
@@ -108,6 +109,65 @@ def test_parallel_starts_a_chief_and_workers_itself(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     trials = rows(tmp_path / "tune" / "two" / "trials.csv")
     assert len(trials) == 2 and {t["tuner"] for t in trials} <= {"tuner0", "tuner1"}
+
+
+def test_every_searchable_name_is_a_train_config_field_and_its_hp_name():
+    """``--search NAME`` passes the check against `SEARCHABLE` and each trial then sets
+    ``NAME`` on its `TrainConfig`: a name that is no field fails every trial."""
+    import dataclasses
+
+    import keras_tuner as kt
+
+    from tfresnet.config import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert sorted(set(SEARCHABLE) - fields) == []
+    for name in SEARCHABLE:  # keras-tuner records the value under the field's own name
+        hp = kt.HyperParameters()
+        SEARCH_SPACE[name](hp)
+        assert list(hp.values) == [name]
+
+
+def in_declared_range(declaration, value):
+    config = declaration["config"]
+    if declaration["class_name"] == "Choice":
+        return value in config["values"]
+    assert declaration["class_name"] in ("Float", "Int"), declaration
+    return config["min_value"] <= value <= config["max_value"]
+
+
+def test_one_trial_searches_every_searchable_name(tmp_path, monkeypatch):
+    """A real trial over every name at once completes, records each in its declared range,
+    and builds and trains the model from a config holding exactly those values."""
+    from tfresnet.tuning import search
+
+    built, trained = [], []
+    for name, seen in (("build_model", built), ("make_pipelines", trained)):
+        original = getattr(search, name)
+        monkeypatch.setattr(search, name,
+                            lambda config, *a, _f=original, _s=seen, **k:
+                            _s.append(config) or _f(config, *a, **k))
+    # Base values outside the searched ranges: a trial that kept them would show.
+    assert tune_main([*SEARCH, "--max-trials", "1", "--search", *SEARCHABLE,
+                      "--l2", "0.05", "--weight-decay", "0.05", "--label-smoothing", "0.3",
+                      "--output-dir", str(tmp_path), "--name", "all"]) == 0
+    out = tmp_path / "tune" / "all"
+    [trial_file] = (out / "keras_tuner").glob("trial_*/trial.json")
+    trial = json.loads(trial_file.read_text())
+    assert trial["status"] == "COMPLETED" and trial["score"] is not None
+    values = trial["hyperparameters"]["values"]
+    space = {d["config"]["name"]: d for d in trial["hyperparameters"]["space"]}
+    assert set(values) == {"lr", *SEARCHABLE}
+    base = json.loads((out / "search.json").read_text())["base"]
+    for name in SEARCHABLE:
+        assert in_declared_range(space[name], values[name]), (name, values[name])
+        assert values[name] != base[name], f"{name}: the trial drew the base's value"
+    # keras-tuner builds once with the defaults to declare the space; then the trial's.
+    assert len(trained) == 1
+    for config in (built[-1], trained[0]):
+        assert {name: getattr(config, name) for name in values} == values
+    [row] = rows(out / "trials.csv")
+    assert {name: row[name] for name in values} == {n: str(v) for n, v in values.items()}
 
 
 def test_lr_range_test_suggests_a_rate_inside_the_sweep(tmp_path):

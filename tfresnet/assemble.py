@@ -13,6 +13,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from tfresnet import keras_fixes
 from tfresnet.callbacks import NanGuard
 from tfresnet.data import load_dataset
 from tfresnet.data.folders import ImageFiles
@@ -122,6 +123,36 @@ def augments_in_step(config, runtime):
             and config.grad_accum == 1)
 
 
+MAX_STEPS_PER_EXECUTION = 16
+
+
+def steps_per_execution(config, runtime, steps):
+    """Train steps per compiled call, by a rule Keras' own loop runs correctly
+    (`tfresnet.keras_fixes` says why): one under several replicas; on one device it
+    divides the epoch's ``steps``. Auto: with XLA, the largest divisor of ``steps`` up to
+    `MAX_STEPS_PER_EXECUTION` (351 steps: 13), else 1.
+
+    Raises:
+        UserError: an explicit ``--steps-per-execution`` Keras would run wrongly.
+    """
+    chosen = config.steps_per_execution
+    replicas = runtime.strategy.num_replicas_in_sync
+    if chosen > 1 and replicas > 1:
+        raise UserError(f"--steps-per-execution {chosen} needs one device: Keras runs the "
+                        "steps of an execution inside a tf.cond, where tf.distribute's "
+                        f"cross-replica ops fail; use 1 or 0 (auto) with {replicas} replicas")
+    if chosen and steps % chosen:
+        divisors = [d for d in range(1, min(steps, 64) + 1) if steps % d == 0]
+        raise UserError(f"--steps-per-execution {chosen} does not divide the epoch's {steps} "
+                        "steps (Keras would run past the end of each epoch); use 0 (auto) or "
+                        f"a divisor: {', '.join(map(str, divisors))}")
+    if chosen:
+        return chosen
+    if not runtime.jit or replicas > 1:
+        return 1
+    return max(d for d in range(1, MAX_STEPS_PER_EXECUTION + 1) if steps % d == 0)
+
+
 def make_network(config, num_classes):
     """The network from the registry, or a pretrained backbone with a new head."""
     pretrained = config.model.endswith("_imagenet")
@@ -153,7 +184,9 @@ def build_model(config, data, runtime, pretrained=True):
     """
     batch, steps = batch_and_steps(config, data)
     augmenter = make_augmenter(config, data)
-    in_step = augments_in_step(config, runtime)  # may refuse: before anything is built
+    # These may refuse: before anything is built.
+    in_step = augments_in_step(config, runtime)
+    execution = steps_per_execution(config, runtime, steps)
     if runtime.strategy.num_replicas_in_sync > 1 and (config.ema or config.grad_accum > 1):
         raise UserError("--ema and --grad-accum are not tested under several replicas or "
                         "workers yet; train on one device (--strategy one) or drop them")
@@ -176,14 +209,29 @@ def build_model(config, data, runtime, pretrained=True):
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                      keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
             jit_compile=runtime.jit,
-            steps_per_execution=config.steps_per_execution or (16 if runtime.jit else 1),
+            steps_per_execution=execution,
         )
+        if runtime.strategy.num_replicas_in_sync == 1:
+            keras_fixes.skip_single_replica_all_reduce(model.optimizer)
         model.set_augmenter(augmenter if augmenter and in_step else None)
         model(np.zeros((1, *data.image_size, 3), np.uint8))
         model.optimizer.build(model.trainable_variables)
     if pretrained and config.weights:
         load_pretrained(model.network, resolve_weights(model.network.arch, config.weights))
     return model
+
+
+def describe_run(config, data, runtime, model):
+    """The start-up line: where and how the run computes, as resolved."""
+    replicas = runtime.strategy.num_replicas_in_sync
+    batch, steps = batch_and_steps(config, data)
+    augment = "none" if not make_augmenter(config, data) else (
+        "in the compiled step" if model.augmenter is not None else "in tf.data (host)")
+    where = f"{replicas} replicas on {runtime.workers} worker(s)" if replicas > 1 else (
+        "1 device")
+    return (f"{runtime.device}, {where} | {runtime.precision} | XLA "
+            f"{'on' if runtime.jit else 'off'} | batch {batch} x {steps} steps, "
+            f"{model.steps_per_execution} per execution | augmentation {augment}")
 
 
 def make_pipelines(config, data, runtime, start_epoch=0, arrays=None):

@@ -143,14 +143,15 @@ class _StepTimer:
 
 
 def bench_config(model, batch_size, precision="auto", jit="auto", width=1.0,
-                 steps_per_execution=0, augment_on="auto", augment="standard", image_size=32):
+                 steps_per_execution=0, augment_on="auto", augment="standard", image_size=32,
+                 strategy="one"):
     """The `TrainConfig` of a measurement: train's defaults unless a setting is given."""
     from tfresnet.config import TrainConfig
 
     # A pretrained backbone (``*_imagenet``) is measured with random weights: same compute.
     return TrainConfig(model=model, batch_size=batch_size, precision=precision, jit=jit,
                        width=width, epochs=1, augment=augment, augment_on=augment_on,
-                       steps_per_execution=steps_per_execution, strategy="one",
+                       steps_per_execution=steps_per_execution, strategy=strategy,
                        image_size=image_size, tensorboard=False, visualize=False,
                        transfer="scratch" if model.endswith("_imagenet") else "none"
                        ).validate()
@@ -186,6 +187,7 @@ def bench_train(config, steps, repeats, num_classes):
     return {"kind": "train", "model": config.model, "width": config.width,
             "image_size": config.image_size, "batch_size": config.batch_size,
             "precision": runtime.precision, "jit": runtime.jit,
+            "replicas": runtime.strategy.num_replicas_in_sync,
             "steps_per_execution": classifier.steps_per_execution, "augment": config.augment,
             "augment_on": "step" if augments_in_step(config, runtime) else "tf.data",
             "images": steps * config.batch_size,

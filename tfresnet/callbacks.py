@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from tfresnet.checkpoint import (
-    atomic_copy,
     atomic_save_figure,
     atomic_save_model,
     atomic_write_text,
@@ -78,8 +78,12 @@ def curves_figure(rows, title):
 
 class RunRecorder(keras.callbacks.Callback):
     """After every epoch: best.keras (on a new best validation accuracy), history.csv,
-    curves.png, then last.keras -- all written atomically -- and a one-line summary with
-    the run's ETA. Epochs with a non-finite loss are never recorded.
+    curves.png (at most every `CURVES_SECONDS`, and at the end), then last.keras -- all
+    written atomically -- and a one-line summary with the run's ETA. Epochs with a
+    non-finite loss are never recorded.
+
+    best.keras is the deployable model: weights and the model's own state, no optimizer
+    (half the size). last.keras also holds the optimizer: what resuming needs.
 
     Args:
         run_dir: the run folder.
@@ -91,6 +95,8 @@ class RunRecorder(keras.callbacks.Callback):
         ema: Keras' `SwapEMAWeights` callback of a run with ``--ema``: best.keras gets the
             averaged weights (last.keras keeps the trained ones and the average's state).
     """
+
+    CURVES_SECONDS = 10.0
 
     def __init__(self, run_dir, epochs, rows, has_validation, guard, title, ema=None):
         super().__init__()
@@ -104,6 +110,8 @@ class RunRecorder(keras.callbacks.Callback):
         self.best = max((r.get("val_accuracy", -1.0) for r in self.rows), default=-1.0)
         self.train_seconds = 0.0
         self.trained_epochs = 0
+        self._deployable = None
+        self._curves_at = (-math.inf, 0)  # when they were drawn, and with how many rows
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.perf_counter()
@@ -129,19 +137,38 @@ class RunRecorder(keras.callbacks.Callback):
         self._save(row)
         self._print_summary(row)
 
+    def on_train_end(self, logs=None):
+        if self.rows and self._curves_at[1] != len(self.rows):
+            self._draw_curves()
+
     def _save(self, row):
         improved = row.get("val_accuracy", -1.0) > self.best
         if improved:
             self.best = row["val_accuracy"]
         # Without validation there is nothing to select on: the last epoch is the best.
-        if improved or (self.ema and not self.has_validation):
-            with self._averaged_weights():
-                atomic_save_model(self.model, self.run_dir / "best.keras")
+        if improved or not self.has_validation:
+            self._save_best()
         atomic_write_text(self.run_dir / "history.csv", self._history_csv())
-        atomic_save_figure(curves_figure(self.rows, self.title), self.run_dir / "curves.png")
+        if time.monotonic() - self._curves_at[0] >= self.CURVES_SECONDS:
+            self._draw_curves()
+        self._save_last()
+
+    def _save_best(self):
+        """best.keras: a copy of the model (EMA's averaged weights with ``--ema``) without
+        the optimizer."""
+        with self._averaged_weights():
+            if self._deployable is None:  # built once: the same network, never compiled
+                self._deployable = type(self.model).from_config(self.model.get_config())
+                self._deployable(np.zeros((1, *self.model.image_size, 3), np.uint8))
+            self._deployable.set_weights(self.model.get_weights())
+        atomic_save_model(self._deployable, self.run_dir / "best.keras")
+
+    def _save_last(self):
         atomic_save_model(self.model, self.run_dir / "last.keras")
-        if not self.has_validation and not self.ema:
-            atomic_copy(self.run_dir / "last.keras", self.run_dir / "best.keras")
+
+    def _draw_curves(self):
+        atomic_save_figure(curves_figure(self.rows, self.title), self.run_dir / "curves.png")
+        self._curves_at = (time.monotonic(), len(self.rows))
 
     @contextlib.contextmanager
     def _averaged_weights(self):

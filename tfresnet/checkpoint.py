@@ -2,7 +2,6 @@
 
 import errno
 import os
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -35,11 +34,6 @@ def atomic_write_text(path, text):
 def atomic_save_model(model, path):
     """Saves ``model`` as ``.keras`` atomically."""
     atomic_write(path, model.save)
-
-
-def atomic_copy(source, path):
-    """Copies ``source`` to ``path`` atomically."""
-    atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def atomic_save_figure(figure, path):

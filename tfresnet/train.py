@@ -17,6 +17,7 @@ import keras
 from tfresnet.assemble import (
     batch_and_steps,
     build_model,
+    describe_run,
     load_data,
     make_pipelines,
     training_callbacks,
@@ -155,6 +156,8 @@ def train(config: TrainConfig, fresh=False):
     if runtime.chief:
         print(data.describe())
     model = build_model(config, data, runtime, pretrained=not resuming)
+    if runtime.chief:
+        print(describe_run(config, data, runtime, model))
     batch, steps = batch_and_steps(config, data)
     start_epoch = _restore(model, run_dir, steps // config.grad_accum) if resuming else 0
     runtime.agree(start_epoch, "the workers found different checkpoints in "
@@ -173,7 +176,7 @@ def train(config: TrainConfig, fresh=False):
         print(f"resuming {run_dir} after epoch {start_epoch}")
     start = time.perf_counter()
     recorder = _fit(config, model, run_dir, data, runtime, start_epoch, rows, steps)
-    summary = summarize(config, run_dir, data, runtime, recorder,
+    summary = summarize(config, run_dir, data, runtime, recorder, model,
                         wall_seconds=time.perf_counter() - start, images=batch * steps)
     if config.visualize and data.x_test is not None:
         from tfresnet.visualize import draw_run
@@ -203,7 +206,7 @@ def _fit(config, model, run_dir, data, runtime, start_epoch, rows, steps):
     return recorder
 
 
-def summarize(config, run_dir, data, runtime, recorder, wall_seconds, images):
+def summarize(config, run_dir, data, runtime, recorder, model, wall_seconds, images):
     """Evaluates best.keras on the test set once and writes summary.json."""
     rows = recorder.rows
     best = load_model(run_dir / "best.keras")
@@ -216,6 +219,9 @@ def summarize(config, run_dir, data, runtime, recorder, wall_seconds, images):
         "device": runtime.device,
         "precision": runtime.precision,
         "jit": runtime.jit,
+        "replicas": runtime.strategy.num_replicas_in_sync,
+        "steps_per_execution": model.steps_per_execution,
+        "augment_in_step": model.augmenter is not None,
         "data": {**data.counts(), "image_size": list(data.image_size),
                  "preprocess": data.x_train.view.kind if data.streamed else "in_memory"},
         "parameters": int(best.network.count_params()),

@@ -50,7 +50,6 @@ class Classifier(keras.Model):
         self.l2_tracker = keras.metrics.Mean(name="l2")
         self.augmenter = None
         self.backbone_lr = None
-        self.epoch_steps = None
 
     def set_augmenter(self, augmenter):
         """Augments each training batch inside the compiled train step (None: the batches
@@ -81,49 +80,21 @@ class Classifier(keras.Model):
         return keras.ops.cast(self.network(self.normalise(inputs), training=training),
                               "float32")
 
-    # --- training: Keras' fit loop, except where `tfresnet.keras_fixes` says it fails ---
+    # --- training: Keras' fit loop; `tfresnet.keras_fixes` for several workers ---
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         if iterator is not None and keras_fixes.multi_worker(self):
             iterator, data_batch = None, keras_fixes.first_local_batch(self, iterator)
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def fit(self, *args, steps_per_epoch=None, **kwargs):
-        # The epoch's length decides where executions of several steps run.
-        if steps_per_epoch != self.epoch_steps:
-            self.epoch_steps, self.train_function = steps_per_epoch, None
-        return super().fit(*args, steps_per_epoch=steps_per_epoch, **kwargs)
-
-    def make_train_function(self, force=False):
-        if self.distribute_strategy.num_replicas_in_sync == 1:
-            keras_fixes.skip_single_replica_all_reduce(self.optimizer)
-        if not keras_fixes.needs_step_loop(self):
-            return super().make_train_function(force)
-        if self.train_function is None or force:
-            self.train_function = keras_fixes.step_loop(self, self._train_step,
-                                                        self.epoch_steps)
-        return self.train_function
-
-    def make_test_function(self, force=False):
-        if self.steps_per_execution == 1 or self.distribute_strategy.num_replicas_in_sync == 1:
-            return super().make_test_function(force)
-        if self.test_function is None or force:
-            self.test_function = keras_fixes.step_loop(self, super().test_step)
-        return self.test_function
-
-    # --- training ---
-
     def test_step(self, data):
         return keras_fixes.per_replica_logs(self, super().test_step(data))
 
     def train_step(self, data):
-        return keras_fixes.per_replica_logs(self, self._train_step(data))
-
-    def _train_step(self, data):
         if self.augmenter is not None:
             data = self.augmenter(data[0], data[1], self.optimizer.iterations)
         if self.backbone_lr in (None, 0.0, 1.0):  # 0: the backbone is not trainable
-            return super().train_step(data)
+            return keras_fixes.per_replica_logs(self, super().train_step(data))
         # A per-layer learning rate for any optimizer (Keras 3 optimizers take one rate,
         # and scaling gradients would not scale Adam's update): the backbone's update is
         # scaled after the step, which needs a snapshot of its variables.
@@ -132,7 +103,7 @@ class Classifier(keras.Model):
         logs = super().train_step(data)
         for variable, old in zip(base, before):
             variable.assign(old + self.backbone_lr * (variable - old))
-        return logs
+        return keras_fixes.per_replica_logs(self, logs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         # Under tf.distribute Keras divides the compiled loss by the number of replicas

@@ -20,7 +20,7 @@ SEARCH_SPACE = {
     "optimizer": lambda hp: hp.Choice("optimizer", list(OPTIMIZERS)),
     "l2": lambda hp: hp.Float("l2", 1e-5, 1e-2, sampling="log"),
     "weight_decay": lambda hp: hp.Float("weight_decay", 1e-5, 1e-2, sampling="log"),
-    "labelsmoothing": lambda hp: hp.Float("labelsmoothing", 0.0, 0.2, step=0.05),
+    "label_smoothing": lambda hp: hp.Float("label_smoothing", 0.0, 0.2, step=0.05),
     "batch_size": lambda hp: hp.Choice("batch_size", [64, 128, 256]),
     "augment": lambda hp: hp.Choice("augment", list(PRESETS)),
 }

@@ -349,3 +349,21 @@ def test_photos_take_the_random_crop_only_when_the_spec_has_one(tmp_path):
         assert training_images(TrainConfig(augment=spec), files).view.random_crop is cropped
     image = np.zeros((4, 32, 32, 3), np.uint8)  # arrays pass unchanged
     assert training_images(TrainConfig(), image) is image
+
+
+def test_two_classes_show_no_top5_and_a_folder_without_test_split_says_where_figures_are_from(
+        tmp_path, capsys):
+    from tfresnet.callbacks import read_history
+    from tfresnet.train import main as train_main
+
+    write_photos(tmp_path / "pets" / "train", 24)
+    run = ["--dataset", str(tmp_path / "pets"), *PHOTO_RUN, "--epochs", "1",
+           "--output-dir", str(tmp_path), "--name", "run"]
+    assert train_main(run) == 0
+    out = capsys.readouterr().out
+    assert "no test split: validation accuracy" in out and "{}" not in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert not any("top5" in key for key in summary)
+    assert not any("top5" in key for key in read_history(tmp_path / "run" / "history.csv")[0])
+    assert evaluate_main([str(tmp_path / "run"), "--dataset", str(tmp_path / "pets")]) == 0
+    assert "top-5" not in capsys.readouterr().out

@@ -27,6 +27,7 @@ from tfresnet.data.pipeline import (
     xla_compatible,
 )
 from tfresnet.errors import UserError
+from tfresnet.inference import TOP_K, has_top_k
 from tfresnet.losses import cross_entropy
 from tfresnet.models import Classifier, TransferNet, get_model
 from tfresnet.models.transfer import (
@@ -207,7 +208,8 @@ def build_model(config, data, runtime, pretrained=True):
             optimizer=make_optimizer(config, steps, batch),
             loss=cross_entropy(config.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
-                     keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
+                     *[keras.metrics.TopKCategoricalAccuracy(TOP_K, name="top5")]
+                     * has_top_k(data.num_classes)],
             jit_compile=runtime.jit,
             steps_per_execution=execution,
         )

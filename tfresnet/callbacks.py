@@ -69,6 +69,8 @@ def curves_figure(rows, title):
                     color="tab:blue", label=f"validation {label}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
+        if key == "loss":  # one huge early loss (BN statistics of a few batches) stays readable
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()
     figure.suptitle(title)

@@ -25,6 +25,8 @@ from tfresnet.inference import (
     load_run,
     predict_probabilities,
     run_folder,
+    TOP_K,
+    has_top_k,
     topk_accuracy,
 )
 
@@ -96,16 +98,17 @@ def confusion_figure(matrix, class_names, fine_to_coarse, title):
 
 
 def scores(probabilities, labels, data):
-    """Top-1, top-5, calibration error, most-confused pairs and (CIFAR-100) superclass
+    """Top-1, top-5 (with more than 5 classes), calibration error, most-confused pairs and (CIFAR-100) superclass
     accuracy of ``probabilities`` on ``data``'s ``labels``; returns them as a dict, and the
     confusion matrix."""
     matrix = confusion_matrix(labels, probabilities.argmax(axis=1), data.num_classes)
-    result = {
-        "top1": topk_accuracy(probabilities, labels, 1),
-        "top5": topk_accuracy(probabilities, labels, 5),
+    result = {"top1": topk_accuracy(probabilities, labels, 1)}
+    if has_top_k(data.num_classes):
+        result["top5"] = topk_accuracy(probabilities, labels, TOP_K)
+    result.update({
         "expected_calibration_error": expected_calibration_error(probabilities, labels),
         "most_confused": most_confused(matrix, data.class_names),
-    }
+    })
     if data.fine_to_coarse is not None:
         result["coarse_accuracy"] = coarse_accuracy(probabilities, labels, data.fine_to_coarse)
     return result, matrix
@@ -146,7 +149,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     result = evaluate(args.target, args.dataset, args.data_dir, args.tta, args.out_dir)
     print(f"{result['dataset']} {result['split']} ({result['images']} images): "
-          f"top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%"
+          f"top-1 {100 * result['top1']:.2f}%"
+          + (f"  top-5 {100 * result['top5']:.2f}%" if "top5" in result else "")
           + (f"  superclass {100 * result['coarse_accuracy']:.2f}%"
              if "coarse_accuracy" in result else "")
           + f"  ECE {result['expected_calibration_error']:.4f}")

@@ -43,6 +43,15 @@ def predict_probabilities(model, images, batch_size=256, flip=False):
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
 
 
+TOP_K = 5  # the second accuracy every report gives
+
+
+def has_top_k(num_classes):
+    """Whether top-5 accuracy says anything: only with more than 5 classes (with 5 or
+    fewer it is always 100 %)."""
+    return num_classes > TOP_K
+
+
 def topk_accuracy(probabilities, labels, k):
     """Fraction of rows whose true label is among the ``k`` most probable classes."""
     k = min(k, probabilities.shape[1])
@@ -57,10 +66,12 @@ def coarse_accuracy(probabilities, labels, fine_to_coarse):
 
 
 def test_metrics(model, images, labels, fine_to_coarse=None, batch_size=256):
-    """Top-1, top-5 and (for CIFAR-100) coarse accuracy of ``model`` on a labelled set."""
+    """Top-1, top-5 (with more than 5 classes) and (for CIFAR-100) coarse accuracy of
+    ``model`` on a labelled set."""
     probabilities = predict_probabilities(model, images, batch_size)
-    metrics = {"test_accuracy": topk_accuracy(probabilities, labels, 1),
-               "test_top5": topk_accuracy(probabilities, labels, 5)}
+    metrics = {"test_accuracy": topk_accuracy(probabilities, labels, 1)}
+    if has_top_k(probabilities.shape[1]):
+        metrics["test_top5"] = topk_accuracy(probabilities, labels, TOP_K)
     if fine_to_coarse is not None:
         metrics["test_coarse_accuracy"] = coarse_accuracy(probabilities, labels, fine_to_coarse)
     return metrics

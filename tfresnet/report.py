@@ -158,7 +158,9 @@ def build_report(target, dataset=None, data_dir=None):
     width = config.get("width") or 1.0
     title = f"{model.network.name}{f' x{width:g}' if width != 1 else ''} on {data.name}"
 
-    metrics = [(f"{split} top-1", percent(top1)), (f"{split} top-5", percent(found["top5"]))]
+    metrics = [(f"{split} top-1", percent(top1))]
+    if "top5" in found:
+        metrics.append((f"{split} top-5", percent(found["top5"])))
     if "coarse_accuracy" in found:
         metrics.append(("superclass", percent(found["coarse_accuracy"])))
     metrics.append(("calibration error", f"{found['expected_calibration_error']:.3f}"))

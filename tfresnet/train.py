@@ -236,9 +236,20 @@ def summarize(config, run_dir, data, runtime, recorder, model, wall_seconds, ima
     if data.x_test is not None:
         summary.update(test_metrics(best, data.x_test, data.y_test, data.fine_to_coarse))
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({k: summary[k] for k in summary if k.startswith("test_")}))
+    print(final_figures(summary))
     print(f"run folder: {run_dir}")
     return summary
+
+
+def final_figures(summary):
+    """The run's last line of figures: the test set's, else the best validation epoch's."""
+    test = {k: v for k, v in summary.items() if k.startswith("test_")}
+    if test:
+        return "test: " + "  ".join(f"{k[5:]} {100 * v:.2f}%" for k, v in test.items())
+    if summary["best_val_accuracy"] is not None:
+        return (f"no test split: validation accuracy {100 * summary['best_val_accuracy']:.2f}% "
+                f"at epoch {summary['best_epoch']} (best.keras)")
+    return "no test or validation split: no accuracy to report (the last epoch is best.keras)"
 
 
 def main(argv=None):

@@ -20,13 +20,13 @@ import numpy as np
 from tfresnet.checkpoint import atomic_save_figure, atomic_write_text
 from tfresnet.errors import command_parser, run_cli
 from tfresnet.inference import (
+    TOP_K,
     add_run_arguments,
     coarse_accuracy,
+    has_top_k,
     load_run,
     predict_probabilities,
     run_folder,
-    TOP_K,
-    has_top_k,
     topk_accuracy,
 )
 
@@ -98,9 +98,9 @@ def confusion_figure(matrix, class_names, fine_to_coarse, title):
 
 
 def scores(probabilities, labels, data):
-    """Top-1, top-5 (with more than 5 classes), calibration error, most-confused pairs and (CIFAR-100) superclass
-    accuracy of ``probabilities`` on ``data``'s ``labels``; returns them as a dict, and the
-    confusion matrix."""
+    """Top-1, top-5 (with more than 5 classes), calibration error, most-confused pairs and
+    (CIFAR-100) superclass accuracy of ``probabilities`` on ``data``'s ``labels``; returns
+    them as a dict, and the confusion matrix."""
     matrix = confusion_matrix(labels, probabilities.argmax(axis=1), data.num_classes)
     result = {"top1": topk_accuracy(probabilities, labels, 1)}
     if has_top_k(data.num_classes):

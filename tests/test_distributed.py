@@ -1,5 +1,6 @@
 """tf.distribute: a CPU split into two logical devices stands in for two GPUs, and two
-processes on 127.0.0.1 (TF_CONFIG, free ports) for two machines."""
+processes on 127.0.0.1 (TF_CONFIG, free ports) for two machines; which GPUs each process
+gets, and XLA under several replicas."""
 
 import json
 import os
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import free_ports, wait_for
+from tfresnet import runtime
 from tfresnet.callbacks import read_history
 from tfresnet.errors import UserError
 from tfresnet.runtime import _slurm_resolver, cluster_environment, make_strategy
@@ -166,14 +168,11 @@ def test_workers_with_different_settings_are_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_mirrored_with_several_steps_per_execution_matches_one_device(single_and_two_workers):
-    # Keras runs multi-step executions in a tf.cond, where MirroredStrategy's merge_call
-    # fails; tfresnet.keras_fixes.step_loop runs them instead. (Steps per execution do not
-    # change the single-device curve.)
+def test_mirrored_over_two_devices_matches_one_device(single_and_two_workers):
     tmp_path, _ = single_and_two_workers
-    result = subprocess.run([sys.executable, "-c", TWO_DEVICES, *ARGS, "--steps-per-execution",
-                             "4", "--strategy", "mirrored", "--output-dir", str(tmp_path),
-                             "--name", "mirrored"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", TWO_DEVICES, *ARGS, "--strategy", "mirrored",
+                             "--output-dir", str(tmp_path), "--name", "mirrored"],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     one = read_history(tmp_path / "single" / "history.csv")
     mirrored = read_history(tmp_path / "mirrored" / "history.csv")
@@ -258,3 +257,106 @@ def test_a_slurm_job_step_is_a_cluster_without_probing_gpus(monkeypatch):
     assert resolver.cluster_spec().as_dict() == {
         "worker": ["node1:8888", "node1:8889", "node2:8888", "node2:8889"]}
     assert (resolver.task_type, resolver.task_id) == ("worker", 1)
+    assert resolver.num_accelerators() == {"GPU": 0}  # its task computes on the CPU
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "1")
+    with pytest.raises(UserError, match=r"2 tasks on a node with 1 GPU.*--ntasks-per-node 1"):
+        _slurm_resolver()
+
+
+# Imports tfresnet with TensorFlow's GPU listing recording CUDA_VISIBLE_DEVICES at its
+# first call (when CUDA starts and reads it), then prints that and the value after a
+# second split.
+FIRST_GPU_PROBE = """
+import os, tensorflow as tf
+seen, list_devices = [], tf.config.list_physical_devices
+def recording(*args, **kwargs):
+    seen.append(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return list_devices(*args, **kwargs)
+tf.config.list_physical_devices = recording
+import tfresnet
+from tfresnet.runtime import assign_slurm_gpus
+assign_slurm_gpus()
+print(seen[0], os.environ["CUDA_VISIBLE_DEVICES"])
+"""
+
+
+@pytest.mark.parametrize("slurm,visible,tasks", [
+    # One node, 2 tasks, 4 GPUs, no CUDA_VISIBLE_DEVICES from Slurm.
+    ({"STEP_NUM_TASKS": "2", "STEP_NODELIST": "node1", "STEP_TASKS_PER_NODE": "2",
+      "GPUS_ON_NODE": "4"}, None, {"0": "0,1", "1": "2,3"}),
+    # 2 nodes x 2 tasks: the second node's, where Slurm lists the job's GPUs 4-7.
+    ({"STEP_NUM_TASKS": "4", "STEP_NODELIST": "node[1-2]", "STEP_TASKS_PER_NODE": "2(x2)",
+      "GPUS_ON_NODE": "4", "NODEID": "1"}, "4,5,6,7", {"2": "4,5", "3": "6,7"}),
+])
+def test_slurm_tasks_of_a_node_split_its_gpus_before_cuda_starts(slurm, visible, tasks):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")
+           and key not in ("TF_CONFIG", "CUDA_VISIBLE_DEVICES")}
+    env.update({f"SLURM_{key}": value for key, value in slurm.items()})
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
+    for local_id, (proc_id, share) in enumerate(tasks.items()):
+        result = subprocess.run([sys.executable, "-c", FIRST_GPU_PROBE], capture_output=True,
+                                env={**env, "SLURM_PROCID": proc_id,
+                                     "SLURM_LOCALID": str(local_id)}, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.split() == [share, share]  # a second split changes nothing
+
+
+# Configures a run of --strategy mirrored --jit auto on the two logical devices.
+MIRRORED_JIT = TWO_DEVICES.split("from tfresnet.errors")[0] + """
+from tfresnet.config import TrainConfig
+from tfresnet.runtime import configure
+run = configure(TrainConfig(strategy="mirrored", jit="auto"))
+print(run.strategy.num_replicas_in_sync, run.jit)
+"""
+
+
+@pytest.mark.slow
+def test_xla_is_off_under_several_replicas_and_jit_on_is_refused(tmp_path):
+    auto = subprocess.run([sys.executable, "-c", MIRRORED_JIT], capture_output=True,
+                          text=True, timeout=300)
+    assert auto.returncode == 0, auto.stderr[-2000:]
+    assert auto.stdout.split()[-2:] == ["2", "False"]
+    refused = subprocess.run([sys.executable, "-c", TWO_DEVICES, *ARGS, "--strategy", "mirrored",
+                              "--jit", "on", "--output-dir", str(tmp_path), "--name", "xla"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "tfresnet.train: error: --jit on: Keras cannot compile a step of 2 replicas with XLA "
+        "(keras-team/keras#19005); use --jit auto or --jit off"), refused.stderr[-2000:]
+    assert not (tmp_path / "xla").exists()
+
+
+def test_jit_auto_is_on_with_one_gpu_replica_only(monkeypatch):
+    monkeypatch.setattr(runtime, "gpus", lambda: ["a GPU"])
+    assert runtime.resolve_jit("auto", 1, False) is True
+    assert runtime.resolve_jit("auto", 2, False) is False
+    assert runtime.resolve_jit("off", 1, False) is False
+    with pytest.raises(UserError, match="use --jit auto or --jit off"):
+        runtime.resolve_jit("on", 2, False)
+
+
+def test_nvidia_gpus_that_tensorflow_cannot_see_are_one_warning(tmp_path, monkeypatch, capsys):
+    for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm"):
+        (tmp_path / name).touch()
+    monkeypatch.setattr(runtime, "NVIDIA_DEVICES", (str(tmp_path / "nvidia[0-9]*"),))
+    monkeypatch.setattr(runtime, "gpus", lambda: [])  # TensorFlow without CUDA
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert runtime.visible_gpu_ids() == ["0", "1"]
+    runtime.warn_if_gpus_unused()
+    assert capsys.readouterr().err == (
+        "warning: this machine has 2 NVIDIA GPU(s) but this TensorFlow sees none, so "
+        'training runs in float32 on the CPU; pip install "tensorflow[and-cuda]" (pip '
+        'install -e ".[gpu]" in a checkout)\n')
+    for listed, ids in (("2,3", ["2", "3"]), ("1,-1,0", ["1"]), ("-1", []), ("", [])):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+        assert runtime.visible_gpu_ids() == ids
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # GPUs hidden on purpose
+    runtime.warn_if_gpus_unused()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.setattr(runtime, "gpus", lambda: ["a GPU"])  # TensorFlow with CUDA
+    runtime.warn_if_gpus_unused()
+    monkeypatch.setattr(runtime, "NVIDIA_DEVICES", (str(tmp_path / "none*"),))  # no GPU
+    monkeypatch.setattr(runtime, "gpus", lambda: [])
+    runtime.warn_if_gpus_unused()
+    assert capsys.readouterr().err == ""

@@ -4,7 +4,10 @@ import tensorflow as tf
 
 from tfresnet.data.pipeline import (
     AUGMENTATIONS,
+    PRESETS,
     Augmenter,
+    _beta,
+    _log_gamma,
     crop,
     cutout,
     flip,
@@ -136,6 +139,59 @@ def test_every_augmentation_runs_on_a_batch():
         out, out_labels = Augmenter(name, 4, seed=0)(images, labels, 3)
         assert out.shape == images.shape and out_labels.shape == labels.shape
         np.testing.assert_allclose(out_labels.numpy().sum(axis=1), 1.0, rtol=1e-5)
+
+
+def _compiled(spec):
+    """The spec's augmenter run once under ``tf.function(jit_compile=True)``."""
+    images, labels = batch(count=4, size=16)
+    augmenter = Augmenter(spec, 4, seed=0)
+    out, out_labels = tf.function(lambda x, y: augmenter(x, y, 3), jit_compile=True)(
+        images, labels)
+    assert out.shape == images.shape and out_labels.shape == labels.shape
+    np.testing.assert_allclose(out_labels.numpy().sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(AUGMENTATIONS))
+def test_xla_flag_is_truthful(name):
+    parse_augment(name)  # its defaults are valid
+    if AUGMENTATIONS[name].xla:
+        _compiled(name)
+    else:
+        with pytest.raises(tf.errors.InvalidArgumentError, match="unsupported operations"):
+            _compiled(name)
+
+
+@pytest.mark.parametrize("spec", [*PRESETS, "crop,flip,cutout,mixup:alpha=0.4", "crop,flip,cutmix",
+                                  "mixup:alpha=0.1,cutmix:alpha=2"])
+def test_presets_and_mixing_specs_compile_with_xla(spec):
+    _compiled(spec)
+
+
+@pytest.mark.parametrize("alpha", [0.2, 1.0])
+def test_beta_draws_have_beta_mean_and_variance(alpha):
+    seeds = tf.random.stateless_uniform([4000, 2], [0, 1], minval=None, maxval=None,
+                                        dtype=tf.int64)
+    draws = tf.function(jit_compile=True)(lambda s: tf.map_fn(
+        lambda seed: _beta(seed, alpha), s, fn_output_signature=tf.float32))(seeds).numpy()
+    assert np.all((draws >= 0) & (draws <= 1))
+    # 4000 draws: the mean's standard error is < 0.007 and the variance's < 0.0014, so
+    # these bounds are > 4 standard errors; Beta(a + 1, a + 1) or Beta(0.25, 0.25) fail.
+    assert abs(draws.mean() - 0.5) < 0.03
+    assert abs(draws.var() - 1 / (4 * (2 * alpha + 1))) < 0.006
+    # Beta hides a gamma's scale: check Gamma(alpha, 1)'s mean, alpha, too (4 standard errors).
+    gammas = np.exp(_log_gamma([4000], tf.constant([3, 4], tf.int64), alpha).numpy())
+    assert abs(gammas.mean() - alpha) < 4 * np.sqrt(alpha / 4000)
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.4, 1, 2.0])
+def test_beta_is_a_function_of_the_seed_eagerly_and_under_xla(alpha):
+    seeds = [tf.constant(s, tf.int64) for s in ([5, 7], [2**40, -3], [-(2**62), 2**33 + 1])]
+    eager = [_beta(seed, alpha).numpy() for seed in seeds]
+    assert eager == [_beta(seed, alpha).numpy() for seed in seeds]
+    assert len(set(eager)) == len(eager)
+    compiled = tf.function(lambda seed: _beta(seed, alpha), jit_compile=True)
+    np.testing.assert_allclose([compiled(seed).numpy() for seed in seeds], eager,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_default_batch_gives_small_data_sets_enough_steps():

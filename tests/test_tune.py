@@ -10,6 +10,7 @@ import pytest
 from conftest import free_ports, run_cli, wait_for
 from tfresnet.train import main as train_main
 from tfresnet.tune import main as tune_main
+from tfresnet.tuning.launch import worker_environments
 from tfresnet.tuning.lr_range import steepest_descent
 from tfresnet.tuning.results import read_trial_stats
 from tfresnet.tuning.search import SEARCH_SPACE, SEARCHABLE
@@ -109,6 +110,18 @@ def test_parallel_starts_a_chief_and_workers_itself(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     trials = rows(tmp_path / "tune" / "two" / "trials.csv")
     assert len(trials) == 2 and {t["tuner"] for t in trials} <= {"tuner0", "tuner1"}
+
+
+def test_parallel_workers_get_a_gpu_each_or_share_them_growing_their_memory():
+    chief = {"CUDA_VISIBLE_DEVICES": ""}  # the oracle needs no GPU
+    assert worker_environments(2, ["0", "1"]) == [
+        chief, {"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
+    assert worker_environments(1, ["2", "3"]) == [chief, {"CUDA_VISIBLE_DEVICES": "2"}]
+    grow = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+    assert worker_environments(3, ["0", "1"]) == [
+        chief, {"CUDA_VISIBLE_DEVICES": "0", **grow}, {"CUDA_VISIBLE_DEVICES": "1", **grow},
+        {"CUDA_VISIBLE_DEVICES": "0", **grow}]
+    assert worker_environments(2, []) == [{}, {}, {}]
 
 
 def test_every_searchable_name_is_a_train_config_field_and_its_hp_name():

@@ -7,6 +7,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tfresnet.quiet import native_stderr_silenced  # noqa: E402
 
 with native_stderr_silenced():
+    from tfresnet.runtime import assign_slurm_gpus
+
+    assign_slurm_gpus()  # before CUDA starts: it reads CUDA_VISIBLE_DEVICES once
     import tensorflow
 
     tensorflow.config.list_physical_devices("GPU")  # CUDA probing prints here, once

@@ -110,8 +110,8 @@ class TrainConfig:
     precision: str = _field("auto", "auto: mixed_bfloat16 on A100/H100-class GPUs, "
                             "mixed_float16 on V100/T4, else float32", "training",
                             list(PRECISIONS))
-    jit: str = _field("auto", "XLA compilation (auto: on with a GPU)", "training",
-                      list(JIT_MODES))
+    jit: str = _field("auto", "XLA compilation (auto: on with one GPU, off with several "
+                      "replicas)", "training", list(JIT_MODES))
     steps_per_execution: int = _field(0, "train steps per compiled call (0 = auto)", "training")
     strategy: str = _field("auto", "tf.distribute strategy (auto: several workers under "
                            "TF_CONFIG or Slurm, else every GPU)", "training", list(STRATEGIES))

@@ -1,8 +1,10 @@
-"""Where and how a run computes: seeds, determinism, precision, XLA and tf.distribute."""
+"""Where and how a run computes: seeds, determinism, precision, XLA, tf.distribute, and
+which GPUs each process uses."""
 
 import contextlib
 import dataclasses
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -22,6 +24,9 @@ STRATEGIES = ("auto", "one", "mirrored", "multiworker", "tpu")
 MULTI_WORKER_KERAS = ("3.15",)
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT_MODES = ("auto", "on", "off")
+# Where the NVIDIA driver shows its GPUs, one entry each, read without CUDA: the first
+# pattern that matches anything counts.
+NVIDIA_DEVICES = ("/proc/driver/nvidia/gpus/*", "/dev/nvidia[0-9]*")
 
 
 def worker_count(strategy):
@@ -87,6 +92,40 @@ def gpus():
         return tf.config.list_physical_devices("GPU")
 
 
+def nvidia_gpu_count():
+    """How many NVIDIA GPUs the driver shows (`NVIDIA_DEVICES`), without CUDA."""
+    for pattern in NVIDIA_DEVICES:
+        found = glob.glob(pattern)
+        if found:
+            return len(found)
+    return 0
+
+
+def visible_gpu_ids():
+    """The GPUs this process may use, found without initialising CUDA: the entries of
+    CUDA_VISIBLE_DEVICES when it is set (up to a negative one, which ends the list as in
+    CUDA), else ``0..n-1`` of the NVIDIA GPUs the driver shows."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(i) for i in range(nvidia_gpu_count())]
+    ids = []
+    for entry in listed.split(","):
+        if not entry.strip() or entry.strip().startswith("-"):
+            break
+        ids.append(entry.strip())
+    return ids
+
+
+def warn_if_gpus_unused():
+    """Prints one warning when this process may use NVIDIA GPUs but TensorFlow sees none
+    (a CPU-only TensorFlow, or its CUDA libraries missing)."""
+    count = len(visible_gpu_ids())
+    if count and nvidia_gpu_count() and not gpus():
+        print(f"warning: this machine has {count} NVIDIA GPU(s) but this TensorFlow sees none, "
+              "so training runs in float32 on the CPU; pip install \"tensorflow[and-cuda]\" "
+              "(pip install -e \".[gpu]\" in a checkout)", file=sys.stderr)
+
+
 def describe_device():
     """A short description of the accelerator (or CPU) this process computes on."""
     found = gpus()
@@ -128,19 +167,57 @@ def _tf_config_resolver():
     return tf.distribute.cluster_resolver.TFConfigClusterResolver()
 
 
-def _slurm_resolver():
-    """The resolver of a Slurm job step. It hands each task of a node a share of the
-    node's GPUs; on nodes without GPUs each task gets a nominal one (unset), so that it
-    never probes GPUs with nvidia-smi."""
+def slurm_tasks_per_node():
+    """The most tasks any node of this Slurm job step runs."""
     # SLURM_STEP_TASKS_PER_NODE reads like "2(x3),1": 2 tasks on 3 nodes, then 1.
-    tasks_per_node = max(int(part.split("(")[0]) for part in
-                         os.environ.get("SLURM_STEP_TASKS_PER_NODE", "1").split(","))
-    gpus_per_node = int(os.environ.get("SLURM_GPUS_ON_NODE", "0") or 0)
-    if gpus_per_node == 0:
-        return tf.distribute.cluster_resolver.SlurmClusterResolver(
-            gpus_per_node=tasks_per_node, gpus_per_task=1, auto_set_gpu=False)
-    return tf.distribute.cluster_resolver.SlurmClusterResolver(
-        gpus_per_node=gpus_per_node, gpus_per_task=max(1, gpus_per_node // tasks_per_node))
+    return max(int(part.split("(")[0]) for part in
+               os.environ.get("SLURM_STEP_TASKS_PER_NODE", "1").split(","))
+
+
+def assign_slurm_gpus():
+    """In a Slurm job step of several tasks on GPU nodes, narrows CUDA_VISIBLE_DEVICES to
+    this task's share: the SLURM_LOCALID-th run of SLURM_GPUS_ON_NODE // (most tasks on a
+    node) consecutive GPUs (SlurmClusterResolver's split; MultiWorkerMirroredStrategy
+    wants as many on every worker), taken from the list Slurm set when it holds more, else
+    from ``0..n-1``. A list no longer than the share (Slurm's per-task binding, or an
+    earlier call) stays. It must run before anything initialises CUDA: ``import tfresnet``
+    calls it first."""
+    if cluster_environment() != "slurm":
+        return
+    gpus_on_node = int(os.environ.get("SLURM_GPUS_ON_NODE") or 0)
+    share = gpus_on_node // slurm_tasks_per_node()
+    if share == 0:  # no GPUs, or more tasks than GPUs (`_slurm_resolver` refuses those)
+        return
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        node = [str(i) for i in range(gpus_on_node)]
+    elif len(listed.split(",")) > share:
+        node = listed.split(",")
+    else:
+        return
+    first = int(os.environ.get("SLURM_LOCALID", "0")) * share
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(node[first:first + share])
+
+
+class _SlurmResolver(tf.distribute.cluster_resolver.SlurmClusterResolver):
+    """SlurmClusterResolver whose task has the GPUs `assign_slurm_gpus` left it (none on
+    a node without GPUs), not the count it was built with."""
+
+    def num_accelerators(self, task_type=None, task_id=None, config_proto=None):
+        return {"GPU": len(gpus())}
+
+
+def _slurm_resolver():
+    """The resolver of a Slurm job step. The GPUs are already split (`assign_slurm_gpus`),
+    so it sets none, and it is built with one nominal GPU per task, which lays out the
+    tasks' ports without probing GPUs with nvidia-smi."""
+    tasks_per_node = slurm_tasks_per_node()
+    gpus_on_node = int(os.environ.get("SLURM_GPUS_ON_NODE") or 0)
+    if 0 < gpus_on_node < tasks_per_node:
+        raise UserError(f"Slurm started {tasks_per_node} tasks on a node with {gpus_on_node} "
+                        f"GPU(s); start at most one task per GPU (srun --ntasks-per-node "
+                        f"{gpus_on_node})")
+    return _SlurmResolver(gpus_per_node=tasks_per_node, gpus_per_task=1, auto_set_gpu=False)
 
 
 def make_multi_worker_strategy():
@@ -229,25 +306,39 @@ def resolve_precision(precision):
     return precision
 
 
-def configure(config):
-    """Seeds everything and sets precision, determinism and the strategy for ``config``."""
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    precision = resolve_precision(config.precision)
-    keras.mixed_precision.set_global_policy(precision)
-    jit = {"on": True, "off": False}.get(config.jit, bool(gpus()))
-    if jit and config.deterministic:
+def resolve_jit(mode, replicas, deterministic):
+    """``auto``: XLA on a GPU with one replica. Several replicas run without XLA, as
+    Keras' own ``jit_compile="auto"`` decides under tf.distribute: with XLA,
+    MirroredStrategy's step reads variables across devices ("Trying to access resource
+    ... located in device CPU:1 from device CPU:0"; keras-team/keras#19005, #19006), so
+    ``on`` is refused there."""
+    if replicas > 1:
+        if mode == "on":
+            raise UserError(f"--jit on: Keras cannot compile a step of {replicas} replicas "
+                            "with XLA (keras-team/keras#19005); use --jit auto or --jit off")
+        return False
+    jit = mode == "on" or (mode == "auto" and bool(gpus()))
+    if jit and deterministic:
         # Keras compiles nothing with XLA under op determinism (not every op has a
         # deterministic XLA kernel); say so, and record what really runs.
         print("warning: --deterministic turns XLA off (Keras does not compile with XLA "
               "under op determinism); use --jit off to silence this", file=sys.stderr)
-        jit = False
-    runtime = Runtime(make_strategy(config.strategy), precision, jit, describe_device())
-    if runtime.workers > 1 and jit and not gpus():
-        raise UserError("--jit on: XLA has no collectives for CPU devices, so a multi-worker "
-                        "run on CPUs must use --jit off")
-    return runtime
+        return False
+    return jit
+
+
+def configure(config):
+    """Seeds everything and sets precision, determinism, the strategy and XLA for
+    ``config``; warns once when NVIDIA GPUs are there but TensorFlow cannot use them."""
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    warn_if_gpus_unused()
+    precision = resolve_precision(config.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    strategy = make_strategy(config.strategy)
+    jit = resolve_jit(config.jit, strategy.num_replicas_in_sync, config.deterministic)
+    return Runtime(strategy, precision, jit, describe_device())
 
 
 # Optional libraries whose version a record names when they are installed.

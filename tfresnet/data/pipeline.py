@@ -15,6 +15,7 @@ Augmentation specs are comma-separated names with ``:key=value`` parameters, for
 
 import functools
 import inspect
+import math
 
 import numpy as np
 import tensorflow as tf
@@ -219,9 +220,50 @@ def cutout(images, labels, seed, size=None):
     return images * (1.0 - _box_mask(shape, centre_y, centre_x, box, box)), labels
 
 
+GAMMA_CANDIDATES = 16  # proposals per gamma draw (see `_log_gamma`)
+
+
+def _uniform(shape, seed):
+    """Uniform floats in (0, 1] that eager TF and XLA draw alike. Their stateless kernels
+    agree on Philox's integer bits only for seed words below 2 ** 32, and turn bits into
+    floats differently; so this keeps each word's low 32 bits and converts itself."""
+    seed = tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), 0xFFFFFFFF)
+    bits = tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=tf.uint32)
+    return tf.cast(tf.bitwise.right_shift(bits, 8) + 1, tf.float32) * 2.0 ** -24
+
+
+def _log_gamma(size, seed, alpha):
+    """The logs of Gamma(alpha, 1) draws of shape ``size``, for any ``alpha > 0``, by
+    Marsaglia & Tsang's method ("A simple method for generating gamma variables", ACM TOMS
+    26(3), 2000), from stateless uniform draws only: XLA compiles them (it has no kernel for
+    ``stateless_gamma``) and a draw is a pure function of ``seed``.
+
+    Each draw proposes `GAMMA_CANDIDATES` candidates at once (normals by Box-Muller) and
+    keeps the first one accepted. For ``alpha < 1`` it draws Gamma(alpha + 1) and boosts
+    it: Gamma(alpha) = Gamma(alpha + 1) * U ** (1 / alpha), in logs so small values do not
+    underflow. The shape drawn is >= 1, where a candidate is rejected with probability
+    below 0.05, so all 16 are with probability below 0.05 ** 16 < 2e-21; the draw then
+    takes ``v = 1`` (a gamma of ``d`` before any boost, near the mean) instead of failing.
+    """
+    alpha = float(alpha)
+    d = (alpha + 1.0 if alpha < 1 else alpha) - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    u1, u2, u3, u4 = tf.unstack(_uniform([4, *size, GAMMA_CANDIDATES], seed))
+    x = tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos(2.0 * math.pi * u2)
+    v = (1.0 + c * x) ** 3
+    log_v = tf.math.log(tf.maximum(v, 1e-30))
+    accepted = (v > 0) & (tf.math.log(u3) < 0.5 * x ** 2 + d - d * v + d * log_v)
+    first = accepted & (tf.cumsum(tf.cast(accepted, tf.int32), axis=-1) == 1)
+    log_gamma = math.log(d) + tf.reduce_sum(tf.where(first, log_v, 0.0), axis=-1)
+    if alpha < 1:
+        log_gamma += tf.math.log(u4[..., 0]) / alpha  # the boost's U
+    return log_gamma
+
+
 def _beta(seed, alpha):
-    gammas = tf.random.stateless_gamma([2], seed, alpha=alpha)
-    return gammas[0] / (gammas[0] + gammas[1])
+    """A Beta(alpha, alpha) draw: X / (X + Y) for two Gamma(alpha) draws (XLA-compatible)."""
+    log_x, log_y = tf.unstack(_log_gamma([2], seed, alpha))
+    return tf.sigmoid(log_x - log_y)
 
 
 @augmentation(_positive_alpha)

@@ -23,10 +23,23 @@ def tuner_role():
     return "chief" if tuner_id == "chief" else "worker"
 
 
+def worker_environments(workers, gpu_ids):
+    """The variables each process of a parallel search gets on top of this one's, the
+    chief's first: each worker its own GPU of ``gpu_ids`` when there are enough, else a
+    round-robin share with TF_FORCE_GPU_ALLOW_GROWTH, so that no two workers preallocate
+    the same GPU's memory; the chief (the oracle) no GPU. Without GPUs, nothing is set."""
+    if not gpu_ids:
+        return [{} for _ in range(workers + 1)]
+    shared = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"} if workers > len(gpu_ids) else {}
+    return [{"CUDA_VISIBLE_DEVICES": ""}, *({"CUDA_VISIBLE_DEVICES": gpu_ids[i % len(gpu_ids)],
+                                            **shared} for i in range(workers))]
+
+
 def run_in_parallel(argv, workers):
     """Runs this search as keras-tuner's chief plus ``workers`` workers on 127.0.0.1, each
-    worker on its own GPU (if any); returns the first non-zero exit status, else 0."""
-    from tfresnet.runtime import gpus
+    worker on its own GPU (if any; shared when fewer); returns the first non-zero exit
+    status, else 0."""
+    from tfresnet.runtime import visible_gpu_ids
 
     argv = list(argv)
     at = next(i for i, a in enumerate(argv) if a.startswith("--parallel"))
@@ -34,15 +47,15 @@ def run_in_parallel(argv, workers):
     with socket.socket() as probe:  # a free port for the oracle
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
-    devices = len(gpus())
+    gpu_ids = visible_gpu_ids()  # of this process's CUDA_VISIBLE_DEVICES, read without CUDA
+    if 0 < len(gpu_ids) < workers:
+        print(f"{workers} workers share {len(gpu_ids)} GPU(s) in turn, each growing its GPU "
+              "memory as needed (TF_FORCE_GPU_ALLOW_GROWTH)")
     processes = []
-    for tuner_id in ["chief", *(f"tuner{i}" for i in range(workers))]:
+    for tuner_id, extra in zip(["chief", *(f"tuner{i}" for i in range(workers))],
+                               worker_environments(workers, gpu_ids)):
         env = {**os.environ, "KERASTUNER_TUNER_ID": tuner_id,
-               "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}
-        if devices and tuner_id != "chief":
-            env["CUDA_VISIBLE_DEVICES"] = str(int(tuner_id[5:]) % devices)
-        elif devices:
-            env["CUDA_VISIBLE_DEVICES"] = ""  # the oracle needs no GPU
+               "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port, **extra}
         processes.append(subprocess.Popen([sys.executable, "-m", "tfresnet.tune", *argv],
                                           env=env))
     try:

@@ -1,6 +1,8 @@
 """What the per-epoch saves of a run cost: `tfresnet.callbacks.RunRecorder` writing
 best.keras, last.keras, history.csv and curves.png for a full-width ResNet-18 (CIFAR stem,
-100 classes, SGD with momentum), timed part by part and as the recorder's whole epoch end.
+100 classes, SGD with momentum), timed part by part and as the recorder's whole epoch end:
+what training waits for (the copies; the files are written in the background) and the
+epoch end with its writes.
 
 The model is assembled as ``tfresnet.train`` assembles it and trained one step, so the
 optimizer holds its momentum. Every save goes to a real folder (``--out``) with fsync, as
@@ -16,9 +18,12 @@ import time
 from pathlib import Path
 
 
-def median_seconds(action, repeats):
+def median_seconds(action, repeats, before=None):
+    """The median time of ``action``; ``before`` runs untimed ahead of each repeat."""
     times = []
     for _ in range(repeats):
+        if before:
+            before()
         start = time.perf_counter()
         action()
         times.append(time.perf_counter() - start)
@@ -37,7 +42,7 @@ def main():
     from tfresnet.assemble import make_pipelines
     from tfresnet.bench import bench_config, build_bench_model
     from tfresnet.callbacks import NanGuard, RunRecorder, curves_figure
-    from tfresnet.checkpoint import atomic_save_figure, atomic_write_text
+    from tfresnet.checkpoint import atomic_save_figure, atomic_save_model, atomic_write_text
 
     config = bench_config("resnet18", 8, precision="float32", jit="off", width=args.width)
     data, runtime, model = build_bench_model(config, 100, 1)
@@ -49,6 +54,8 @@ def main():
     recorder = RunRecorder(out, args.epochs_drawn, rows, has_validation=True, guard=NanGuard(),
                            title="checkpoint cost")
     recorder.set_model(model)
+    recorder.on_train_begin()
+    saver = recorder._saver
     last_row = {**rows[-1], "epoch": args.epochs_drawn}
 
     def epoch_end():  # a new best every time: the most a recorder writes in an epoch
@@ -56,15 +63,21 @@ def main():
         recorder._save(last_row)
 
     parts = {
-        "last.keras": lambda: recorder._save_last(),
-        "best.keras": lambda: recorder._save_best(),
-        "history.csv": lambda: atomic_write_text(out / "history.csv", recorder._history_csv()),
-        "curves.png": lambda: atomic_save_figure(curves_figure(rows, "cost"), out / "c.png"),
-        "whole epoch end (new best)": epoch_end,
+        "last.keras, a foreground save": (lambda: atomic_save_model(model, out / "f.keras"),
+                                          None),
+        "best.keras (no optimizer), foreground": (
+            lambda: atomic_save_model(saver.copies[False], out / "g.keras"), None),
+        "history.csv": (lambda: atomic_write_text(out / "h.csv", recorder._history_csv()),
+                        None),
+        "curves.png": (lambda: atomic_save_figure(curves_figure(rows, "cost"), out / "c.png"),
+                       None),
+        "epoch end (new best): training waits": (epoch_end, saver.wait),
+        "epoch end (new best) and its writes": (lambda: (epoch_end(), saver.wait()), None),
     }
-    for name, action in parts.items():
+    for name, (action, before) in parts.items():
         action()  # warm-up: first saves import and trace
-        print(f"{name:28s} {1000 * median_seconds(action, args.repeats):8.0f} ms")
+        print(f"{name:40s} {1000 * median_seconds(action, args.repeats, before):8.0f} ms")
+    saver.wait()
     for name in ("best.keras", "last.keras"):
         print(f"{name} size: {(out / name).stat().st_size / 2**20:.1f} MB")
 

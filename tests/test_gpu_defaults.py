@@ -68,7 +68,7 @@ def test_gpu_defaults_kill_resume_and_every_command_on_the_result(tmp_path, caps
     resumable = keras.saving.load_model(run_dir / "last.keras")
     assert isinstance(resumable.optimizer, keras.optimizers.LossScaleOptimizer)
     model = keras.saving.load_model(run_dir / "best.keras")
-    assert model.optimizer is None  # the deployable model: no optimizer state
+    assert not model.compiled  # the deployable model: no optimizer state
     assert model.network.fc.dtype_policy.compute_dtype == "float32"
     capsys.readouterr()
     assert evaluate.main([str(run_dir)]) == 0

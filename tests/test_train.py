@@ -33,7 +33,8 @@ def test_run_writes_every_file_and_best_keras_reproduces_test_accuracy(tmp_path)
     assert summary["best_epoch"] in (1, 2)
 
     model = keras.saving.load_model(run_dir / "best.keras")  # plain Keras, safe mode
-    assert model.compiled  # loss and optimizer come back too
+    assert not model.compiled  # the deployable model; last.keras has loss and optimizer
+    assert keras.saving.load_model(run_dir / "last.keras").compiled
     data = load_dataset("digits")
     predicted = np.argmax(model.predict(data.x_test, verbose=0), axis=1)
     assert np.mean(predicted == data.y_test) == pytest.approx(summary["test_accuracy"], abs=1e-9)
@@ -251,3 +252,34 @@ def test_best_keras_is_the_deployable_model_and_last_keras_resumes(tmp_path):
     assert main([*args[:-4], "--epochs", "2", "--output-dir", str(tmp_path), "--name",
                  "run"]) == 0  # resumes from last.keras
     assert [row["epoch"] for row in history(run_dir)] == ["1", "2"]
+
+
+def test_background_checkpoints_hold_the_state_of_their_epoch_end(tmp_path):
+    """The files are written while the next epoch trains: they must hold the state of the
+    moment they were asked for, optimizer included."""
+    from tfresnet.assemble import build_model, load_data, make_pipelines
+    from tfresnet.checkpoint import BackgroundSaver
+    from tfresnet.config import TrainConfig
+    from tfresnet.runtime import configure
+
+    config = TrainConfig(dataset="digits", model="small_cnn", width=0.25, batch_size=64,
+                         augment="none").validate()
+    runtime = configure(config)
+    data = load_data(config)
+    model = build_model(config, data, runtime)
+    model.fit(make_pipelines(config, data, runtime)[0], steps_per_epoch=2, verbose=0)
+    saver = BackgroundSaver(model)
+    state = [v.numpy().copy() for v in model.variables]
+    iterations = int(model.optimizer.iterations.numpy())
+    saver.save(tmp_path / "last.keras", optimizer=True)
+    saver.save(tmp_path / "best.keras", optimizer=False)
+    for variable in model.trainable_variables:  # the next epoch goes on training
+        variable.assign(variable + 1.0)
+    model.optimizer.iterations.assign_add(7)
+    saver.wait()
+    last = keras.saving.load_model(tmp_path / "last.keras")
+    assert int(last.optimizer.iterations.numpy()) == iterations == 2
+    for path in ("last.keras", "best.keras"):
+        saved = keras.saving.load_model(tmp_path / path).variables
+        for expected, got in zip(state, saved, strict=True):
+            np.testing.assert_array_equal(expected, got.numpy())

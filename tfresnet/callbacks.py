@@ -10,13 +10,8 @@ import time
 from pathlib import Path
 
 import keras
-import numpy as np
 
-from tfresnet.checkpoint import (
-    atomic_save_figure,
-    atomic_save_model,
-    atomic_write_text,
-)
+from tfresnet.checkpoint import BackgroundSaver, atomic_save_figure, atomic_write_text
 from tfresnet.optim import current_learning_rate
 
 HISTORY_FIELDS = ("epoch", "lr", "loss", "ce", "l2", "accuracy", "top5", "val_loss", "val_ce",
@@ -81,8 +76,9 @@ def curves_figure(rows, title):
 class RunRecorder(keras.callbacks.Callback):
     """After every epoch: best.keras (on a new best validation accuracy), history.csv,
     curves.png (at most every `CURVES_SECONDS`, and at the end), then last.keras -- all
-    written atomically -- and a one-line summary with the run's ETA. Epochs with a
-    non-finite loss are never recorded.
+    written atomically, the two models in the background while the next epoch trains
+    (`tfresnet.checkpoint.BackgroundSaver`) -- and a one-line summary with the run's ETA.
+    Epochs with a non-finite loss are never recorded.
 
     best.keras is the deployable model: weights and the model's own state, no optimizer
     (half the size). last.keras also holds the optimizer: what resuming needs.
@@ -112,8 +108,12 @@ class RunRecorder(keras.callbacks.Callback):
         self.best = max((r.get("val_accuracy", -1.0) for r in self.rows), default=-1.0)
         self.train_seconds = 0.0
         self.trained_epochs = 0
-        self._deployable = None
+        self._saver = None
         self._curves_at = (-math.inf, 0)  # when they were drawn, and with how many rows
+
+    def on_train_begin(self, logs=None):
+        # Built now, while the optimizer's variables are those the model was built with.
+        self._saver = BackgroundSaver(self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.perf_counter()
@@ -142,6 +142,7 @@ class RunRecorder(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.rows and self._curves_at[1] != len(self.rows):
             self._draw_curves()
+        self._saver.wait()
 
     def _save(self, row):
         improved = row.get("val_accuracy", -1.0) > self.best
@@ -156,17 +157,13 @@ class RunRecorder(keras.callbacks.Callback):
         self._save_last()
 
     def _save_best(self):
-        """best.keras: a copy of the model (EMA's averaged weights with ``--ema``) without
-        the optimizer."""
+        """best.keras: the model (EMA's averaged weights with ``--ema``) without the
+        optimizer."""
         with self._averaged_weights():
-            if self._deployable is None:  # built once: the same network, never compiled
-                self._deployable = type(self.model).from_config(self.model.get_config())
-                self._deployable(np.zeros((1, *self.model.image_size, 3), np.uint8))
-            self._deployable.set_weights(self.model.get_weights())
-        atomic_save_model(self._deployable, self.run_dir / "best.keras")
+            self._saver.save(self.run_dir / "best.keras", optimizer=False)
 
     def _save_last(self):
-        atomic_save_model(self.model, self.run_dir / "last.keras")
+        self._saver.save(self.run_dir / "last.keras", optimizer=True)
 
     def _draw_curves(self):
         atomic_save_figure(curves_figure(self.rows, self.title), self.run_dir / "curves.png")

@@ -6,8 +6,10 @@ import pytest
 import tensorflow as tf
 
 import tfresnet
+from conftest import run_cli
 from tfresnet.errors import UserError
 from tfresnet.models import get_model, list_models
+from tfresnet.models.resnet import BasicBlock
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -213,3 +215,24 @@ def test_a_keras_file_of_version_0_1_loads_with_its_old_names_and_outputs():
                                rtol=1e-5, atol=1e-3)
     assert model.network.stem == "biased_valid" and model.backbone is model.network
     assert model.class_names == [f"c{i}" for i in range(10)]
+
+
+def test_a_narrow_resnet_at_64_px_trains_where_onednn_crashed():
+    """TensorFlow 2.21's oneDNN filter gradient of a strided 1x1 convolution with fewer
+    than 16 input channels at 64 px corrupted the heap (exit 134/139): the projection
+    shortcut of ResNet-18 x0.125. The shortcut now subsamples, then convolves."""
+    result = run_cli("tfresnet.bench", "--train", "--width", "0.125", "--image-size", "64",
+                     "--batch-size", "8", "--steps", "2", "--repeats", "1", "--num-classes", "5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "img/s" in result.stdout
+
+
+def test_the_subsampled_shortcut_is_the_strided_convolution():
+    block = BasicBlock(8, 16, strides=2)
+    assert block.subsample and not BasicBlock(16, 32, strides=2).subsample
+    x = np.random.default_rng(0).normal(size=(2, 9, 10, 8)).astype("float32")
+    block(x)
+    strided = tf.nn.conv2d(x, block.shortcut_conv.kernel.numpy(), 2, "SAME")  # odd, even sides
+    expected = block.shortcut_bn(strided, training=False).numpy()
+    got = block.shortcut(x, training=False).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

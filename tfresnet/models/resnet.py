@@ -27,6 +27,9 @@ HE_NORMAL_FAN_OUT = {
 }
 
 
+ONEDNN_SAFE_CHANNELS = 16  # see `_ResidualBlock`
+
+
 def _conv(filters, kernel_size, strides=1, use_bias=False, padding="same", name=None):
     return layers.Conv2D(
         filters,
@@ -174,12 +177,23 @@ class _ResidualBlock(layers.Layer):
         self.shortcut_conv = None
         self.shortcut_bn = None
         if strides != 1 or in_channels != out_channels:
-            self.shortcut_conv = _conv(out_channels, 1, strides, use_bias, name="shortcut_conv")
+            # TensorFlow 2.21's oneDNN filter gradient of a strided 1x1 convolution
+            # corrupts the heap for fewer than 16 input channels on inputs of 64 px or
+            # more (ResNet-18 x0.125 at 64 px: exit 134/139; uxlfoundation/oneDNN#6035:
+            # the 1x1 kernel's reduce-to-unit-stride workspace overflows when the input
+            # channels are fewer than its channel block; experiments/README.md).
+            # There the strided convolution is computed as the stride-1 one of every
+            # ``strides``-th pixel, which it is (a 1x1 window pads nothing under "same").
+            self.subsample = strides > 1 and in_channels < ONEDNN_SAFE_CHANNELS
+            self.shortcut_conv = _conv(out_channels, 1, 1 if self.subsample else strides,
+                                       use_bias, name="shortcut_conv")
             self.shortcut_bn = _bn("shortcut_bn")
 
     def shortcut(self, inputs, training):
         if self.shortcut_conv is None:
             return inputs
+        if self.subsample:
+            inputs = inputs[:, ::self.strides, ::self.strides, :]
         x = self.shortcut_conv(inputs)
         return self.shortcut_bn(x, training=training)
 

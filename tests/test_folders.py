@@ -362,6 +362,8 @@ def test_two_classes_show_no_top5_and_a_folder_without_test_split_says_where_fig
     assert train_main(run) == 0
     out = capsys.readouterr().out
     assert "no test split: validation accuracy" in out and "{}" not in out
+    assert ("note: 43 training images at batch 8 make 5 updates an epoch, 5 in all" in out
+            and "fine-tune a pretrained backbone" in out)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert not any("top5" in key for key in summary)
     assert not any("top5" in key for key in read_history(tmp_path / "run" / "history.csv")[0])

@@ -236,6 +236,25 @@ def describe_run(config, data, runtime, model):
             f"{model.steps_per_execution} per execution | augmentation {augment}")
 
 
+FEW_UPDATES = 20  # updates per epoch below which a run says how few it makes
+
+
+def few_updates_note(config, data):
+    """A start-up note when an epoch makes fewer than `FEW_UPDATES` updates (a small
+    folder): the total the run will make, and the better path for few images; else None."""
+    batch, steps = batch_and_steps(config, data)
+    updates = steps // config.grad_accum
+    if updates >= FEW_UPDATES:
+        return None
+    note = (f"note: {len(data.x_train)} training images at batch {batch} make {updates} "
+            f"updates an epoch, {updates * config.epochs} in all: few for a network to learn "
+            "from scratch; raise --epochs, or lower --batch-size")
+    if config.transfer == "none":
+        note += ("; for a few hundred photos, fine-tune a pretrained backbone instead "
+                 "(--model resnet50_imagenet --transfer finetune --weights imagenet)")
+    return note
+
+
 def make_pipelines(config, data, runtime, start_epoch=0, arrays=None):
     """``(train, validation)`` pipelines. Training batches are augmented here unless the
     model augments them in its step; validation is None without a validation split.

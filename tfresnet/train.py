@@ -18,6 +18,7 @@ from tfresnet.assemble import (
     batch_and_steps,
     build_model,
     describe_run,
+    few_updates_note,
     load_data,
     make_pipelines,
     training_callbacks,
@@ -158,6 +159,9 @@ def train(config: TrainConfig, fresh=False):
     model = build_model(config, data, runtime, pretrained=not resuming)
     if runtime.chief:
         print(describe_run(config, data, runtime, model))
+        note = few_updates_note(config, data)
+        if note:
+            print(note)
     batch, steps = batch_and_steps(config, data)
     start_epoch = _restore(model, run_dir, steps // config.grad_accum) if resuming else 0
     runtime.agree(start_epoch, "the workers found different checkpoints in "

@@ -136,6 +136,35 @@ def kill_after_first_epoch(run_dir, *args):
     return len(history(run_dir))
 
 
+# Runs train's main and SIGKILLs the process right after its N-th save of resume.keras
+# (--checkpoint-every) is on disk: a kill -9 inside an epoch, at a known step.
+KILL_AFTER_RESUME_SAVE = """
+import os, signal, sys
+from tfresnet import callbacks
+save, saves = callbacks.BackgroundSaver.save, []
+def save_then_die(self, path, optimizer):
+    save(self, path, optimizer)
+    saves.append(path.name == "resume.keras")
+    if sum(saves) == int(os.environ["RESUME_SAVES"]):
+        self.wait()
+        os.kill(os.getpid(), signal.SIGKILL)
+callbacks.BackgroundSaver.save = save_then_die
+from tfresnet.errors import run_cli
+from tfresnet.train import main
+sys.exit(run_cli("tfresnet.train", main, sys.argv[1:]))
+"""
+
+
+def kill_after_resume_saves(run_dir, saves, *args):
+    """Runs train with ``args`` into ``run_dir`` and kills it (SIGKILL) once its
+    ``saves``-th resume.keras is written; returns the exit status (-9)."""
+    return subprocess.run([sys.executable, "-c", KILL_AFTER_RESUME_SAVE, *map(str, args),
+                           "--output-dir", str(run_dir.parent), "--name", run_dir.name],
+                          capture_output=True, timeout=300,
+                          env={**os.environ, "RESUME_SAVES": str(saves),
+                               "TF_CPP_MIN_LOG_LEVEL": "3"}).returncode
+
+
 def wait_for(condition, timeout=300):
     """Polls ``condition`` until it holds: tests wait for a state, never for a fixed time."""
     deadline = time.monotonic() + timeout

@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, free_ports, kill_after_first_epoch, run_cli, weights
+from conftest import (
+    REPO,
+    free_ports,
+    kill_after_first_epoch,
+    kill_after_resume_saves,
+    run_cli,
+    weights,
+)
 from tfresnet.data import channel_stats, folders, load_dataset
 from tfresnet.data.folders import View, choose_view, decode, random_crop_box
 from tfresnet.data.pipeline import make_train_pipeline
@@ -272,6 +279,22 @@ def test_kill_and_resume_on_a_streamed_folder_gives_the_uninterrupted_weights(ph
                                                 "red", top_k=2)):
         assert row["top"][0]["class"] == keras_row["top"][0]["class"]
         assert abs(row["top"][0]["probability"] - keras_row["top"][0]["probability"]) < 1e-4
+
+
+@pytest.mark.slow
+def test_kill_inside_an_epoch_on_a_streamed_folder_resumes_exactly(photo_folder, tmp_path):
+    # 43 photos at batch 4: 10 steps an epoch; killed after step 6 of epoch 1.
+    common = ["--dataset", photo_folder, *PHOTO_RUN, "--batch-size", "4", "--epochs", "2",
+              "--deterministic", "--checkpoint-every", "3"]
+    reference = run_cli("tfresnet.train", *common, "--output-dir", tmp_path, "--name", "ref")
+    assert reference.returncode == 0, reference.stderr
+    assert kill_after_resume_saves(tmp_path / "killed", 2, *common) == -9
+    resumed = run_cli("tfresnet.train", *common, "--output-dir", tmp_path, "--name", "killed")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "at step 6 of epoch 1" in resumed.stdout
+    for a, b in zip(weights(tmp_path / "ref" / "last.keras"),
+                    weights(tmp_path / "killed" / "last.keras"), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 # A worker of a two-worker run that logs every file it decodes for training.

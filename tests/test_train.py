@@ -4,7 +4,14 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TINY, history, kill_after_first_epoch, run_cli, weights
+from conftest import (
+    TINY,
+    history,
+    kill_after_first_epoch,
+    kill_after_resume_saves,
+    run_cli,
+    weights,
+)
 from tfresnet import train as train_module
 from tfresnet.data import load_dataset
 from tfresnet.errors import UserError
@@ -79,6 +86,39 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     for a, b in zip(weights(tmp_path / "ref" / "last.keras"),
                     weights(tmp_path / "killed" / "last.keras")):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_kill_inside_an_epoch_resumes_from_its_step_with_the_uninterrupted_weights(tmp_path):
+    # 1,293 digits at batch 16: 80 steps an epoch; the kill lands after step 20 of epoch 1.
+    common = [*TINY, "--model", "small_cnn", "--epochs", "2", "--batch-size", "16",
+              "--deterministic", "--checkpoint-every", "10"]
+    reference = run_cli("tfresnet.train", *common, "--output-dir", tmp_path, "--name", "ref")
+    assert reference.returncode == 0, reference.stderr
+    assert kill_after_resume_saves(tmp_path / "killed", 2, *common) == -9
+    assert not (tmp_path / "killed" / "last.keras").exists()  # no epoch had ended
+    resumed = run_cli("tfresnet.train", *common, "--output-dir", tmp_path, "--name", "killed")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "at step 20 of epoch 1" in resumed.stdout
+    assert not (tmp_path / "killed" / "resume.keras").exists()
+    ref_rows, rows = history(tmp_path / "ref"), history(tmp_path / "killed")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for key in ("loss", "val_loss", "lr"):  # epoch 1's training averages cover steps 21-80
+        assert float(rows[1][key]) == pytest.approx(float(ref_rows[1][key]), rel=1e-6), key
+    for a, b in zip(weights(tmp_path / "ref" / "last.keras"),
+                    weights(tmp_path / "killed" / "last.keras"), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_every_takes_steps_or_a_duration():
+    from tfresnet.config import checkpoint_interval
+
+    assert checkpoint_interval("500") == (500, None)
+    assert checkpoint_interval("90s") == (None, 90)
+    assert checkpoint_interval("10min") == (None, 600)
+    assert checkpoint_interval("1h") == (None, 3600)
+    for bad in ("0", "ten", "5 days", "-3"):
+        with pytest.raises(UserError, match="--checkpoint-every takes a number of steps"):
+            checkpoint_interval(bad)
 
 
 def test_nan_loss_stops_cleanly_and_keeps_best_keras(tmp_path, monkeypatch, capsys):

@@ -255,12 +255,13 @@ def few_updates_note(config, data):
     return note
 
 
-def make_pipelines(config, data, runtime, start_epoch=0, arrays=None):
+def make_pipelines(config, data, runtime, start_epoch=0, arrays=None, start_step=0):
     """``(train, validation)`` pipelines. Training batches are augmented here unless the
     model augments them in its step; validation is None without a validation split.
 
     Args:
         start_epoch: the first epoch the stream yields (resuming).
+        start_step: its first step (resuming inside an epoch).
         arrays: ``(x_train, y_train, x_val, y_val)`` to use instead of the data set's own
             arrays (a tuner passes tensors made once for the whole search).
     """
@@ -272,7 +273,7 @@ def make_pipelines(config, data, runtime, start_epoch=0, arrays=None):
 
     def stream(split=None):
         return make_train_pipeline(x_train, y_train, data.num_classes, batch, augmenter,
-                                   config.seed, start_epoch, split, steps)[0]
+                                   config.seed, start_epoch, split, steps, start_step)[0]
 
     strategy = runtime.strategy
     replicas = strategy.num_replicas_in_sync

@@ -92,11 +92,15 @@ class RunRecorder(keras.callbacks.Callback):
         title: title of the curves plot.
         ema: Keras' `SwapEMAWeights` callback of a run with ``--ema``: best.keras gets the
             averaged weights (last.keras keeps the trained ones and the average's state).
+        checkpoint_every: ``(steps, seconds)`` of ``--checkpoint-every``: inside epochs,
+            resume.keras (last.keras's contents) every so many steps or seconds, at the end
+            of an execution; removed when training ends.
     """
 
     CURVES_SECONDS = 10.0
 
-    def __init__(self, run_dir, epochs, rows, has_validation, guard, title, ema=None):
+    def __init__(self, run_dir, epochs, rows, has_validation, guard, title, ema=None,
+                 checkpoint_every=(None, None)):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.epochs = epochs
@@ -109,15 +113,28 @@ class RunRecorder(keras.callbacks.Callback):
         self.train_seconds = 0.0
         self.trained_epochs = 0
         self._saver = None
+        self.checkpoint_every = checkpoint_every
+        self._saved_at = (time.monotonic(), 0)  # the last save's time, and step of the epoch
         self._curves_at = (-math.inf, 0)  # when they were drawn, and with how many rows
 
     def on_train_begin(self, logs=None):
         # Built now, while the optimizer's variables are those the model was built with.
-        self._saver = BackgroundSaver(self.model)
+        self._saver = self._saver or BackgroundSaver(self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.perf_counter()
         self.validation_seconds = 0.0
+        self._saved_at = (self._saved_at[0], 0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        steps, seconds = self.checkpoint_every
+        done = batch + 1  # steps of this epoch done (the last of an execution of several)
+        if (steps is None and seconds is None) or done >= self.params.get("steps", done + 1):
+            return  # the epoch's end saves anyway
+        since, at = self._saved_at
+        if (steps and done - at >= steps) or (seconds and time.monotonic() - since >= seconds):
+            self._saver.save(self.run_dir / "resume.keras", optimizer=True)
+            self._saved_at = (time.monotonic(), done)
 
     def on_test_begin(self, logs=None):
         self.validation_start = time.perf_counter()
@@ -137,12 +154,14 @@ class RunRecorder(keras.callbacks.Callback):
         row.update({k: float(v) for k, v in logs.items() if k in HISTORY_FIELDS and k != "lr"})
         self.rows.append(row)
         self._save(row)
+        self._saved_at = (time.monotonic(), 0)
         self._print_summary(row)
 
     def on_train_end(self, logs=None):
         if self.rows and self._curves_at[1] != len(self.rows):
             self._draw_curves()
         self._saver.wait()
+        (self.run_dir / "resume.keras").unlink(missing_ok=True)  # last.keras is newer
 
     def _save(self, row):
         improved = row.get("val_accuracy", -1.0) > self.best

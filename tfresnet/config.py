@@ -8,6 +8,7 @@ does not exist is a one-line error. The resolved config is saved in the run fold
 import argparse
 import dataclasses
 import json
+import re
 import typing
 from pathlib import Path
 
@@ -29,6 +30,20 @@ def _field(default, help, group, choices=None, **kwargs):
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+DURATION_UNITS = {"s": 1, "min": 60, "h": 3600}
+
+
+def checkpoint_interval(text):
+    """``--checkpoint-every``: ``(steps, None)`` for a number, ``(None, seconds)`` for a
+    duration such as ``90s``, ``10min`` or ``1h``."""
+    match = re.fullmatch(r"\s*(\d+)\s*(s|min|h)?\s*", str(text))
+    if not match or int(match.group(1)) == 0:
+        raise UserError("--checkpoint-every takes a number of steps (500) or a duration "
+                        f"(90s, 10min, 1h). Received: {text!r}")
+    count, unit = int(match.group(1)), match.group(2)
+    return (None, count * DURATION_UNITS[unit]) if unit else (count, None)
 
 
 @dataclasses.dataclass
@@ -124,6 +139,9 @@ class TrainConfig:
     visualize: bool = _field(True, "draw test_visualisation.png at the end", "output")
     log_every: int = _field(50, "outside a terminal or notebook (no progress bar), a step "
                             "line every this many steps; 0: none", "output")
+    checkpoint_every: str | None = _field(
+        None, "also save the resume state inside epochs: every N steps (500) or a duration "
+        "(90s, 10min, 1h)", "output")
 
     def __post_init__(self):
         for key, aliases in ALIASES.items():
@@ -172,6 +190,11 @@ class TrainConfig:
             raise UserError(f"--seed must be >= 0. Received: {self.seed}")
         if self.log_every < 0:
             raise UserError(f"--log-every must be >= 0. Received: {self.log_every}")
+        if self.checkpoint_every is not None:
+            checkpoint_interval(self.checkpoint_every)
+            if self.grad_accum > 1:
+                raise UserError("--checkpoint-every saves between updates, which --grad-accum "
+                                "spreads over several steps; drop one of them")
         if self.steps_per_execution < 0:
             raise UserError("--steps-per-execution must be >= 0 (0 = auto)")
         if self.image_size is not None and self.image_size < 8:

@@ -25,13 +25,22 @@ from tfresnet.assemble import (
 )
 from tfresnet.callbacks import NanGuard, RunRecorder, StepLog, interactive, read_history
 from tfresnet.checkpoint import atomic_write_text, load_model
-from tfresnet.config import TrainConfig, add_config_arguments, canonical, resolve_config
+from tfresnet.config import (
+    TrainConfig,
+    add_config_arguments,
+    canonical,
+    checkpoint_interval,
+    resolve_config,
+)
 from tfresnet.errors import UserError, command_parser, run_cli
 from tfresnet.inference import test_metrics
 from tfresnet.runtime import cluster_faults, configure, versions
 
 # Settings a resumed run may change; any other difference means a different run.
-RESUMABLE_CHANGES = {"epochs", "tensorboard", "visualize", "name", "output_dir", "log_every"}
+RESUMABLE_CHANGES = {"epochs", "tensorboard", "visualize", "name", "output_dir", "log_every",
+                     "checkpoint_every"}
+# The resume points of a run folder: the last finished epoch, and a state inside the next.
+RESUME_FILES = ("last.keras", "resume.keras")
 
 
 def build_parser():
@@ -91,7 +100,7 @@ def check_run_dir(config, fresh):
                                for k in sorted(changed))
             raise UserError(f"{run_dir} holds a run with other settings ({detail}); "
                             "use another --name, or --fresh to start it over")
-    return run_dir, (run_dir / "last.keras").exists() and not fresh
+    return run_dir, any((run_dir / name).exists() for name in RESUME_FILES) and not fresh
 
 
 def write_run_dir(run_dir, config, data, fresh):
@@ -99,7 +108,7 @@ def write_run_dir(run_dir, config, data, fresh):
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         if fresh:
-            for name in ("best.keras", "last.keras", "history.csv", "summary.json"):
+            for name in ("best.keras", *RESUME_FILES, "history.csv", "summary.json"):
                 (run_dir / name).unlink(missing_ok=True)
     except PermissionError:
         raise UserError(f"no permission to write {run_dir}; pass --output-dir somewhere writable")
@@ -109,13 +118,25 @@ def write_run_dir(run_dir, config, data, fresh):
 
 
 def _restore(model, run_dir, updates_per_epoch):
-    """Loads weights and optimizer state from last.keras; returns the finished epochs."""
+    """Loads weights and optimizer state from the newest resume point (`RESUME_FILES`);
+    returns ``(finished epochs, steps done of the next)``."""
+    found = {}
+    for name in RESUME_FILES:
+        if (run_dir / name).exists():
+            _load_state(model, run_dir / name)
+            found[name] = int(model.optimizer.iterations.numpy())
+    newest = max(found, key=found.get)
+    if newest != list(found)[-1]:  # the state loaded last is not the newest
+        _load_state(model, run_dir / newest)
+    return divmod(found[newest], updates_per_epoch)
+
+
+def _load_state(model, path):
     try:
-        model.load_weights(run_dir / "last.keras")
+        model.load_weights(path)
     except Exception as err:
-        raise UserError(f"{run_dir / 'last.keras'} cannot be resumed from ({type(err).__name__}); "
-                        "rerun with --fresh to start over")
-    return int(model.optimizer.iterations.numpy()) // updates_per_epoch
+        raise UserError(f"{path} cannot be resumed from ({type(err).__name__}); rerun with "
+                        "--fresh to start over")
 
 
 def make_callbacks(config, run_dir, rows, data, chief=True):
@@ -126,9 +147,12 @@ def make_callbacks(config, run_dir, rows, data, chief=True):
     callbacks = training_callbacks(config)
     guard = next(c for c in callbacks if isinstance(c, NanGuard))
     ema = next((c for c in callbacks if isinstance(c, keras.callbacks.SwapEMAWeights)), None)
+    every = checkpoint_interval(config.checkpoint_every) if config.checkpoint_every else (
+        None, None)
     callbacks.append(RunRecorder(run_dir, config.epochs, rows,
                                  has_validation=len(data.x_val) > 0, guard=guard,
-                                 title=f"{config.model} on {config.dataset}", ema=ema))
+                                 title=f"{config.model} on {config.dataset}", ema=ema,
+                                 checkpoint_every=every))
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"),
                                                      profile_batch=0))
@@ -163,25 +187,28 @@ def train(config: TrainConfig, fresh=False):
         if note:
             print(note)
     batch, steps = batch_and_steps(config, data)
-    start_epoch = _restore(model, run_dir, steps // config.grad_accum) if resuming else 0
-    runtime.agree(start_epoch, "the workers found different checkpoints in "
+    start = _restore(model, run_dir, steps // config.grad_accum) if resuming else (0, 0)
+    start_epoch = start[0]
+    runtime.agree(list(start), "the workers found different checkpoints in "
                   f"{run_dir}; the run folder must be one shared folder that every worker "
                   "reads (pass the same --output-dir on a shared file system)")
     if not runtime.chief:
         with tempfile.TemporaryDirectory(prefix="tfresnet-worker-") as scratch:
-            _fit(config, model, Path(scratch), data, runtime, start_epoch, [], steps)
+            _fit(config, model, Path(scratch), data, runtime, start, [], steps)
         runtime.barrier()
         return {}
     write_run_dir(run_dir, config, data, fresh)
     rows = [r for r in read_history(run_dir / "history.csv") if r["epoch"] <= start_epoch]
     if start_epoch >= config.epochs:
         print(f"{run_dir}: all {config.epochs} epochs already done")
+    elif start[1]:
+        print(f"resuming {run_dir} at step {start[1]} of epoch {start_epoch + 1}")
     elif resuming:
         print(f"resuming {run_dir} after epoch {start_epoch}")
-    start = time.perf_counter()
-    recorder = _fit(config, model, run_dir, data, runtime, start_epoch, rows, steps)
+    began = time.perf_counter()
+    recorder = _fit(config, model, run_dir, data, runtime, start, rows, steps)
     summary = summarize(config, run_dir, data, runtime, recorder, model,
-                        wall_seconds=time.perf_counter() - start, images=batch * steps)
+                        wall_seconds=time.perf_counter() - began, images=batch * steps)
     if config.visualize and data.x_test is not None:
         from tfresnet.visualize import draw_run
 
@@ -190,17 +217,23 @@ def train(config: TrainConfig, fresh=False):
     return summary
 
 
-def _fit(config, model, run_dir, data, runtime, start_epoch, rows, steps):
-    """Trains from ``start_epoch`` to the end, recording into ``run_dir``; returns the
-    recorder."""
-    train_data, val_data = make_pipelines(config, data, runtime, start_epoch)
+def _fit(config, model, run_dir, data, runtime, start, rows, steps):
+    """Trains from ``start`` (epoch, step) to the end, recording into ``run_dir``; returns
+    the recorder. A run resumed inside an epoch first finishes that epoch in a ``fit`` of
+    its remaining steps (whose training averages cover only those), then trains the rest."""
+    start_epoch, start_step = start
     callbacks = make_callbacks(config, run_dir, rows, data, runtime.chief)
     guard = next(c for c in callbacks if isinstance(c, NanGuard))
     recorder = next(c for c in callbacks if isinstance(c, RunRecorder))
-    if start_epoch < config.epochs:
+    phases = [(start_epoch, start_step, start_epoch + 1)] if start_step else []
+    phases.append((start_epoch + bool(start_step), 0, config.epochs))
+    for first, step, end in phases:
+        if first >= end or guard.bad_epoch:
+            continue
+        train_data, val_data = make_pipelines(config, data, runtime, first, start_step=step)
         with cluster_faults():
-            model.fit(train_data, steps_per_epoch=steps, epochs=config.epochs,
-                      initial_epoch=start_epoch, validation_data=val_data,
+            model.fit(train_data, steps_per_epoch=steps - step, epochs=end,
+                      initial_epoch=first, validation_data=val_data,
                       callbacks=callbacks, shuffle=False,
                       verbose=1 if interactive() and runtime.chief else 0)
     if guard.bad_epoch:

@@ -343,8 +343,9 @@ def train_steps(num_images, batch_size):
 
 
 def make_train_pipeline(images, labels, num_classes, batch_size, augmenter=None, seed=0,
-                        start_epoch=0, split=None, steps=None):
-    """An endless stream of training batches, epoch after epoch from ``start_epoch``.
+                        start_epoch=0, split=None, steps=None, start_step=0):
+    """An endless stream of training batches, epoch after epoch from ``start_epoch``
+    (from its batch ``start_step``: a run resumed inside an epoch).
 
     Each epoch is a fresh permutation drawn from ``(seed, epoch)``; batch ``i`` of epoch
     ``e`` is global step ``e * steps + i``, the number its augmentation is seeded with.
@@ -396,6 +397,7 @@ def make_train_pipeline(images, labels, num_classes, batch_size, augmenter=None,
         return x, y
 
     dataset = tf.data.Dataset.counter(start_epoch).flat_map(epoch_indices)
+    dataset = dataset.skip(start_step * local)
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE), steps
 

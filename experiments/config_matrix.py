@@ -25,7 +25,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -165,18 +164,10 @@ def train_args(cell, folder, weights, out, name, epochs):
             "--no-visualize", "--no-tensorboard", "--output-dir", str(out), "--name", name]
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def start(cell, args):
     """The training processes of a cell (two workers for ``workers``)."""
+    from tfresnet.tuning.launch import free_ports
+
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     if cell["strategy"] == "mirrored":

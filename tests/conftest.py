@@ -5,7 +5,6 @@ import csv
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tfresnet.tuning.launch import free_ports  # noqa: F401 (the tests' import of it)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -110,17 +111,6 @@ def run_cli(module, *args, cwd=None, timeout=300):
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-
-
-def free_ports(count):
-    """``count`` distinct free TCP ports on 127.0.0.1."""
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def kill_after_first_epoch(run_dir, *args):

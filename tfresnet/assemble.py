@@ -223,10 +223,10 @@ def build_model(config, data, runtime, pretrained=True):
     return model
 
 
-def describe_run(config, data, runtime, model):
-    """The start-up line: where and how the run computes, as resolved."""
+def describe_run(config, data, runtime, model, batch, steps):
+    """The start-up line: where and how the run computes, as resolved (``batch`` and
+    ``steps`` from `batch_and_steps`)."""
     replicas = runtime.strategy.num_replicas_in_sync
-    batch, steps = batch_and_steps(config, data)
     augment = "none" if not make_augmenter(config, data) else (
         "in the compiled step" if model.augmenter is not None else "in tf.data (host)")
     where = f"{replicas} replicas on {runtime.workers} worker(s)" if replicas > 1 else (
@@ -239,10 +239,9 @@ def describe_run(config, data, runtime, model):
 FEW_UPDATES = 20  # updates per epoch below which a run says how few it makes
 
 
-def few_updates_note(config, data):
+def few_updates_note(config, data, batch, steps):
     """A start-up note when an epoch makes fewer than `FEW_UPDATES` updates (a small
     folder): the total the run will make, and the better path for few images; else None."""
-    batch, steps = batch_and_steps(config, data)
     updates = steps // config.grad_accum
     if updates >= FEW_UPDATES:
         return None

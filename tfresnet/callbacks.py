@@ -124,7 +124,6 @@ class RunRecorder(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.perf_counter()
         self.validation_seconds = 0.0
-        self._saved_at = (self._saved_at[0], 0)
 
     def on_train_batch_end(self, batch, logs=None):
         steps, seconds = self.checkpoint_every

@@ -63,9 +63,8 @@ class BackgroundSaver:
     def _copy_of(model, compiled):
         copy = type(model).from_config(model.get_config())
         copy(keras.ops.zeros((1, *model.image_size, 3), "uint8"))
-        if compiled:
+        if compiled:  # Keras builds the optimizer of a built model here
             copy.compile_from_config(model.get_compile_config())
-            copy.optimizer.build(copy.trainable_variables)
         return copy
 
     def save(self, path, optimizer):

@@ -181,12 +181,12 @@ def train(config: TrainConfig, fresh=False):
     if runtime.chief:
         print(data.describe())
     model = build_model(config, data, runtime, pretrained=not resuming)
+    batch, steps = batch_and_steps(config, data)
     if runtime.chief:
-        print(describe_run(config, data, runtime, model))
-        note = few_updates_note(config, data)
+        print(describe_run(config, data, runtime, model, batch, steps))
+        note = few_updates_note(config, data, batch, steps)
         if note:
             print(note)
-    batch, steps = batch_and_steps(config, data)
     start = _restore(model, run_dir, steps // config.grad_accum) if resuming else (0, 0)
     start_epoch = start[0]
     runtime.agree(list(start), "the workers found different checkpoints in "

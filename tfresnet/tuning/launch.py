@@ -23,6 +23,18 @@ def tuner_role():
     return "chief" if tuner_id == "chief" else "worker"
 
 
+def free_ports(count):
+    """``count`` distinct free TCP ports on 127.0.0.1 (for the processes of a local
+    cluster)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 def worker_environments(workers, gpu_ids):
     """The variables each process of a parallel search gets on top of this one's, the
     chief's first: each worker its own GPU of ``gpu_ids`` when there are enough, else a
@@ -44,9 +56,7 @@ def run_in_parallel(argv, workers):
     argv = list(argv)
     at = next(i for i, a in enumerate(argv) if a.startswith("--parallel"))
     del argv[at:at + (1 if "=" in argv[at] else 2)]
-    with socket.socket() as probe:  # a free port for the oracle
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
+    port = str(free_ports(1)[0])  # for the oracle
     gpu_ids = visible_gpu_ids()  # of this process's CUDA_VISIBLE_DEVICES, read without CUDA
     if 0 < len(gpu_ids) < workers:
         print(f"{workers} workers share {len(gpu_ids)} GPU(s) in turn, each growing its GPU "

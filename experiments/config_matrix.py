@@ -5,7 +5,7 @@ Dimensions (`DIMENSIONS`): strategy (one device, MirroredStrategy over 2 logical
 local workers on 127.0.0.1), precision, XLA, where augmentation runs, the augmentation,
 steps per execution (1, auto, and 3, which divides no epoch here), the data (digits in
 memory, or a streamed folder of non-square photos) and transfer (none, frozen, finetune,
-two-stage from a local weights file).
+two-stage from a local weights file), and ``--checkpoint-every`` (off, or every 5 steps).
 
 Cells are chosen greedily (AETG-style) until every pair of values that some trainable
 configuration holds is in a cell that trains; then every pair that only refused
@@ -40,6 +40,7 @@ DIMENSIONS = {
     "spe": ("auto", "1", "3"),
     "data": ("memory", "folder"),
     "transfer": ("none", "frozen", "finetune", "two-stage"),
+    "checkpoint_every": ("off", "5"),  # steps; a cell with it is killed inside an epoch
 }
 # The test suite's cover: fewer values, no kill, two commands afterwards.
 QUICK_DIMENSIONS = {
@@ -161,6 +162,8 @@ def train_args(cell, folder, weights, out, name, epochs):
             "--strategy", "multiworker" if cell["strategy"] == "workers" else cell["strategy"],
             "--precision", cell["precision"], "--jit", cell["jit"], "--augment", cell["augment"],
             "--augment-on", cell["augment_on"], "--steps-per-execution", spe,
+            *(["--checkpoint-every", cell["checkpoint_every"]]
+              if cell.get("checkpoint_every", "off") != "off" else []),
             "--no-visualize", "--no-tensorboard", "--output-dir", str(out), "--name", name]
 
 
@@ -211,7 +214,9 @@ def run_cell(cell, folder, weights, out, name, kill=True, timeout=600):
     epochs = 2 if kill else 1
     processes = start(cell, train_args(cell, folder, weights, out, name, epochs))
     if kill:
-        while processes[0].poll() is None and not (run_dir / "last.keras").exists():
+        # The first resume point: inside epoch 1 with --checkpoint-every, else its end.
+        while processes[0].poll() is None and not any(
+                (run_dir / name).exists() for name in ("resume.keras", "last.keras")):
             time.sleep(0.05)
         if processes[0].poll() is None:
             for process in processes:
@@ -234,7 +239,9 @@ def run_cell(cell, folder, weights, out, name, kill=True, timeout=600):
         record.update(outcome="trained" if ok else "failed after training",
                       message=last_line(stdout if ok else after.stderr or stdout),
                       startup=next((line for line in stdout.splitlines()
-                                    if " | XLA " in line), ""))
+                                    if " | XLA " in line), ""),
+                      resumed=next((line.split(" ", 2)[2] for line in stdout.splitlines()
+                                    if line.startswith("resuming ")), ""))
     record["passed"] = record["outcome"] == record["expected"] and (
         record["outcome"] == "trained"
         or any(reason in record["message"] for reason in expected_refusals(cell)))
@@ -249,7 +256,7 @@ def table(records):
     for i, r in enumerate(records, 1):
         detail = r.get("startup") or r["message"].replace("tfresnet.train: error: ", "")
         mark = "" if r["passed"] else " **UNEXPECTED**"
-        lines.append(f"| {i} | " + " | ".join(str(r[n]) for n in names)
+        lines.append(f"| {i} | " + " | ".join(str(r.get(n, "")) for n in names)
                      + f" | {r['outcome']}{mark} | {detail.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,6 +22,7 @@ from conftest import (
     run_cli,
     weights,
 )
+from tfresnet import load_model
 from tfresnet.data import channel_stats, folders, load_dataset
 from tfresnet.data.folders import View, choose_view, decode, random_crop_box
 from tfresnet.data.pipeline import make_train_pipeline
@@ -387,6 +389,10 @@ def test_two_classes_show_no_top5_and_a_folder_without_test_split_says_where_fig
     assert "no test split: validation accuracy" in out and "{}" not in out
     assert ("note: 43 training images at batch 8 make 5 updates an epoch, 5 in all" in out
             and "fine-tune a pretrained backbone" in out)
+    # Five batches an epoch: batch norm remembers less, so epoch 1 fills its statistics.
+    saved = load_model(tmp_path / "run")
+    assert np.allclose([layer.momentum for layer in saved._flatten_layers()
+                        if isinstance(layer, keras.layers.BatchNormalization)], 0.05 ** 0.2)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert not any("top5" in key for key in summary)
     assert not any("top5" in key for key in read_history(tmp_path / "run" / "history.csv")[0])

@@ -7,7 +7,8 @@ keras.io's "Image classification from scratch" recipe trained on the same folder
 
 ``split`` writes ``OUT/{train,val,test}/{cat,dog}/<n>.jpg`` in the order of the file numbers:
 the first ``--train`` photos of each class train, the next ``--val`` validate and the last
-``--test`` test, so every split of a small folder shares its test set with the large one. The photos are copied as they are (180x180 JPEGs).
+``--test`` test, so every split of a small folder shares its test set with the large
+one. The photos are copied as they are (180x180 JPEGs).
 
 ``twin`` is written from keras.io's published description of its recipe: images resized to
 ``--image-size``, horizontal flips and rotations up to 0.1 of a turn, rescaled to [0, 1]; an

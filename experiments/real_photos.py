@@ -18,7 +18,9 @@ convolutions with 256, 512 and 728 filters, each ending in a stride-2 max-pool b
 0.25, one logit); binary cross-entropy, Adam 1e-3, batch 128. It writes ``OUT/summary.json``
 and ``OUT/history.csv`` in tfresnet's format, so ``python -m tfresnet.compare`` draws it
 beside tfresnet's runs; its test accuracy is that of its best validation epoch, as
-tfresnet's is.
+tfresnet's is. ``--no-jit`` turns off XLA, which keras.io's recipe has on (on a 2-core CPU
+XLA made its epochs several times slower); ``--bn-momentum`` changes batch norm's momentum
+from Keras' default 0.99, as a diagnostic.
 """
 
 import argparse
@@ -60,24 +62,28 @@ def split(args):
     print(f"{out}: " + ", ".join(f"{counts.get(p, 0)} {p}" for p in ("train", "val", "test")))
 
 
-def twin_network(image_size):
-    """The keras.io network, from its description (one logit: dog against cat)."""
+def twin_network(image_size, bn_momentum=0.99):
+    """The keras.io network, from its description (one logit: dog against cat); batch norm
+    at Keras' default momentum unless ``bn_momentum`` says otherwise."""
     import keras
     from keras import layers
+
+    def norm(x):
+        return layers.BatchNormalization(momentum=bn_momentum)(x)
 
     inputs = keras.Input((image_size, image_size, 3))
     x = layers.Rescaling(1.0 / 255)(inputs)
     x = layers.Conv2D(128, 3, strides=2, padding="same")(x)
-    x = layers.Activation("relu")(layers.BatchNormalization()(x))
+    x = layers.Activation("relu")(norm(x))
     shortcut = x
     for filters in (256, 512, 728):
         for _ in range(2):
             x = layers.Activation("relu")(x)
-            x = layers.BatchNormalization()(layers.SeparableConv2D(filters, 3, padding="same")(x))
+            x = norm(layers.SeparableConv2D(filters, 3, padding="same")(x))
         x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
         x = layers.add([x, layers.Conv2D(filters, 1, strides=2, padding="same")(shortcut)])
         shortcut = x
-    x = layers.BatchNormalization()(layers.SeparableConv2D(1024, 3, padding="same")(x))
+    x = norm(layers.SeparableConv2D(1024, 3, padding="same")(x))
     x = layers.GlobalAveragePooling2D()(layers.Activation("relu")(x))
     outputs = layers.Dense(1)(layers.Dropout(0.25)(x))
     return keras.Model(inputs, outputs, name="keras_io_xception")
@@ -101,7 +107,7 @@ def twin(args):
     train = train.map(lambda x, y: (augment(x, training=True), y),
                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     val, test = val.prefetch(tf.data.AUTOTUNE), test.prefetch(tf.data.AUTOTUNE)
-    model = twin_network(args.image_size)
+    model = twin_network(args.image_size, args.bn_momentum)
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.BinaryCrossentropy(from_logits=True),
                   metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")],
@@ -135,7 +141,8 @@ def twin(args):
     images = sum(len(list((Path(args.data) / "train").glob(f"{c}/*"))) for c in ("cat", "dog"))
     summary = {"model": model.name, "dataset": str(args.data), "epochs": args.epochs,
                "config": {"image_size": args.image_size, "batch_size": args.batch_size,
-                          "jit": args.jit, "seed": args.seed},
+                          "jit": args.jit, "seed": args.seed,
+                          "bn_momentum": args.bn_momentum},
                "best_val_accuracy": best["val_accuracy"], "best_epoch": best["epoch"],
                "test_accuracy": test_accuracy, "wall_seconds": round(wall, 1),
                "train_images_per_second": round(
@@ -161,6 +168,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
                    help="XLA, as keras.io's recipe (Keras' default) compiles")
+    p.add_argument("--bn-momentum", type=float, default=0.99,
+                   help="batch norm momentum (0.99: Keras' default, the recipe's)")
     p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     {"split": split, "twin": twin}[args.command](args)

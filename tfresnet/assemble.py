@@ -265,7 +265,7 @@ def few_updates_note(config, data, batch, steps):
         return None
     note = (f"note: {len(data.x_train)} training images at batch {batch} make {updates} "
             f"updates an epoch, {updates * config.epochs} in all: few for a network to learn "
-            "from scratch (on 246 photos, 1,200 updates beat 300 by 4.6 points); raise "
+            "from scratch (on 246 photos, 1,200 updates beat 300 by 2-5 points); raise "
             "--epochs")
     if config.transfer == "none":
         note += ("; for a few hundred photos, fine-tune a pretrained backbone instead "

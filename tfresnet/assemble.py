@@ -183,7 +183,7 @@ def shorten_batch_norm_memory(network, steps):
     """Lowers batch norm's momentum (0.9) where ``steps`` batches an epoch would leave its
     moving statistics mostly at their initial values at the first validation: to the
     momentum whose statistics owe `FIRST_EPOCH_SHARE` to the first epoch's batches (15
-    steps: 0.82; 46 steps and more keep 0.9). Pretrained statistics are left alone."""
+    steps: 0.82; 29 steps and more keep 0.9). Pretrained statistics are left alone."""
     momentum = (1 - FIRST_EPOCH_SHARE) ** (1 / steps)
     for layer in network._flatten_layers():
         if isinstance(layer, keras.layers.BatchNormalization) and layer.momentum > momentum:

@@ -14,6 +14,8 @@ momentum 0.1. It writes a run folder that ``python -m tfresnet.compare`` reads
     python experiments/torch_reference.py train --data-dir C10 --width 0.125 --epochs 15 \\
         --out saved_models/torch-default
 
+``--precision bfloat16`` runs either under PyTorch's CPU autocast in bfloat16.
+
 Not a dependency of tfresnet; run it in an environment with torch.
 """
 
@@ -95,26 +97,35 @@ def timed(step, images, repeats, steps):
     return statistics.median(rates), min(rates), max(rates)
 
 
-def _record(kind, mode, batch, rates):
+def _record(kind, mode, batch, rates, precision):
     median, low, high = rates
     print(json.dumps({"kind": kind, "framework": f"torch-{mode}", "batch_size": batch,
+                      "precision": precision,
                       "images_per_second": round(median, 1), "min": round(low, 1),
                       "max": round(high, 1), "threads": torch.get_num_threads(),
                       "torch": torch.__version__}), flush=True)
 
 
-def train_step(forward, optimizer, x, y):
+def autocast(bfloat16):
+    """PyTorch's CPU mixed precision: convolutions and matrix products in bfloat16, the
+    rest (batch norm, losses) in float32, when ``bfloat16``; else nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16)
+
+
+def train_step(forward, optimizer, x, y, bfloat16=False):
     """One SGD step on a fixed batch, as a function of nothing."""
     def step():
         optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(forward(x), y).backward()
+        with autocast(bfloat16):
+            loss = nn.functional.cross_entropy(forward(x), y)
+        loss.backward()
         optimizer.step()
     return step
 
 
-def inference(forward, x):
+def inference(forward, x, bfloat16=False):
     def step():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(bfloat16):
             forward(x)
     return step
 
@@ -122,19 +133,21 @@ def inference(forward, x):
 def bench(args):
     """One JSON line per measurement: train steps per batch size, then inference."""
     torch.manual_seed(0)
+    bfloat16 = args.precision == "bfloat16"
     for mode in ["eager", "compile"] if args.compile else ["eager"]:
         for batch in args.batch_size:
             model = ResNet18(width=args.width).train()
             optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
             forward = torch.compile(model) if mode == "compile" else model
             step = train_step(forward, optimizer, torch.randn(batch, 3, 32, 32),
-                              torch.randint(0, 100, (batch,)))
-            _record("train", mode, batch, timed(step, batch, args.repeats, args.steps))
+                              torch.randint(0, 100, (batch,)), bfloat16)
+            _record("train", mode, batch, timed(step, batch, args.repeats, args.steps),
+                    args.precision)
         model = ResNet18(width=args.width).eval()
         forward = torch.compile(model) if mode == "compile" else model
-        step = inference(forward, torch.randn(args.inference_batch, 3, 32, 32))
+        step = inference(forward, torch.randn(args.inference_batch, 3, 32, 32), bfloat16)
         _record("inference", mode, args.inference_batch,
-                timed(step, args.inference_batch, args.repeats, 2))
+                timed(step, args.inference_batch, args.repeats, 2), args.precision)
 
 
 # --- train --------------------------------------------------------------------------------
@@ -171,13 +184,14 @@ def warmup_cosine(step, warmup, total):
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-def evaluate(model, x, y, batch=500):
+def evaluate(model, x, y, batch=500, bfloat16=False):
     """(mean cross-entropy, top-1, top-5) over a normalised NCHW tensor."""
     model.eval()
     loss = top1 = top5 = 0.0
     with torch.inference_mode():
         for start in range(0, len(x), batch):
-            logits = model(x[start:start + batch])
+            with autocast(bfloat16):
+                logits = model(x[start:start + batch]).float()
             labels = y[start:start + batch]
             loss += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             best5 = logits.topk(5, 1).indices
@@ -213,6 +227,7 @@ def train(args):
     x_val, y_val = tensors(data.x_val, data.y_val)
     x_val = normalise(x_val)  # once, not every epoch
     x_test, y_test = tensors(data.x_test, data.y_test)
+    bfloat16 = args.precision == "bfloat16"
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     model = ResNet18(data.num_classes, args.width)
@@ -239,8 +254,9 @@ def train(args):
             images = normalise(augment(x_train[batch].float(), generator, args.cutout))
             for group in optimizer.param_groups:
                 group["lr"] = args.lr * warmup_cosine(step, warmup, total)
-            logits = model(images)
-            loss = nn.functional.cross_entropy(logits, y_train[batch])
+            with autocast(bfloat16):
+                logits = model(images)
+                loss = nn.functional.cross_entropy(logits, y_train[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -248,7 +264,7 @@ def train(args):
             loss_sum += loss.item()
             correct += (logits.argmax(1) == y_train[batch]).sum().item()
         train_seconds += time.perf_counter() - epoch_start
-        val_loss, val_accuracy, val_top5 = evaluate(model, x_val, y_val)
+        val_loss, val_accuracy, val_top5 = evaluate(model, x_val, y_val, bfloat16=bfloat16)
         rows.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                      "loss": loss_sum / steps, "accuracy": correct / (steps * args.batch_size),
                      "val_loss": val_loss, "val_accuracy": val_accuracy, "val_top5": val_top5,
@@ -261,8 +277,10 @@ def train(args):
         write_history(rows, out / "history.csv")
     wall = time.perf_counter() - start
     model.load_state_dict(torch.load(out / "best.pt"))
-    _, test_accuracy, test_top5 = evaluate(model, normalise(x_test), y_test)
+    _, test_accuracy, test_top5 = evaluate(model, normalise(x_test), y_test,
+                                           bfloat16=bfloat16)
     summary = {"run": str(out), "model": "resnet18 (PyTorch twin)", "dataset": args.dataset,
+               "precision": "mixed_bfloat16" if bfloat16 else "float32",
                "config": vars(args), "versions": {"torch": torch.__version__,
                                                   "python": platform.python_version()},
                "threads": torch.get_num_threads(),
@@ -299,6 +317,9 @@ def main(argv=None):
     run.add_argument("--cutout", type=int, default=0, help="cutout side in pixels (0: off)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", required=True, help="run folder to write")
+    for command in (timing, run):
+        command.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                             help="bfloat16: CPU autocast (convolutions in bfloat16)")
     args = parser.parse_args(argv)
     bench(args) if args.command == "bench" else train(args)
 

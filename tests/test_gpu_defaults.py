@@ -16,7 +16,7 @@ import pytest
 from test_distributed import TWO_DEVICES
 
 from conftest import TINY, history, kill_after_first_epoch, run_cli, weights
-from tfresnet import bench, evaluate, predict, train, tune, visualize
+from tfresnet import bench, evaluate, predict, runtime, train, tune, visualize
 from tfresnet.callbacks import read_history
 
 # Steps per execution stay automatic: with XLA, the largest divisor of the epoch up to 16.
@@ -94,6 +94,57 @@ def test_gpu_defaults_tuner_trial_and_bench(tmp_path, capsys):
                        "--json", str(record)]) == 0
     line = json.loads(record.read_text().splitlines()[0])
     assert line["precision"] == "mixed_float16" and line["images_per_second"] > 0
+
+
+def simulate_device(monkeypatch, cpu_flags=(), capability=None, onednn=None):
+    """A CPU with ``cpu_flags`` (Linux's /proc/cpuinfo names), or one GPU of compute
+    ``capability``; ``onednn`` sets TF_ENABLE_ONEDNN_OPTS."""
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "fma", *cpu_flags})
+    monkeypatch.setattr(runtime, "gpus", lambda: ["GPU:0"] if capability else [])
+    monkeypatch.setattr(runtime.tf.config.experimental, "get_device_details",
+                        lambda device: {"compute_capability": capability})
+    if onednn is None:
+        monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    else:
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", onednn)
+
+
+@pytest.mark.parametrize("device, resolved", [
+    ({}, "float32"),                                       # AVX2 only
+    ({"cpu_flags": ["avx512f", "avx512_bf16"]}, "mixed_bfloat16"),  # Zen 4, Cooper Lake
+    ({"cpu_flags": ["avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]}, "mixed_bfloat16"),
+    ({"cpu_flags": ["amx_bf16"], "onednn": "0"}, "float32"),  # emulated without oneDNN
+    ({"cpu_flags": ["avx512_bf16"], "onednn": "1"}, "mixed_bfloat16"),
+    ({"capability": (8, 0)}, "mixed_bfloat16"), ({"capability": (7, 5)}, "mixed_float16"),
+    ({"capability": (6, 1)}, "float32"),
+])
+def test_precision_auto_resolves_for_the_device(monkeypatch, device, resolved):
+    simulate_device(monkeypatch, **device)
+    assert runtime.resolve_precision("auto") == resolved
+    assert runtime.resolve_precision("float32") == "float32"  # how to turn it off
+
+
+def test_cpu_flags_reads_linux_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16 amx_bf16\n\n"
+                       "processor\t: 1\nflags\t\t: fpu avx2 avx512_bf16 amx_bf16\n")
+    assert runtime.cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16", "amx_bf16"}
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")  # ARM: not read
+    assert runtime.cpu_flags(cpuinfo) == set()
+    assert runtime.cpu_flags(tmp_path / "absent") == set()
+
+
+@pytest.mark.parametrize("flags, resolved", [((), "float32"),
+                                             (("avx512_bf16",), "mixed_bfloat16")])
+def test_train_with_the_default_precision_follows_the_cpu(tmp_path, monkeypatch, capsys,
+                                                         flags, resolved):
+    simulate_device(monkeypatch, cpu_flags=flags)
+    args = [*TINY, "--model", "small_cnn", "--epochs", "1", "--val-size", "0", "--name",
+            "auto", "--output-dir", tmp_path]
+    assert train.main([str(a) for a in args]) == 0
+    assert f"| {resolved} |" in capsys.readouterr().out  # the start-up line
+    summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
+    assert summary["precision"] == resolved and summary["config"]["precision"] == "auto"
 
 
 def test_mixed_bfloat16_trains(tmp_path):

@@ -13,8 +13,10 @@ Example:
     python -m tfresnet.bench --train --inference --batch-size 64 128
     python -m tfresnet.bench --train --precision mixed_float16 --jit on --batch-size 512
     python -m tfresnet.bench --train --jit on --steps-per-execution 1 16 --augment-on host device
+    python -m tfresnet.bench --train --model resnet50_imagenet --image-size 224 --transfer frozen
 """
 
+import dataclasses
 import itertools
 import json
 import os
@@ -142,19 +144,31 @@ class _StepTimer:
         self.epoch_seconds = []
 
 
+TRANSFER_STEPS = ("finetune", "frozen")
+
+
 def bench_config(model, batch_size, precision="auto", jit="auto", width=1.0,
                  steps_per_execution=0, augment_on="auto", augment="standard", image_size=32,
-                 strategy="one"):
-    """The `TrainConfig` of a measurement: train's defaults unless a setting is given."""
+                 strategy="one", transfer="finetune"):
+    """The `TrainConfig` of a measurement: train's defaults unless a setting is given.
+
+    A pretrained backbone (``*_imagenet``) is measured with random weights, the same
+    compute: ``transfer`` ``finetune`` trains all of it (as ``--transfer scratch`` and
+    ``finetune`` do), ``frozen`` the new head only (``--transfer frozen``)."""
     from tfresnet.config import TrainConfig
 
-    # A pretrained backbone (``*_imagenet``) is measured with random weights: same compute.
-    return TrainConfig(model=model, batch_size=batch_size, precision=precision, jit=jit,
-                       width=width, epochs=1, augment=augment, augment_on=augment_on,
-                       steps_per_execution=steps_per_execution, strategy=strategy,
-                       image_size=image_size, tensorboard=False, visualize=False,
-                       transfer="scratch" if model.endswith("_imagenet") else "none"
-                       ).validate()
+    if transfer not in TRANSFER_STEPS:
+        raise UserError(f"--transfer must be one of {', '.join(TRANSFER_STEPS)}. "
+                        f"Received: {transfer!r}")
+    pretrained = model.endswith("_imagenet")
+    config = TrainConfig(model=model, batch_size=batch_size, precision=precision, jit=jit,
+                         width=width, epochs=1, augment=augment, augment_on=augment_on,
+                         steps_per_execution=steps_per_execution, strategy=strategy,
+                         image_size=image_size, tensorboard=False, visualize=False,
+                         transfer="scratch" if pretrained else "none").validate()
+    if pretrained and transfer == "frozen":  # validated as scratch: frozen needs --weights
+        config = dataclasses.replace(config, transfer="frozen")
+    return config
 
 
 def build_bench_model(config, num_classes, steps):
@@ -184,7 +198,8 @@ def bench_train(config, steps, repeats, num_classes):
     classifier.fit(dataset, steps_per_epoch=steps, epochs=epochs, verbose=0,
                    callbacks=[timer.callback], shuffle=False)
     rates = [steps * config.batch_size / s for s in timer.epoch_seconds[1:]]
-    return {"kind": "train", "model": config.model, "width": config.width,
+    return {"kind": "train", "model": config.model, "transfer": config.transfer,
+            "width": config.width,
             "image_size": config.image_size, "batch_size": config.batch_size,
             "precision": runtime.precision, "jit": runtime.jit,
             "replicas": runtime.strategy.num_replicas_in_sync,
@@ -301,7 +316,7 @@ def run(args):
         if args.train or everything:
             for spe, place in itertools.product(args.steps_per_execution, args.augment_on):
                 config = bench_config(name, batch, precision, jit, args.width, spe, place,
-                                      image_size=size)
+                                      image_size=size, transfer=args.transfer)
                 record(bench_train(config, args.steps, args.repeats, args.num_classes))
         if args.inference or everything:  # neither setting above applies to inference
             config = bench_config(name, batch, precision, jit, args.width, image_size=size)
@@ -335,6 +350,9 @@ def build_parser():
                              "discard their first, compiling, repetition)")
     parser.add_argument("--num-classes", type=int, default=100)
     parser.add_argument("--width", type=float, default=1.0, help="model width multiplier")
+    parser.add_argument("--transfer", default="finetune", choices=TRANSFER_STEPS,
+                        help="--train of a *_imagenet model: train all of it, or only the "
+                             "new head on the frozen backbone (random weights: same compute)")
     parser.add_argument("--image-size", type=int,
                         help="input side (default 32; a --dataset folder: as train decides)")
     parser.add_argument("--dataset", help="--pipeline: an image folder to stream (default: "

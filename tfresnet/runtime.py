@@ -282,18 +282,52 @@ def make_strategy(name):
     raise UserError(f"unknown strategy {name!r}")
 
 
+# Linux's /proc/cpuinfo flags of x86 CPUs that execute bfloat16 natively: AVX512_BF16
+# (Intel Cooper Lake and Sapphire Rapids on, AMD Zen 4 on) and AMX-BF16 (Intel Sapphire
+# Rapids on). oneDNN runs TensorFlow's bfloat16 convolutions and matrix products on them.
+NATIVE_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(path="/proc/cpuinfo"):
+    """The CPU's feature flags as Linux lists them (its first ``flags`` line); empty where
+    there is no such file (macOS, Windows) or no such line (ARM lists ``Features``)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def onednn_enabled():
+    """Whether TensorFlow runs its CPU kernels through oneDNN: the default of x86 builds,
+    off with ``TF_ENABLE_ONEDNN_OPTS=0``. Without it bfloat16 is emulated, and slow."""
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() not in ("0", "false")
+
+
+def native_cpu_bfloat16():
+    """Whether this CPU executes bfloat16 natively and TensorFlow would use it: one of
+    `NATIVE_BFLOAT16_FLAGS` and oneDNN on."""
+    return onednn_enabled() and bool(cpu_flags() & set(NATIVE_BFLOAT16_FLAGS))
+
+
 def resolve_precision(precision):
     """``auto``: mixed_bfloat16 on GPUs of compute capability >= 8.0 (A100, H100),
-    mixed_float16 on 7.x (V100, T4), else float32.
+    mixed_float16 on 7.x (V100, T4), else float32; on a CPU, mixed_bfloat16 where it
+    executes bfloat16 natively (`native_cpu_bfloat16`), else float32.
 
     From Ampere on, bfloat16 runs on the tensor cores at float16's peak rate (A100: 312
     dense TFLOPS for both; H100 SXM: 989) and has float32's 8-bit exponent, so it needs no
     loss scaling (TensorFlow's mixed precision guide): no LossScaleOptimizer, no skipped
-    steps, no float16 overflow. Volta and Turing have no bfloat16 tensor cores."""
+    steps, no float16 overflow. Volta and Turing have no bfloat16 tensor cores. On CPUs
+    with AVX512_BF16 or AMX, oneDNN's bfloat16 convolutions trained 1.5-1.9x faster than
+    float32 at the same accuracy (experiments/README.md, "bfloat16 on a CPU")."""
     found = gpus()
     if precision == "auto":
         if not found:
-            return "float32"
+            return "mixed_bfloat16" if native_cpu_bfloat16() else "float32"
         capability = tf.config.experimental.get_device_details(found[0]).get(
             "compute_capability", (0, 0))
         if capability >= (8, 0):

@@ -11,6 +11,7 @@ import tensorflow as tf
 from keras import layers
 
 from tfresnet.errors import UserError
+from tfresnet.runtime import gpus as _gpus
 
 STEMS = ("cifar", "imagenet", "biased_valid")
 STEM_ALIASES = {"seed": "biased_valid"}  # the name before 0.2 (configs and .keras files)
@@ -85,7 +86,10 @@ class BatchNormalization(layers.BatchNormalization):
                 and not self.synchronized and len(inputs.shape) == 4
                 and self.axis in (-1, 3)):
             return super().call(inputs, training=training, mask=mask)
-        if inputs.dtype not in (tf.float16, tf.bfloat16, tf.float32):
+        if inputs.dtype not in (tf.float16, tf.bfloat16, tf.float32) or (
+                inputs.dtype == tf.bfloat16 and not _gpus()):
+            # oneDNN's bfloat16 batch norm ran 5x slower than its float32 one on a CPU
+            # with AMX (experiments/README.md, "bfloat16 on a CPU"): normalise in float32.
             inputs = tf.cast(inputs, tf.float32)
         batch_statistics = bool(training) and self.trainable
         # The raw op: tf.nn's wrapper raises epsilon to 1.001e-5.

@@ -96,17 +96,19 @@ def test_gpu_defaults_tuner_trial_and_bench(tmp_path, capsys):
     assert line["precision"] == "mixed_float16" and line["images_per_second"] > 0
 
 
-def simulate_device(monkeypatch, cpu_flags=(), capability=None, onednn=None):
+def simulate_device(monkeypatch, cpu_flags=(), capability=None, onednn=None, switch=None):
     """A CPU with ``cpu_flags`` (Linux's /proc/cpuinfo names), or one GPU of compute
-    ``capability``; ``onednn`` sets TF_ENABLE_ONEDNN_OPTS."""
+    ``capability``; ``onednn`` sets TF_ENABLE_ONEDNN_OPTS, ``switch``
+    TFRESNET_CPU_BFLOAT16."""
+    monkeypatch.delenv("TFRESNET_CPU_BFLOAT16")  # conftest's switch, off for the suite
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "fma", *cpu_flags})
     monkeypatch.setattr(runtime, "gpus", lambda: ["GPU:0"] if capability else [])
     monkeypatch.setattr(runtime.tf.config.experimental, "get_device_details",
                         lambda device: {"compute_capability": capability})
-    if onednn is None:
-        monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
-    else:
-        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", onednn)
+    for name, value in (("TF_ENABLE_ONEDNN_OPTS", onednn), ("TFRESNET_CPU_BFLOAT16", switch)):
+        if value is not None:
+            monkeypatch.setenv(name, value)
 
 
 @pytest.mark.parametrize("device, resolved", [
@@ -115,6 +117,7 @@ def simulate_device(monkeypatch, cpu_flags=(), capability=None, onednn=None):
     ({"cpu_flags": ["avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]}, "mixed_bfloat16"),
     ({"cpu_flags": ["amx_bf16"], "onednn": "0"}, "float32"),  # emulated without oneDNN
     ({"cpu_flags": ["avx512_bf16"], "onednn": "1"}, "mixed_bfloat16"),
+    ({"cpu_flags": ["avx512_bf16"], "switch": "0"}, "float32"),  # TFRESNET_CPU_BFLOAT16=0
     ({"capability": (8, 0)}, "mixed_bfloat16"), ({"capability": (7, 5)}, "mixed_float16"),
     ({"capability": (6, 1)}, "float32"),
 ])

@@ -308,9 +308,12 @@ def onednn_enabled():
 
 
 def native_cpu_bfloat16():
-    """Whether this CPU executes bfloat16 natively and TensorFlow would use it: one of
-    `NATIVE_BFLOAT16_FLAGS` and oneDNN on."""
-    return onednn_enabled() and bool(cpu_flags() & set(NATIVE_BFLOAT16_FLAGS))
+    """Whether ``--precision auto`` trains in bfloat16 on this CPU: it executes bfloat16
+    natively (one of `NATIVE_BFLOAT16_FLAGS`), oneDNN is on, and ``TFRESNET_CPU_BFLOAT16``
+    is not ``0`` (the switch that keeps auto at float32 on a CPU for a whole session)."""
+    wanted = os.environ.get("TFRESNET_CPU_BFLOAT16", "1").strip().lower() not in (
+        "0", "false", "no", "off")
+    return wanted and onednn_enabled() and bool(cpu_flags() & set(NATIVE_BFLOAT16_FLAGS))
 
 
 def resolve_precision(precision):

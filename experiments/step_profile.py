@@ -259,7 +259,8 @@ def check_variants(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--width", type=float,
+                        help="default 0.125; *_imagenet: 1.0 only, as torchvision's")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10, help="steps per variant per round")
     parser.add_argument("--rounds", type=int, default=3)
@@ -296,6 +297,10 @@ def main():
             args.variants = [v for v in args.variants if v in ("fit", "fit_xla", "call")]
         args.variants += TORCH_VARIANTS
     check_variants(args)
+    imagenet = args.model.endswith("_imagenet")
+    if imagenet and args.width not in (None, 1.0):
+        sys.exit(f"--model {args.model} compares full-width networks; drop --width")
+    args.width = args.width or (1.0 if imagenet else 0.125)
     if importlib.util.find_spec("torch") is None:
         args.variants = [v for v in args.variants if v not in TORCH_VARIANTS]
     size = args.image_size or (224 if args.model.endswith("_imagenet") else 32)

@@ -42,6 +42,22 @@ def test_train_rows_follow_train_defaults_and_sweep_execution_and_augmentation(t
         (1, "tf.data"), (1, "step"), (2, "tf.data"), (2, "step")]
 
 
+def test_a_frozen_backbone_trains_only_its_head():
+    """``--transfer frozen`` measures the feature-extractor step: the backbone's weights
+    and batch-norm statistics stay as they are, the new head learns."""
+    from tfresnet.bench import bench_config, build_bench_model
+
+    rows = run(build_parser().parse_args(
+        ["--train", "--model", "resnet18_imagenet", "--transfer", "frozen", "finetune",
+         "--image-size", "32", "--width", "0.0625", "--batch-size", "8", "--steps", "2",
+         "--repeats", "1"]))
+    assert [r["transfer"] for r in rows] == ["frozen", "scratch"]  # scratch: all trains
+    config = bench_config("resnet18_imagenet", 8, width=0.0625, transfer="frozen")
+    _, _, model = build_bench_model(config, 10, steps=1)
+    assert {v.path.split("/")[-2] for v in model.trainable_variables} == {"fc"}
+    assert model.network.frozen_base
+
+
 def test_peak_memory_is_each_measurements_own():
     import numpy as np
 
@@ -58,6 +74,7 @@ def test_peak_memory_is_each_measurements_own():
     (["--model", "resnet19"], "unknown model 'resnet19'"),
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--steps", "-1"], "--steps must be positive"),
+    (["--train", "--transfer", "frozen"], "--transfer frozen needs a pretrained backbone"),
 ])
 def test_nonsense_settings_are_refused(args, message):
     with pytest.raises(UserError, match=message):

@@ -16,7 +16,7 @@ import pytest
 from test_distributed import TWO_DEVICES
 
 from conftest import TINY, history, kill_after_first_epoch, run_cli, weights
-from tfresnet import bench, evaluate, predict, runtime, train, tune, visualize
+from tfresnet import bench, evaluate, export, predict, runtime, train, tune, visualize
 from tfresnet.callbacks import read_history
 
 # Steps per execution stay automatic: with XLA, the largest divisor of the epoch up to 16.
@@ -158,6 +158,11 @@ def test_mixed_bfloat16_trains(tmp_path):
     assert summary["precision"] == "mixed_bfloat16"
     losses = [float(row["loss"]) for row in history(tmp_path / "bf16")]
     assert np.isfinite(losses).all() and losses[1] < losses[0]  # it learns
+    # Exported in the same session, its policy still mixed_bfloat16 (TFLite takes none).
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    assert export.main([str(tmp_path / "bf16"), "--format", "tflite"]) == 0
+    entry = json.loads((tmp_path / "bf16" / "export" / "export.json").read_text())
+    assert entry["model.tflite"]["top1_agreement"] > 0.99
 
 
 @pytest.mark.slow

@@ -161,6 +161,9 @@ def bench_config(model, batch_size, precision="auto", jit="auto", width=1.0,
         raise UserError(f"--transfer must be one of {', '.join(TRANSFER_STEPS)}. "
                         f"Received: {transfer!r}")
     pretrained = model.endswith("_imagenet")
+    if transfer == "frozen" and not pretrained:
+        raise UserError(f"--transfer frozen needs a pretrained backbone (resnet18_imagenet, "
+                        f"resnet50_imagenet, ...). Received: --model {model}")
     config = TrainConfig(model=model, batch_size=batch_size, precision=precision, jit=jit,
                          width=width, epochs=1, augment=augment, augment_on=augment_on,
                          steps_per_execution=steps_per_execution, strategy=strategy,
@@ -314,9 +317,10 @@ def run(args):
                                                          args.precision, args.jit):
         size = args.image_size or 32
         if args.train or everything:
-            for spe, place in itertools.product(args.steps_per_execution, args.augment_on):
+            for spe, place, transfer in itertools.product(
+                    args.steps_per_execution, args.augment_on, args.transfer):
                 config = bench_config(name, batch, precision, jit, args.width, spe, place,
-                                      image_size=size, transfer=args.transfer)
+                                      image_size=size, transfer=transfer)
                 record(bench_train(config, args.steps, args.repeats, args.num_classes))
         if args.inference or everything:  # neither setting above applies to inference
             config = bench_config(name, batch, precision, jit, args.width, image_size=size)
@@ -350,7 +354,7 @@ def build_parser():
                              "discard their first, compiling, repetition)")
     parser.add_argument("--num-classes", type=int, default=100)
     parser.add_argument("--width", type=float, default=1.0, help="model width multiplier")
-    parser.add_argument("--transfer", default="finetune", choices=TRANSFER_STEPS,
+    parser.add_argument("--transfer", nargs="+", default=["finetune"], choices=TRANSFER_STEPS,
                         help="--train of a *_imagenet model: train all of it, or only the "
                              "new head on the frozen backbone (random weights: same compute)")
     parser.add_argument("--image-size", type=int,

@@ -27,6 +27,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from tfresnet.checkpoint import atomic_write, atomic_write_text, load_model, make_dir
@@ -213,7 +214,14 @@ def export(target, fmt, out=None, quantize=None, dataset=None, data_dir=None, co
         raise UserError(f"--quantize applies to --format tflite only. Received: {fmt}")
     if count <= 0:
         raise UserError(f"--check-images must be positive. Received: {count}")
-    model = load_model(target)
+    # Loaded in float32 whatever the session's policy: TFLite and ONNX take no bfloat16
+    # graph, and a run trained in mixed precision keeps float32 weights anyway.
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        model = load_model(target)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     out = Path(out) if out else default_out(target, fmt, quantize)
     if fmt != "saved_model" and out.suffix != f".{fmt}":
         raise UserError(f"--out for {fmt} must end in .{fmt}. Received: {out}")

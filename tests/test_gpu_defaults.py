@@ -113,6 +113,9 @@ def simulate_device(monkeypatch, cpu_flags=(), capability=None, onednn=None, swi
 
 @pytest.mark.parametrize("device, resolved", [
     ({}, "float32"),                                       # AVX2 only
+    ({"cpu_flags": ["avx512_bf16"], "width": 0.125}, "float32"),  # too narrow to gain
+    ({"cpu_flags": ["avx512_bf16"], "model": "small_cnn"}, "float32"),  # not measured
+    ({"cpu_flags": ["avx512_bf16"], "model": "resnet50_imagenet"}, "mixed_bfloat16"),
     ({"cpu_flags": ["avx512f", "avx512_bf16"]}, "mixed_bfloat16"),  # Zen 4, Cooper Lake
     ({"cpu_flags": ["avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]}, "mixed_bfloat16"),
     ({"cpu_flags": ["amx_bf16"], "onednn": "0"}, "float32"),  # emulated without oneDNN
@@ -122,9 +125,11 @@ def simulate_device(monkeypatch, cpu_flags=(), capability=None, onednn=None, swi
     ({"capability": (6, 1)}, "float32"),
 ])
 def test_precision_auto_resolves_for_the_device(monkeypatch, device, resolved):
+    device = dict(device)
+    network = {"model": device.pop("model", "resnet18"), "width": device.pop("width", 1.0)}
     simulate_device(monkeypatch, **device)
-    assert runtime.resolve_precision("auto") == resolved
-    assert runtime.resolve_precision("float32") == "float32"  # how to turn it off
+    assert runtime.resolve_precision("auto", **network) == resolved
+    assert runtime.resolve_precision("float32", **network) == "float32"  # turned off
 
 
 def test_cpu_flags_reads_linux_cpuinfo(tmp_path):
@@ -142,8 +147,8 @@ def test_cpu_flags_reads_linux_cpuinfo(tmp_path):
 def test_train_with_the_default_precision_follows_the_cpu(tmp_path, monkeypatch, capsys,
                                                          flags, resolved):
     simulate_device(monkeypatch, cpu_flags=flags)
-    args = [*TINY, "--model", "small_cnn", "--epochs", "1", "--val-size", "0", "--name",
-            "auto", "--output-dir", tmp_path]
+    args = [*TINY, "--width", "0.25", "--epochs", "1", "--val-size", "0", "--name", "auto",
+            "--output-dir", tmp_path]
     assert train.main([str(a) for a in args]) == 0
     assert f"| {resolved} |" in capsys.readouterr().out  # the start-up line
     summary = json.loads((tmp_path / "auto" / "summary.json").read_text())

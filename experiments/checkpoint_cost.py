@@ -1,4 +1,4 @@
-"""What the per-epoch saves of a run cost: `tfresnet.callbacks.RunRecorder` writing
+"""What the per-epoch saves of a run cost: `tfresnet.training.callbacks.RunRecorder` writing
 best.keras, last.keras, history.csv and curves.png for a full-width ResNet-18 (CIFAR stem,
 100 classes, SGD with momentum), timed part by part and as the recorder's whole epoch end:
 what training waits for (the copies; the files are written in the background) and the
@@ -39,10 +39,14 @@ def main():
     parser.add_argument("--out", help="folder to save into (default: a temporary one)")
     args = parser.parse_args()
 
-    from tfresnet.assemble import make_pipelines
-    from tfresnet.bench import bench_config, build_bench_model
-    from tfresnet.callbacks import NanGuard, RunRecorder, curves_figure
-    from tfresnet.checkpoint import atomic_save_figure, atomic_save_model, atomic_write_text
+    from tfresnet.training.assemble import make_pipelines
+    from tfresnet.training.bench import bench_config, build_bench_model
+    from tfresnet.training.callbacks import NanGuard, RunRecorder, curves_figure
+    from tfresnet.training.checkpoint import (
+        atomic_save_figure,
+        atomic_save_model,
+        atomic_write_text,
+    )
 
     config = bench_config("resnet18", 8, precision="float32", jit="off", width=args.width)
     data, runtime, model = build_bench_model(config, 100, 1)

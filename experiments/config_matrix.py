@@ -61,13 +61,13 @@ import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from tfresnet.errors import run_cli
-from tfresnet.train import main
+from tfresnet.cli.train import main
 sys.exit(run_cli("tfresnet.train", main, sys.argv[1:]))
 """
 # evaluate, predict and export on a run folder, in one process.
 AFTERWARDS = """
 import sys
-from tfresnet import evaluate, export, predict
+from tfresnet.cli import evaluate, export, predict
 from tfresnet.errors import run_cli
 run, image, out = sys.argv[1:]
 for prog, main, args in (("evaluate", evaluate.main, [run]),

@@ -8,7 +8,7 @@ ResNet-18 on CIFAR-100-sized synthetic data (32 px, 100 classes), measured by
   per row: float32 / mixed_bfloat16 / mixed_float16, XLA off, 1 step per execution,
   augmentation in tf.data; plus the plain float32 baseline (no XLA, 1 step, tf.data);
 - an epoch of 39 steps, which 16 does not divide: the automatic rule runs 13 per execution
-  in Keras' own loop (`tfresnet.assemble.steps_per_execution`);
+  in Keras' own loop (`tfresnet.training.assemble.steps_per_execution`);
 - mixup (and crop, flip) inside the XLA-compiled step;
 - with 2 or more GPUs, the two-GPU default: MirroredStrategy, XLA off, 1 step per
   execution (``--strategy auto --jit auto``);
@@ -97,7 +97,13 @@ def main():
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tfresnet.bench import RowLog, bench_config, bench_inference, bench_train, synthetic_cifar
+    from tfresnet.training.bench import (
+        RowLog,
+        bench_config,
+        bench_inference,
+        bench_train,
+        synthetic_cifar,
+    )
 
     # 39 steps: 16 does not divide them, the automatic rule takes 13 per execution.
     width, batch, steps, repeats = (0.0625, 8, 6, 1) if args.tiny else (1.0, 256, 39, 3)

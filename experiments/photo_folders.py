@@ -73,7 +73,7 @@ def make(args):
 
 def peak(args):
     """Runs tfresnet.train in this process; prints its peak resident memory as JSON."""
-    from tfresnet.train import main
+    from tfresnet.cli.train import main
 
     start = time.perf_counter()
     status = main(args.train_args)

@@ -60,8 +60,8 @@ def keras_fit(spec, jit="off", augment="standard", keras_bn=False):
     ``keras_bn``: with Keras' own (unfused) batch norm in place of tfresnet's."""
     import keras
 
-    from tfresnet.assemble import make_pipelines
-    from tfresnet.bench import bench_config, build_bench_model
+    from tfresnet.training.assemble import make_pipelines
+    from tfresnet.training.bench import bench_config, build_bench_model
 
     config = bench_config(spec.model, spec.batch, KERAS_POLICY[spec.precision], jit,
                           spec.width, augment=augment, image_size=spec.image_size,
@@ -90,8 +90,8 @@ def keras_fit(spec, jit="off", augment="standard", keras_bn=False):
 def keras_inference(spec):
     """``run(steps)`` -> seconds of the compiled call (what evaluate and predict run) over
     ``steps`` batches."""
-    from tfresnet.bench import bench_config, build_bench_model
-    from tfresnet.inference import predict_probabilities
+    from tfresnet.evaluation.inference import predict_probabilities
+    from tfresnet.training.bench import bench_config, build_bench_model
 
     config = bench_config(spec.model, spec.batch, KERAS_POLICY[spec.precision], "off",
                           spec.width, image_size=spec.image_size)

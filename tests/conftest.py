@@ -134,7 +134,7 @@ def kill_after_first_epoch(run_dir, *args):
 # (--checkpoint-every) is on disk: a kill -9 inside an epoch, at a known step.
 KILL_AFTER_RESUME_SAVE = """
 import os, signal, sys
-from tfresnet import callbacks
+from tfresnet.training import callbacks
 save, saves = callbacks.BackgroundSaver.save, []
 def save_then_die(self, path, optimizer):
     save(self, path, optimizer)
@@ -144,7 +144,7 @@ def save_then_die(self, path, optimizer):
         os.kill(os.getpid(), signal.SIGKILL)
 callbacks.BackgroundSaver.save = save_then_die
 from tfresnet.errors import run_cli
-from tfresnet.train import main
+from tfresnet.cli.train import main
 sys.exit(run_cli("tfresnet.train", main, sys.argv[1:]))
 """
 

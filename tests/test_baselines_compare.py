@@ -3,10 +3,10 @@ import json
 import numpy as np
 
 from conftest import TINY
-from tfresnet.baselines import knn_sweep
-from tfresnet.baselines import main as baselines_main
-from tfresnet.compare import main as compare_main
-from tfresnet.train import main as train_main
+from tfresnet.cli.baselines import main as baselines_main
+from tfresnet.cli.compare import main as compare_main
+from tfresnet.cli.train import main as train_main
+from tfresnet.evaluation.baselines import knn_sweep
 
 
 def test_knn_is_exact_on_separable_data_and_k_comes_from_validation():
@@ -57,7 +57,7 @@ def test_compare_runs_and_baselines(tmp_path):
 
 
 def test_network_features_are_the_saved_models_pooled_features(tmp_path):
-    from tfresnet.baselines import network_features
+    from tfresnet.evaluation.baselines import network_features
     from tfresnet.models import Classifier, get_model
 
     model = Classifier(get_model("resnet18", 10, width=0.0625), [120] * 3, [60] * 3,

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tfresnet.bench import build_parser, run
+from tfresnet.cli.bench import build_parser, run
 from tfresnet.errors import UserError
 
 FIELDS = {"kind", "batch_size", "images", "images_per_second", "min", "max", "device",
@@ -45,7 +45,7 @@ def test_train_rows_follow_train_defaults_and_sweep_execution_and_augmentation(t
 def test_a_frozen_backbone_trains_only_its_head():
     """``--transfer frozen`` measures the feature-extractor step: the backbone's weights
     and batch-norm statistics stay as they are, the new head learns."""
-    from tfresnet.bench import bench_config, build_bench_model
+    from tfresnet.training.bench import bench_config, build_bench_model
 
     rows = run(build_parser().parse_args(
         ["--train", "--model", "resnet18_imagenet", "--transfer", "frozen", "finetune",
@@ -61,7 +61,7 @@ def test_a_frozen_backbone_trains_only_its_head():
 def test_peak_memory_is_each_measurements_own():
     import numpy as np
 
-    from tfresnet.bench import peak_memory_mb, reset_peak_memory
+    from tfresnet.training.bench import peak_memory_mb, reset_peak_memory
 
     block = np.ones(300 * 2**20, np.uint8)  # 300 MB resident
     high = peak_memory_mb()
@@ -82,7 +82,7 @@ def test_nonsense_settings_are_refused(args, message):
 
 
 def test_bench_train_is_assembled_like_a_training_run(monkeypatch):
-    from tfresnet import assemble
+    from tfresnet.training import assemble
 
     calls = []
 
@@ -98,7 +98,7 @@ def test_bench_train_is_assembled_like_a_training_run(monkeypatch):
         monkeypatch.setattr(assemble, name, spy(name))
     run(build_parser().parse_args(["--train", "--width", "0.0625", "--batch-size", "8",
                                    "--steps", "2", "--repeats", "1", "--warmup", "1"]))
-    # The model and the pipelines come from tfresnet.assemble, from one TrainConfig.
+    # The model and the pipelines come from tfresnet.training.assemble, from one TrainConfig.
     assert [name for name, _ in calls] == ["build_model", "make_pipelines"]
     config = calls[0][1]
     assert calls[1][1] is config

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import free_ports, wait_for
-from tfresnet import runtime
-from tfresnet.callbacks import read_history
+from tfresnet.cli.train import main
 from tfresnet.errors import UserError
-from tfresnet.runtime import _slurm_resolver, cluster_environment, make_strategy
-from tfresnet.train import main
+from tfresnet.training import runtime
+from tfresnet.training.run_folder import read_history
+from tfresnet.training.runtime import _slurm_resolver, cluster_environment, make_strategy
 
 # Splits the CPU into two logical devices before TensorFlow starts, then runs train's main.
 TWO_DEVICES = """
@@ -25,7 +25,7 @@ import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from tfresnet.errors import run_cli
-from tfresnet.train import main
+from tfresnet.cli.train import main
 sys.exit(run_cli("tfresnet.train", main, sys.argv[1:]))
 """
 
@@ -187,9 +187,9 @@ def test_mirrored_over_two_devices_matches_one_device(single_and_two_workers):
 # and the largest gap between the replicas' moving means.
 BN_GAP = TWO_DEVICES.split("from tfresnet.errors")[0] + """
 import keras, numpy as np
-from tfresnet.assemble import build_model, load_data, make_pipelines
+from tfresnet.training.assemble import build_model, load_data, make_pipelines
 from tfresnet.config import TrainConfig
-from tfresnet.runtime import configure
+from tfresnet.training.runtime import configure
 config = TrainConfig(dataset="digits", model="resnet18", width=0.0625, batch_size=64,
                      augment="none", strategy="mirrored", sync_bn=True)
 config.validate()
@@ -274,7 +274,7 @@ def recording(*args, **kwargs):
     return list_devices(*args, **kwargs)
 tf.config.list_physical_devices = recording
 import tfresnet
-from tfresnet.runtime import assign_slurm_gpus
+from tfresnet.training.runtime import assign_slurm_gpus
 assign_slurm_gpus()
 print(seen[0], os.environ["CUDA_VISIBLE_DEVICES"])
 """
@@ -305,7 +305,7 @@ def test_slurm_tasks_of_a_node_split_its_gpus_before_cuda_starts(slurm, visible,
 # Configures a run of --strategy mirrored --jit auto on the two logical devices.
 MIRRORED_JIT = TWO_DEVICES.split("from tfresnet.errors")[0] + """
 from tfresnet.config import TrainConfig
-from tfresnet.runtime import configure
+from tfresnet.training.runtime import configure
 run = configure(TrainConfig(strategy="mirrored", jit="auto"))
 print(run.strategy.num_replicas_in_sync, run.jit)
 """

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from tfresnet.data import load_dataset
-from tfresnet.evaluate import evaluate, expected_calibration_error
+from tfresnet.evaluation.predictions import predict
+from tfresnet.evaluation.scores import evaluate, expected_calibration_error
 from tfresnet.models import Classifier, get_model
-from tfresnet.predict import predict
 
 
 @pytest.fixture(scope="module")

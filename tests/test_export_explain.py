@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from conftest import TINY
-from tfresnet.checkpoint import load_model
+from tfresnet.cli.explain import main as explain_main
+from tfresnet.cli.export import main as export_main
+from tfresnet.cli.predict import main as predict_main
+from tfresnet.cli.train import main as train_main
 from tfresnet.data import load_dataset
-from tfresnet.explain import grad_cam
-from tfresnet.explain import main as explain_main
-from tfresnet.export import ExportedModel, labels_path
-from tfresnet.export import main as export_main
+from tfresnet.evaluation.gradcam import grad_cam
+from tfresnet.export.exporter import ExportedModel, labels_path
 from tfresnet.models import Classifier, TransferNet, get_model
-from tfresnet.predict import main as predict_main
-from tfresnet.train import main as train_main
+from tfresnet.training.run_folder import load_model
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ import keras
 import pytest
 
 from conftest import TINY, run_cli, wait_for, write_cifar100
-from tfresnet.callbacks import read_history
+from tfresnet.cli.train import main as train_main
 from tfresnet.data import load_dataset
 from tfresnet.errors import run_cli as wrap_cli
-from tfresnet.train import main as train_main
+from tfresnet.training.run_folder import read_history
 
 # Checkpoint safety does not depend on the network: the small CNN runs in half the time.
 EPOCHS = 5
@@ -37,7 +37,7 @@ def slow_save(self, path, *args, **kwargs):
         log.write(str(path) + "\\n")
     time.sleep(2)
 keras.Model.save = slow_save
-from tfresnet.train import cli
+from tfresnet.cli.train import cli
 sys.argv = sys.argv[:1] + sys.argv[2:]
 cli()
 """
@@ -203,7 +203,7 @@ def sweep_cases(root):
         ("tfresnet.export", [ok, "--format", "onnx", "--out", root / "m.tflite"],
          "must end in .onnx"),
         ("tfresnet.export", [ok, "--format", "onnx", "--quantize", "int8"],
-         "--quantize applies to --format tflite only"),
+         "--format onnx takes --quantize none"),
         ("tfresnet.predict", [root / "bad.tflite", root / "digit.png"],
          "is not a TFLite model"),
         ("tfresnet.explain", [ok, root / "text.png"], "not an image OpenCV can read"),
@@ -227,7 +227,7 @@ def test_every_cli_gives_one_line_for_wrong_input(trained, capsys, monkeypatch):
     # runs one case per command as a real process.
     monkeypatch.chdir(trained)
     for module, args, message in sweep_cases(trained):
-        main = importlib.import_module(module).main
+        main = importlib.import_module(module.replace("tfresnet.", "tfresnet.cli.")).main
         returncode = wrap_cli(module, main, [str(a) for a in args])
         assert_one_line(f"{module} {' '.join(map(str, args))}", returncode,
                         capsys.readouterr().err, message)

@@ -23,13 +23,13 @@ from conftest import (
     weights,
 )
 from tfresnet import load_model
+from tfresnet.cli.evaluate import main as evaluate_main
+from tfresnet.cli.export import main as export_main
 from tfresnet.data import channel_stats, folders, load_dataset
 from tfresnet.data.folders import View, choose_view, decode, random_crop_box
 from tfresnet.data.pipeline import make_train_pipeline
 from tfresnet.errors import UserError
-from tfresnet.evaluate import main as evaluate_main
-from tfresnet.export import main as export_main
-from tfresnet.predict import predict
+from tfresnet.evaluation.predictions import predict
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 40, 220)}
 original_decode = decode
@@ -200,7 +200,7 @@ def test_statistics_are_bounded_and_match_numpy(tmp_path):
 # Trains on a folder in this process and prints the peak resident memory (MB).
 PEAK = """
 import resource, sys
-from tfresnet.train import main
+from tfresnet.cli.train import main
 main(sys.argv[1:])
 print("PEAK", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
@@ -310,7 +310,7 @@ def logged(self, indices, seed, epoch):
     return training(self, indices, seed, epoch)
 ImageFiles.decode_training = logged
 from tfresnet.errors import run_cli
-from tfresnet.train import main
+from tfresnet.cli.train import main
 sys.exit(run_cli("tfresnet.train", main, sys.argv[1:]))
 """
 
@@ -348,9 +348,9 @@ def test_two_workers_each_read_their_own_share_of_the_files(photo_folder, tmp_pa
 
 
 def test_transfer_defaults_to_the_backbones_input_size(tmp_path):
-    from tfresnet.assemble import input_size
     from tfresnet.config import TrainConfig
     from tfresnet.models import TransferNet
+    from tfresnet.training.assemble import input_size
 
     scratch = TrainConfig(model="resnet18_imagenet", transfer="scratch")
     assert input_size(scratch) == 224 and input_size(TrainConfig()) is None
@@ -364,8 +364,8 @@ def test_transfer_defaults_to_the_backbones_input_size(tmp_path):
 
 
 def test_photos_take_the_random_crop_only_when_the_spec_has_one(tmp_path):
-    from tfresnet.assemble import training_images
     from tfresnet.config import TrainConfig
+    from tfresnet.training.assemble import training_images
 
     write_photos(tmp_path / "set", 2, size=(60, 80))
     files = load_dataset(str(tmp_path / "set"), val_size=0, image_size=(32, 32)).x_train
@@ -378,8 +378,8 @@ def test_photos_take_the_random_crop_only_when_the_spec_has_one(tmp_path):
 
 def test_two_classes_show_no_top5_and_a_folder_without_test_split_says_where_figures_are_from(
         tmp_path, capsys):
-    from tfresnet.callbacks import read_history
-    from tfresnet.train import main as train_main
+    from tfresnet.cli.train import main as train_main
+    from tfresnet.training.run_folder import read_history
 
     write_photos(tmp_path / "pets" / "train", 24)
     run = ["--dataset", str(tmp_path / "pets"), *PHOTO_RUN, "--epochs", "1",

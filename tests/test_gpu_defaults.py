@@ -16,8 +16,9 @@ import pytest
 from test_distributed import TWO_DEVICES
 
 from conftest import TINY, history, kill_after_first_epoch, run_cli, weights
-from tfresnet import bench, evaluate, export, predict, runtime, train, tune, visualize
-from tfresnet.callbacks import read_history
+from tfresnet.cli import bench, evaluate, export, predict, train, tune, visualize
+from tfresnet.training import runtime
+from tfresnet.training.run_folder import read_history
 
 # Steps per execution stay automatic: with XLA, the largest divisor of the epoch up to 16.
 GPU_DEFAULTS = ["--precision", "mixed_float16", "--jit", "on", "--augment-on", "device"]

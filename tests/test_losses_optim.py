@@ -5,21 +5,21 @@ import numpy as np
 import pytest
 
 from conftest import TINY, history, kill_after_first_epoch, run_cli, weights
-from tfresnet import train as train_module
-from tfresnet.assemble import (
-    batch_and_steps,
-    build_model,
-    make_pipelines,
-    shorten_batch_norm_memory,
-)
+from tfresnet.cli.train import main
 from tfresnet.config import TrainConfig
 from tfresnet.data import load_dataset
 from tfresnet.errors import UserError
 from tfresnet.losses import l2_penalty, l2_variables
 from tfresnet.models import get_model
-from tfresnet.optim import OneCycle, base_learning_rate, make_optimizer, make_schedule
-from tfresnet.runtime import configure
-from tfresnet.train import main
+from tfresnet.training import run as run_module
+from tfresnet.training.assemble import (
+    batch_and_steps,
+    build_model,
+    make_pipelines,
+    shorten_batch_norm_memory,
+)
+from tfresnet.training.optim import OneCycle, base_learning_rate, make_optimizer, make_schedule
+from tfresnet.training.runtime import configure
 
 
 def built(name="resnet18", stem="cifar"):
@@ -168,12 +168,12 @@ def test_ema_weights_are_the_running_average_and_resume_exactly(tmp_path):
     trained = []
     args = [*map(str, PLAIN_SGD), "--ema", "0.9", "--epochs", "1", "--output-dir",
             str(tmp_path), "--name", "ema"]
-    make_callbacks = train_module.make_callbacks
-    train_module.make_callbacks = lambda *a: [Record(), *make_callbacks(*a)]
+    make_callbacks = run_module.make_callbacks
+    run_module.make_callbacks = lambda *a: [Record(), *make_callbacks(*a)]
     try:
         assert main(args) == 0
     finally:
-        train_module.make_callbacks = make_callbacks
+        run_module.make_callbacks = make_callbacks
     average = trained[0]  # Keras starts the average at the first update's weights
     for weights_now in trained[1:]:
         average = [0.9 * a + 0.1 * w for a, w in zip(average, weights_now)]

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfresnet import compare
+from tfresnet.cli import compare
 from tfresnet.models import BasicBlock, Bottleneck, get_model
 
 FIXTURES = Path(__file__).parent / "fixtures"

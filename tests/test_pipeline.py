@@ -197,8 +197,8 @@ def test_beta_is_a_function_of_the_seed_eagerly_and_under_xla(alpha):
 def test_default_batch_gives_small_data_sets_enough_steps():
     from types import SimpleNamespace
 
-    from tfresnet.assemble import batch_and_steps
     from tfresnet.config import TrainConfig
+    from tfresnet.training.assemble import batch_and_steps
 
     def images(count):
         return SimpleNamespace(x_train=np.zeros((count, 1), "uint8"))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import TINY, run_cli
-from tfresnet.export import main as export_main
-from tfresnet.train import main as train_main
+from tfresnet.cli.export import main as export_main
+from tfresnet.cli.train import main as train_main
 
 SECTIONS = ["Results", "Learning curves", "Confusion matrix", "Test images by predicted class",
             "Where the model looked (Grad-CAM)", "Exports", "Settings", "Versions"]

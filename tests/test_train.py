@@ -12,13 +12,13 @@ from conftest import (
     run_cli,
     weights,
 )
-from tfresnet import train as train_module
+from tfresnet.cli.train import build_parser, main
 from tfresnet.data import load_dataset
 from tfresnet.errors import UserError
 from tfresnet.errors import run_cli as wrap_cli
-from tfresnet.inference import predict_probabilities
+from tfresnet.evaluation.inference import predict_probabilities
 from tfresnet.models import Classifier, get_model
-from tfresnet.train import main
+from tfresnet.training import run as run_module
 
 RUN_FILES = {"best.keras", "last.keras", "history.csv", "curves.png", "summary.json",
              "config.json", "class_indices.json", "tensorboard"}
@@ -128,8 +128,8 @@ def test_nan_loss_stops_cleanly_and_keeps_best_keras(tmp_path, monkeypatch, caps
                 kernel = self.model.network.fc.kernel
                 kernel.assign(np.full(kernel.shape, np.nan, "float32"))
 
-    make_callbacks = train_module.make_callbacks
-    monkeypatch.setattr(train_module, "make_callbacks",
+    make_callbacks = run_module.make_callbacks
+    monkeypatch.setattr(run_module, "make_callbacks",
                         lambda *a: make_callbacks(*a) + [PoisonWeights()])
     args = [*TINY, "--epochs", "3", "--name", "nan", "--output-dir", tmp_path]
     assert wrap_cli("tfresnet.train", main, [str(a) for a in args]) == 2
@@ -148,7 +148,7 @@ def test_config_precedence_and_unknown_keys(tmp_path):
     config_file.write_text(json.dumps({"lr": 0.5, "epochs": 7, "optimizer": "adam"}))
     hparams = tmp_path / "h.json"
     hparams.write_text(json.dumps({"lr": 0.02, "model": "resnet18"}))
-    parser = train_module.build_parser()
+    parser = build_parser()
     config = resolve_config(parser.parse_args(["--config", str(config_file), "--hparams",
                                                str(hparams), "--epochs", "3"]))
     assert (config.lr, config.epochs, config.optimizer) == (0.02, 3, "adam")
@@ -203,8 +203,8 @@ def test_a_refused_command_leaves_nothing_and_the_corrected_one_runs(tmp_path, m
 def test_augmentation_goes_into_the_xla_step_only_when_xla_can_compile_it():
     from types import SimpleNamespace
 
-    from tfresnet.assemble import augments_in_step
     from tfresnet.config import TrainConfig
+    from tfresnet.training.assemble import augments_in_step
 
     xla, eager = SimpleNamespace(jit=True), SimpleNamespace(jit=False)
     assert augments_in_step(TrainConfig(augment="strong"), xla)
@@ -248,8 +248,8 @@ def test_several_steps_per_execution_leave_the_curve_unchanged(tmp_path, capsys)
 def test_steps_per_execution_auto_divides_the_epoch_and_is_one_under_several_replicas():
     from types import SimpleNamespace
 
-    from tfresnet.assemble import steps_per_execution
     from tfresnet.config import TrainConfig
+    from tfresnet.training.assemble import steps_per_execution
 
     def runtime(jit, replicas=1):
         return SimpleNamespace(jit=jit, strategy=SimpleNamespace(num_replicas_in_sync=replicas))
@@ -297,10 +297,10 @@ def test_best_keras_is_the_deployable_model_and_last_keras_resumes(tmp_path):
 def test_background_checkpoints_hold_the_state_of_their_epoch_end(tmp_path):
     """The files are written while the next epoch trains: they must hold the state of the
     moment they were asked for, optimizer included."""
-    from tfresnet.assemble import build_model, load_data, make_pipelines
-    from tfresnet.checkpoint import BackgroundSaver
     from tfresnet.config import TrainConfig
-    from tfresnet.runtime import configure
+    from tfresnet.training.assemble import build_model, load_data, make_pipelines
+    from tfresnet.training.checkpoint import BackgroundSaver
+    from tfresnet.training.runtime import configure
 
     config = TrainConfig(dataset="digits", model="small_cnn", width=0.25, batch_size=64,
                          augment="none").validate()

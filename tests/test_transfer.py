@@ -4,15 +4,15 @@ import keras
 import numpy as np
 import pytest
 
-from tfresnet import assemble
-from tfresnet import train as train_module
-from tfresnet.assemble import build_model
+from tfresnet.cli import train as train_command
 from tfresnet.config import TrainConfig
 from tfresnet.data import load_dataset
 from tfresnet.errors import UserError
 from tfresnet.models import TransferNet, get_model
 from tfresnet.models.transfer import build_base, load_pretrained
-from tfresnet.runtime import configure
+from tfresnet.training import assemble
+from tfresnet.training.assemble import build_model
+from tfresnet.training.runtime import configure
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +269,7 @@ def train_from(tmp_path, weights, transfer, *extra):
             "--weights", str(weights), "--image-size", "32", "--batch-size", "64",
             "--lr", "0.01", "--name", "run", "--output-dir", str(tmp_path), "--no-visualize",
             "--no-tensorboard", *extra]
-    assert train_module.main(args) == 0
+    assert train_command.main(args) == 0
     return keras.saving.load_model(tmp_path / "run" / "last.keras")
 
 

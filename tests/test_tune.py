@@ -8,12 +8,12 @@ import sys
 import pytest
 
 from conftest import free_ports, run_cli, wait_for
-from tfresnet.train import main as train_main
-from tfresnet.tune import main as tune_main
+from tfresnet.cli.train import main as train_main
+from tfresnet.cli.tune import main as tune_main
 from tfresnet.tuning.launch import worker_environments
 from tfresnet.tuning.lr_range import steepest_descent
 from tfresnet.tuning.results import read_trial_stats
-from tfresnet.tuning.search import SEARCH_SPACE, SEARCHABLE
+from tfresnet.tuning.search import SEARCH_SPACE
 
 SEARCH = ["--dataset", "digits", "--width", "0.0625", "--batch-size", "64",
           "--epochs-per-trial", "1", "--max-trials", "3"]
@@ -125,7 +125,7 @@ def test_parallel_workers_get_a_gpu_each_or_share_them_growing_their_memory():
 
 
 def test_every_searchable_name_is_a_train_config_field_and_its_hp_name():
-    """``--search NAME`` passes the check against `SEARCHABLE` and each trial then sets
+    """``--search NAME`` passes the check against `SEARCH_SPACE` and each trial then sets
     ``NAME`` on its `TrainConfig`: a name that is no field fails every trial."""
     import dataclasses
 
@@ -134,8 +134,8 @@ def test_every_searchable_name_is_a_train_config_field_and_its_hp_name():
     from tfresnet.config import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert sorted(set(SEARCHABLE) - fields) == []
-    for name in SEARCHABLE:  # keras-tuner records the value under the field's own name
+    assert sorted(set(SEARCH_SPACE) - fields) == []
+    for name in SEARCH_SPACE:  # keras-tuner records the value under the field's own name
         hp = kt.HyperParameters()
         SEARCH_SPACE[name](hp)
         assert list(hp.values) == [name]
@@ -161,7 +161,7 @@ def test_one_trial_searches_every_searchable_name(tmp_path, monkeypatch):
                             lambda config, *a, _f=original, _s=seen, **k:
                             _s.append(config) or _f(config, *a, **k))
     # Base values outside the searched ranges: a trial that kept them would show.
-    assert tune_main([*SEARCH, "--max-trials", "1", "--search", *SEARCHABLE,
+    assert tune_main([*SEARCH, "--max-trials", "1", "--search", *SEARCH_SPACE,
                       "--l2", "0.05", "--weight-decay", "0.05", "--label-smoothing", "0.3",
                       "--output-dir", str(tmp_path), "--name", "all"]) == 0
     out = tmp_path / "tune" / "all"
@@ -170,9 +170,9 @@ def test_one_trial_searches_every_searchable_name(tmp_path, monkeypatch):
     assert trial["status"] == "COMPLETED" and trial["score"] is not None
     values = trial["hyperparameters"]["values"]
     space = {d["config"]["name"]: d for d in trial["hyperparameters"]["space"]}
-    assert set(values) == {"lr", *SEARCHABLE}
+    assert set(values) == {"lr", *SEARCH_SPACE}
     base = json.loads((out / "search.json").read_text())["base"]
-    for name in SEARCHABLE:
+    for name in SEARCH_SPACE:
         assert in_declared_range(space[name], values[name]), (name, values[name])
         assert values[name] != base[name], f"{name}: the trial drew the base's value"
     # keras-tuner builds once with the defaults to declare the space; then the trial's.
@@ -242,12 +242,12 @@ def test_folder_of_another_search_space_is_refused(tmp_path):
 def test_trials_in_one_process_leave_no_step_graphs_behind():
     """Keras sums gradients over replicas even when there is one; TF's all_reduce then
     registers a custom gradient per traced step in its global registry, which keeps every
-    trial's step graph alive (`tfresnet.keras_fixes.skip_single_replica_all_reduce`)."""
+    trial's step graph alive (`tfresnet.training.keras_fixes.skip_single_replica_all_reduce`)."""
     from tensorflow.python.framework import ops
 
-    from tfresnet.assemble import build_model, load_data, make_pipelines
     from tfresnet.config import TrainConfig
-    from tfresnet.runtime import configure
+    from tfresnet.training.assemble import build_model, load_data, make_pipelines
+    from tfresnet.training.runtime import configure
 
     config = TrainConfig(dataset="digits", model="small_cnn", width=0.25, batch_size=32,
                          epochs=1, strategy="one").validate()

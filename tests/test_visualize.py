@@ -2,9 +2,9 @@ import cv2
 import numpy as np
 
 from conftest import TINY, run_cli
-from tfresnet.train import main as train_main
-from tfresnet.visualize import BORDER, GREEN, HEADER_HEIGHT, RED, draw_predictions
-from tfresnet.visualize import main as visualize_main
+from tfresnet.cli.train import main as train_main
+from tfresnet.cli.visualize import main as visualize_main
+from tfresnet.evaluation.pictures import BORDER, GREEN, HEADER_HEIGHT, RED, draw_predictions
 
 
 def fixture(count=12, classes=3, size=8, seed=0):

@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tfresnet.quiet import native_stderr_silenced  # noqa: E402
 
 with native_stderr_silenced():
-    from tfresnet.runtime import assign_slurm_gpus
+    from tfresnet.training.runtime import assign_slurm_gpus
 
     assign_slurm_gpus()  # before CUDA starts: it reads CUDA_VISIBLE_DEVICES once
     import tensorflow
@@ -16,10 +16,10 @@ with native_stderr_silenced():
 
 from tfresnet import losses, models  # noqa: E402  (registers every serializable class)
 from tfresnet.api import Run, classify, draw, fit  # noqa: E402
-from tfresnet.checkpoint import load_model  # noqa: E402
 from tfresnet.config import TrainConfig  # noqa: E402
 from tfresnet.data import load_dataset  # noqa: E402
 from tfresnet.models import get_model, list_models  # noqa: E402
+from tfresnet.training.run_folder import load_model  # noqa: E402
 
 # Follows the on-disk formats: 0.2 renamed the saved model's parts, 0.3 added the photo
 # models' evaluation crop to it (files of every version load).

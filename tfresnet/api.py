@@ -1,7 +1,6 @@
 """The Python API: what the commands do, from a notebook or a script (see README, "From
-Python"; ``tfresnet.load_model`` is `tfresnet.checkpoint.load_model`). Names differ from the
-command modules (``tfresnet.train`` is the module of ``python -m tfresnet.train``), so both
-can be imported side by side."""
+Python"; ``tfresnet.load_model`` is `tfresnet.training.run_folder.load_model`). Like the
+commands, it calls the library; it never goes through a command module."""
 
 import dataclasses
 from pathlib import Path
@@ -9,7 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from tfresnet.config import TrainConfig
+from tfresnet.data.folders import evaluation_view, read_image
 from tfresnet.errors import UserError
+from tfresnet.evaluation.inference import predict_probabilities
+from tfresnet.evaluation.pictures import draw_run
+from tfresnet.evaluation.predictions import read_images, top_classes
+from tfresnet.training.run import train
 
 
 @dataclasses.dataclass
@@ -31,8 +35,6 @@ def fit(config=None, *, fresh=False, **settings):
     Returns:
         A `Run` (on a worker other than the chief of a cluster: its summary is empty).
     """
-    from tfresnet.train import train
-
     config = (config or TrainConfig()).updated(settings, "fit()")
     summary = train(config, fresh=fresh)
     return Run(Path(summary.get("run", config.output_dir)), summary)
@@ -51,10 +53,6 @@ def classify(model, images, top_k=5):
         One dict per image: ``{"top": [{"class", "index", "probability"}, ...]}``, with
         ``"file"`` for files.
     """
-    from tfresnet.data.folders import evaluation_view, read_image
-    from tfresnet.inference import predict_probabilities
-    from tfresnet.predict import read_images, top_classes
-
     if isinstance(images, np.ndarray):
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise UserError(f"images must be uint8 (N, H, W, 3) RGB. Received: "
@@ -80,7 +78,5 @@ def classify(model, images, top_k=5):
 def draw(target, cam=False, **options):
     """Draws ``test_visualisation.png`` (``cam=True``: with Grad-CAM overlays) for a run
     folder or model file, as ``python -m tfresnet.visualize`` does; returns its path.
-    ``options``: those of `tfresnet.visualize.draw_run` (dataset, per_row, scale, ...)."""
-    from tfresnet.visualize import draw_run
-
+    ``options``: those of `tfresnet.evaluation.pictures.draw_run` (dataset, per_row, scale, ...)."""
     return draw_run(target, cam=cam, **options)

@@ -13,13 +13,14 @@ import typing
 from pathlib import Path
 
 from tfresnet.data.folders import VIEWS
-from tfresnet.data.pipeline import AUGMENT_PLACES, PRESET_ALIASES
+from tfresnet.data.pipeline import AUGMENT_PLACES, PRESET_ALIASES, parse_augment
 from tfresnet.errors import UserError
 from tfresnet.losses import L2_TARGETS
+from tfresnet.models import list_models
 from tfresnet.models.resnet import STEM_ALIASES, STEMS
-from tfresnet.models.transfer import TRANSFER_MODES
-from tfresnet.optim import OPTIMIZERS, SCHEDULES
-from tfresnet.runtime import JIT_MODES, PRECISIONS, STRATEGIES
+from tfresnet.models.transfer import ARCHITECTURES, TRANSFER_MODES, is_preset
+from tfresnet.training.optim import OPTIMIZERS, SCHEDULES
+from tfresnet.training.runtime import JIT_MODES, PRECISIONS, STRATEGIES
 
 # Names before 0.2 that configs, run folders and tuned files may still hold.
 ALIASES = {"stem": STEM_ALIASES, "augment": PRESET_ALIASES}
@@ -217,12 +218,7 @@ class TrainConfig:
             raise UserError("--head-epochs and --backbone-lr must be >= 0")
         if self.schedule == "step" and (not self.milestones or min(self.milestones) <= 0):
             raise UserError(f"--milestones must be positive epochs. Received: {self.milestones}")
-        from tfresnet.data.pipeline import parse_augment
-
         parse_augment(self.augment)
-        from tfresnet.models import list_models
-        from tfresnet.models.transfer import ARCHITECTURES
-
         # Checked here, before any data is loaded or downloaded.
         if self.model not in list_models():
             raise UserError(f"unknown model {self.model!r}; choose one of "
@@ -235,8 +231,6 @@ class TrainConfig:
             if choices and getattr(self, field.name) not in choices:
                 raise UserError(f"--{field.name.replace('_', '-')} must be one of "
                                 f"{', '.join(choices)}. Received: {getattr(self, field.name)!r}")
-        from tfresnet.models.transfer import is_preset
-
         if (self.weights and self.weights != "imagenet" and not is_preset(self.weights)
                 and not Path(self.weights).is_file()):
             raise UserError(f"--weights file {self.weights} does not exist; pass 'imagenet', "

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tfresnet.data.folders import ImageFiles
+from tfresnet.data import cifar, digits  # noqa: F401  (they register their sources)
+from tfresnet.data.folders import ImageFiles, load_image_folder
+from tfresnet.data.sources import SOURCES
 from tfresnet.data.splits import stratified_split
 from tfresnet.errors import UserError
 
-DATASETS = ("cifar100", "cifar10", "digits")
 STATS_IMAGES = 5_000  # a folder's mean/std come from this many training images at most
 
 
@@ -125,7 +126,8 @@ def load_dataset(name, data_dir=None, val_size=None, seed=0, image_size=None, do
     """Loads a data set and carves a stratified validation split out of its training set.
 
     Args:
-        name: ``"cifar100"``, ``"cifar10"``, ``"digits"`` or the path of an image folder
+        name: a registered source (`tfresnet.data.sources`: ``"cifar100"``, ``"cifar10"``,
+            ``"digits"``) or the path of an image folder
             (``root/train/<class>/*``, optional ``root/val``, ``root/test``).
         data_dir: where CIFAR's pickle folder is (or is downloaded to).
         val_size: images held out of training for validation; ``None``: 10 % (CIFAR: 5,000,
@@ -137,27 +139,19 @@ def load_dataset(name, data_dir=None, val_size=None, seed=0, image_size=None, do
         view, crop_scale, crop_ratio, eval_crop: an image folder's preprocessing
             (`tfresnet.data.folders.View`).
     """
-    if name in ("cifar10", "cifar100"):
-        from tfresnet.data.cifar import load_cifar
-
-        arrays = load_cifar(name, data_dir, download)
-    elif name == "digits":
-        from tfresnet.data.digits import load_digits_rgb
-
-        arrays = load_digits_rgb()
+    if name in SOURCES:
+        source = SOURCES[name](data_dir=data_dir, download=download)
     elif Path(name).expanduser().is_dir():
-        from tfresnet.data.folders import load_image_folder
-
-        arrays = load_image_folder(name, image_size, view, crop_scale, crop_ratio, eval_crop)
+        source = load_image_folder(name, image_size, view, crop_scale, crop_ratio, eval_crop)
     else:
-        raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)} "
+        raise UserError(f"unknown data set {name!r}; choose one of {', '.join(SOURCES)} "
                         "or give an image folder that exists")
     if val_size is not None and val_size < 0:
         raise UserError(f"--val-size must be >= 0. Received: {val_size}")
 
-    x, y, coarse = arrays["x_train"], arrays["y_train"], arrays["coarse_train"]
-    if "x_val" in arrays:
-        x_val, y_val = arrays["x_val"], arrays["y_val"]
+    x, y, coarse = source.x_train, source.y_train, source.coarse_train
+    if source.x_val is not None:
+        x_val, y_val = source.x_val, source.y_val
         coarse_val = None
     else:
         size = round(0.1 * len(y)) if val_size is None else val_size
@@ -170,9 +164,9 @@ def load_dataset(name, data_dir=None, val_size=None, seed=0, image_size=None, do
     return Dataset(
         name=name,
         x_train=x, y_train=y, x_val=x_val, y_val=y_val,
-        x_test=arrays["x_test"], y_test=arrays["y_test"],
-        class_names=arrays["class_names"],
-        coarse_names=arrays["coarse_names"],
-        coarse_train=coarse, coarse_val=coarse_val, coarse_test=arrays["coarse_test"],
-        skipped=arrays.get("skipped", 0),
+        x_test=source.x_test, y_test=source.y_test,
+        class_names=source.class_names,
+        coarse_names=source.coarse_names,
+        coarse_train=coarse, coarse_val=coarse_val, coarse_test=source.coarse_test,
+        skipped=source.skipped,
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfresnet.data.sources import Source, register_source
 from tfresnet.errors import UserError
 
 ARCHIVES = {
@@ -118,9 +119,7 @@ def load_cifar(name, data_dir=None, download=True):
         download: allow downloading when the folder is not found.
 
     Returns:
-        A dict with ``x_train``, ``y_train``, ``x_test``, ``y_test`` (uint8 NHWC images,
-        int32 labels), ``coarse_train``/``coarse_test`` (CIFAR-100 superclasses, else
-        ``None``), ``class_names`` and ``coarse_names``.
+        A `Source` (CIFAR-100 with its superclass labels and names).
     """
     folder = find_cifar_folder(name, data_dir, download)
     if name == "cifar10":
@@ -135,17 +134,14 @@ def _load_cifar10(folder):
     test = read_pickle(folder / "test_batch")
     meta = read_pickle(folder / "batches.meta")
     paths = [folder / f"data_batch_{i}" for i in range(1, 6)]
-    return {
-        "x_train": np.concatenate([_images(b, p) for b, p in zip(train, paths)]),
-        "y_train": np.concatenate([_field(b, "labels", p) for b, p in zip(train, paths)]
-                                  ).astype(np.int32),
-        "x_test": _images(test, folder / "test_batch"),
-        "y_test": np.asarray(_field(test, "labels", folder / "test_batch"), np.int32),
-        "coarse_train": None,
-        "coarse_test": None,
-        "class_names": _names(_field(meta, "label_names", folder / "batches.meta")),
-        "coarse_names": None,
-    }
+    return Source(
+        x_train=np.concatenate([_images(b, p) for b, p in zip(train, paths)]),
+        y_train=np.concatenate([_field(b, "labels", p) for b, p in zip(train, paths)]
+                               ).astype(np.int32),
+        x_test=_images(test, folder / "test_batch"),
+        y_test=np.asarray(_field(test, "labels", folder / "test_batch"), np.int32),
+        class_names=_names(_field(meta, "label_names", folder / "batches.meta")),
+    )
 
 
 def _load_cifar100(folder):
@@ -159,7 +155,17 @@ def _load_cifar100(folder):
         splits[f"y_{split}"] = np.asarray(_field(batch, "fine_labels", path), np.int32)
         splits[f"coarse_{split}"] = np.asarray(_field(batch, "coarse_labels", path), np.int32)
     meta = read_pickle(folder / "meta")
-    splits["class_names"] = _names(_field(meta, "fine_label_names", folder / "meta"))
-    splits["coarse_names"] = _names(_field(meta, "coarse_label_names", folder / "meta"))
-    return splits
+    return Source(**splits, class_names=_names(_field(meta, "fine_label_names", folder / "meta")),
+                  coarse_names=_names(_field(meta, "coarse_label_names", folder / "meta")))
 
+
+@register_source("cifar10")
+def load_cifar10(data_dir=None, download=True):
+    """CIFAR-10 (`load_cifar`)."""
+    return load_cifar("cifar10", data_dir, download)
+
+
+@register_source("cifar100")
+def load_cifar100(data_dir=None, download=True):
+    """CIFAR-100 with its 20 superclasses (`load_cifar`)."""
+    return load_cifar("cifar100", data_dir, download)

@@ -11,14 +11,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tfresnet.data.sources import Source, register_source
+from tfresnet.data.splits import stratified_split
+
 TEST_SIZE = 360  # fixed: 20 % of the 1,797 images, stratified with seed 0
 DIGITS_FILE = Path(__file__).with_name("digits.npz")
 
 
-def load_digits_rgb():
-    """Returns the same dict layout as `tfresnet.data.cifar.load_cifar` for the digits."""
-    from tfresnet.data.splits import stratified_split
-
+@register_source("digits")
+def load_digits_rgb(data_dir=None, download=True):
+    """scikit-learn's 1,797 handwritten digits (shipped in the package, 8x8 upscaled to
+    32x32 RGB) as a `Source`, with a fixed stratified test split; nothing to download."""
     with np.load(DIGITS_FILE) as stored:
         small, labels = stored["images"], stored["labels"].astype(np.int32)
     # Pixels are 0..16; bicubic upscaling gives smooth 32 px strokes.
@@ -26,9 +29,5 @@ def load_digits_rgb():
     big = np.stack([cv2.resize(im, (32, 32), interpolation=cv2.INTER_CUBIC) for im in small])
     images = np.repeat(np.clip(big, 0, 255).round().astype(np.uint8)[..., None], 3, axis=-1)
     train, test = stratified_split(labels, TEST_SIZE, seed=0)
-    return {
-        "x_train": images[train], "y_train": labels[train],
-        "x_test": images[test], "y_test": labels[test],
-        "coarse_train": None, "coarse_test": None,
-        "class_names": [str(d) for d in range(10)], "coarse_names": None,
-    }
+    return Source(x_train=images[train], y_train=labels[train], x_test=images[test],
+                  y_test=labels[test], class_names=[str(d) for d in range(10)])

@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tfresnet.data.sources import Source
 from tfresnet.errors import UserError
 
 MAX_PIXELS = 50_000_000  # refused before decoding (decompression bombs)
@@ -272,10 +273,9 @@ def load_image_folder(root, image_size=None, view="auto", crop_scale=None, crop_
         crop_scale, crop_ratio, eval_crop: the photo view's settings (None: `View`'s).
 
     Returns:
-        The dict layout of `tfresnet.data.cifar.load_cifar` with `ImageFiles` for images,
-        ``x_val``/``y_val`` when ``root/val`` exists, ``x_test`` = ``None`` when
-        ``root/test`` does not, and ``skipped`` (files with an image extension that
-        cannot be read).
+        A `Source` of `ImageFiles`: ``x_val``/``y_val`` when ``root/val`` exists,
+        ``x_test`` = ``None`` when ``root/test`` does not, and ``skipped`` (files with an
+        image extension that cannot be read).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -305,12 +305,11 @@ def load_image_folder(root, image_size=None, view="auto", crop_scale=None, crop_
         more = f" and {len(broken) - SHOWN_NAMES} more" if len(broken) > SHOWN_NAMES else ""
         print(f"warning: skipped {len(broken)} file(s) that are not readable images: "
               f"{names}{more}", file=sys.stderr)
-    arrays = {"class_names": class_names, "coarse_names": None, "coarse_train": None,
-              "coarse_test": None, "x_test": None, "y_test": None, "skipped": len(broken)}
+    arrays = {"x_test": None, "y_test": None}
     for split, (paths, labels, _, _) in splits.items():
         arrays[f"x_{split}"] = ImageFiles(paths, files_view)
         arrays[f"y_{split}"] = labels
-    return arrays
+    return Source(**arrays, class_names=class_names, skipped=len(broken))
 
 
 

@@ -3,6 +3,7 @@
 import keras
 from keras import layers
 
+from tfresnet.models.registry import register_model
 from tfresnet.models.resnet import (
     HE_NORMAL_FAN_OUT,
     BatchNormalization,
@@ -106,11 +107,13 @@ class SmallCNN(ClassifierHead, keras.Model):
         return config
 
 
+@register_model("vgg16")
 def vgg16(num_classes=10, **kwargs):
     """VGG-16 with batch norm and a CIFAR head (arXiv 1409.1556). Options as `VGG`."""
     return VGG(VGG16_LAYOUT, num_classes, name=kwargs.pop("name", "vgg16"), **kwargs)
 
 
+@register_model("small_cnn")
 def small_cnn(num_classes=10, **kwargs):
     """The small CNN of seed 001. Options as `SmallCNN`."""
     return SmallCNN(num_classes, name=kwargs.pop("name", "small_cnn"), **kwargs)

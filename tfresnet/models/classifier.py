@@ -8,8 +8,8 @@ raw 0-255 pixels, so ``predict`` never has to re-guess the preprocessing.
 import keras
 import tensorflow as tf
 
-from tfresnet import keras_fixes
 from tfresnet.losses import l2_penalty, l2_variables
+from tfresnet.training import keras_fixes
 
 
 @keras.saving.register_keras_serializable(package="tfresnet")
@@ -80,7 +80,7 @@ class Classifier(keras.Model):
         return keras.ops.cast(self.network(self.normalise(inputs), training=training),
                               "float32")
 
-    # --- training: Keras' fit loop; `tfresnet.keras_fixes` for several workers ---
+    # --- training: Keras' fit loop; `tfresnet.training.keras_fixes` for several workers ---
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         if iterator is not None and keras_fixes.multi_worker(self):

@@ -11,7 +11,8 @@ import tensorflow as tf
 from keras import layers
 
 from tfresnet.errors import UserError
-from tfresnet.runtime import gpus as _gpus
+from tfresnet.models.registry import register_model
+from tfresnet.training.runtime import gpus as _gpus
 
 STEMS = ("cifar", "imagenet", "biased_valid")
 STEM_ALIASES = {"seed": "biased_valid"}  # the name before 0.2 (configs and .keras files)
@@ -427,26 +428,31 @@ def _resnet(arch, block, stage_blocks, num_classes, **kwargs):
     return ResNet(block, stage_blocks, num_classes, name=kwargs.pop("name", arch), **kwargs)
 
 
+@register_model("resnet18")
 def resnet18(num_classes=1000, **kwargs):
     """ResNet-18 (arXiv 1512.03385): basic blocks (2, 2, 2, 2). Options as `ResNet`."""
     return _resnet("resnet18", "basic", (2, 2, 2, 2), num_classes, **kwargs)
 
 
+@register_model("resnet34")
 def resnet34(num_classes=1000, **kwargs):
     """ResNet-34 (arXiv 1512.03385): basic blocks (3, 4, 6, 3). Options as `ResNet`."""
     return _resnet("resnet34", "basic", (3, 4, 6, 3), num_classes, **kwargs)
 
 
+@register_model("resnet50")
 def resnet50(num_classes=1000, **kwargs):
     """ResNet-50 (arXiv 1512.03385): bottlenecks (3, 4, 6, 3). Options as `ResNet`."""
     return _resnet("resnet50", "bottleneck", (3, 4, 6, 3), num_classes, **kwargs)
 
 
+@register_model("resnet101")
 def resnet101(num_classes=1000, **kwargs):
     """ResNet-101 (arXiv 1512.03385): bottlenecks (3, 4, 23, 3). Options as `ResNet`."""
     return _resnet("resnet101", "bottleneck", (3, 4, 23, 3), num_classes, **kwargs)
 
 
+@register_model("resnet152")
 def resnet152(num_classes=1000, **kwargs):
     """ResNet-152 (arXiv 1512.03385): bottlenecks (3, 8, 36, 3). Options as `ResNet`."""
     return _resnet("resnet152", "bottleneck", (3, 8, 36, 3), num_classes, **kwargs)

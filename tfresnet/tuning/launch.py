@@ -8,6 +8,7 @@ import sys
 import time
 
 from tfresnet.errors import UserError
+from tfresnet.training.runtime import visible_gpu_ids
 
 
 def tuner_role():
@@ -51,8 +52,6 @@ def run_in_parallel(argv, workers):
     """Runs this search as keras-tuner's chief plus ``workers`` workers on 127.0.0.1, each
     worker on its own GPU (if any; shared when fewer); returns the first non-zero exit
     status, else 0."""
-    from tfresnet.runtime import visible_gpu_ids
-
     argv = list(argv)
     at = next(i for i, a in enumerate(argv) if a.startswith("--parallel"))
     del argv[at:at + (1 if "=" in argv[at] else 2)]

@@ -7,9 +7,9 @@ import math
 import keras
 import numpy as np
 
-from tfresnet.assemble import build_model, make_pipelines
-from tfresnet.checkpoint import atomic_write_text
 from tfresnet.errors import UserError
+from tfresnet.training.assemble import build_model, make_pipelines
+from tfresnet.training.checkpoint import atomic_write_text
 from tfresnet.tuning.results import plot_search
 
 

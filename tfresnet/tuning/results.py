@@ -6,8 +6,8 @@ import json
 
 import keras_tuner as kt
 
-from tfresnet.checkpoint import atomic_save_figure, atomic_write_text
 from tfresnet.errors import UserError
+from tfresnet.training.checkpoint import atomic_save_figure, atomic_write_text
 
 
 def read_trial_stats(out_dir):

@@ -6,12 +6,17 @@ import time
 import keras_tuner as kt
 import tensorflow as tf
 
-from tfresnet.assemble import batch_and_steps, build_model, make_pipelines, training_callbacks
-from tfresnet.checkpoint import atomic_write_text, make_dir
 from tfresnet.data.folders import ImageFiles
 from tfresnet.data.pipeline import PRESETS
 from tfresnet.data.splits import stratified_split
-from tfresnet.optim import OPTIMIZERS
+from tfresnet.training.assemble import (
+    batch_and_steps,
+    build_model,
+    make_pipelines,
+    training_callbacks,
+)
+from tfresnet.training.checkpoint import atomic_write_text, make_dir
+from tfresnet.training.optim import OPTIMIZERS
 from tfresnet.tuning.memory import release_memory, resident_memory_mb
 
 # The searchable hyper-parameters besides the learning rate: name (a `TrainConfig` key) ->
@@ -26,9 +31,6 @@ SEARCH_SPACE = {
 }
 
 
-SEARCHABLE = tuple(SEARCH_SPACE)
-
-
 TUNERS = ("random", "bayesian", "hyperband")
 
 
@@ -39,8 +41,8 @@ class ResNetHyperModel(kt.HyperModel):
     Args:
         base: the `TrainConfig` every trial starts from.
         data: the (possibly subset) `Dataset`, with a validation split.
-        runtime: the resolved `tfresnet.runtime.Runtime`.
-        search: names from `SEARCHABLE` to search besides the learning rate.
+        runtime: the resolved `tfresnet.training.runtime.Runtime`.
+        search: names from `SEARCH_SPACE` to search besides the learning rate.
         lr_range: ``(low, high)`` of the log-uniform learning rate.
     """
 
@@ -59,7 +61,7 @@ class ResNetHyperModel(kt.HyperModel):
     def trial_config(self, hp):
         """The `TrainConfig` of one trial; also declares the search space."""
         values = {"lr": hp.Float("lr", *self.lr_range, sampling="log")}
-        for name in SEARCHABLE:  # a fixed order keeps keras-tuner's space stable
+        for name in SEARCH_SPACE:  # a fixed order keeps keras-tuner's space stable
             if name in self.search:
                 values[name] = SEARCH_SPACE[name](hp)
         if "tuner/epochs" in hp.values:  # Hyperband's budget for this trial

@@ -13,8 +13,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from tfresnet import keras_fixes
-from tfresnet.callbacks import NanGuard
+from tfresnet.config import TrainConfig
 from tfresnet.data import load_dataset
 from tfresnet.data.folders import ImageFiles
 from tfresnet.data.pipeline import (
@@ -27,7 +26,7 @@ from tfresnet.data.pipeline import (
     xla_compatible,
 )
 from tfresnet.errors import UserError
-from tfresnet.inference import TOP_K, has_top_k
+from tfresnet.evaluation.inference import TOP_K, has_top_k
 from tfresnet.losses import cross_entropy
 from tfresnet.models import Classifier, TransferNet, get_model
 from tfresnet.models.transfer import (
@@ -38,7 +37,14 @@ from tfresnet.models.transfer import (
     preset_spec,
     resolve_weights,
 )
-from tfresnet.optim import REFERENCE_BATCH, base_learning_rate, lr_is_scaled, make_optimizer
+from tfresnet.training import keras_fixes
+from tfresnet.training.callbacks import NanGuard
+from tfresnet.training.optim import (
+    REFERENCE_BATCH,
+    base_learning_rate,
+    lr_is_scaled,
+    make_optimizer,
+)
 
 
 def input_size(config):
@@ -129,7 +135,7 @@ MAX_STEPS_PER_EXECUTION = 16
 
 def steps_per_execution(config, runtime, steps):
     """Train steps per compiled call, by a rule Keras' own loop runs correctly
-    (`tfresnet.keras_fixes` says why): one under several replicas; on one device it
+    (`tfresnet.training.keras_fixes` says why): one under several replicas; on one device it
     divides the epoch's ``steps``. Auto: with XLA, the largest divisor of ``steps`` up to
     `MAX_STEPS_PER_EXECUTION` (351 steps: 13), else 1.
 
@@ -154,6 +160,18 @@ def steps_per_execution(config, runtime, steps):
     return max(d for d in range(1, MAX_STEPS_PER_EXECUTION + 1) if steps % d == 0)
 
 
+MODEL_OPTIONS = ("stem", "width", "dropout", "zero_init_residual")  # TrainConfig fields
+
+
+def model_options(config):
+    """The model options the user set (those that differ from `TrainConfig`'s defaults):
+    the model's own defaults hold for the rest, and a model that does not take an option
+    refuses it (`tfresnet.models.registry`)."""
+    defaults = TrainConfig()
+    return {name: getattr(config, name) for name in MODEL_OPTIONS
+            if getattr(config, name) != getattr(defaults, name)}
+
+
 def make_network(config, num_classes):
     """The network from the registry, or a pretrained backbone with a new head."""
     pretrained = config.model.endswith("_imagenet")
@@ -161,12 +179,7 @@ def make_network(config, num_classes):
         if pretrained:
             raise UserError(f"{config.model} is a pretrained backbone: choose --transfer "
                             "frozen, finetune, two-stage or scratch")
-        options = {"width": config.width}
-        if config.model.startswith("resnet"):
-            options.update(stem=config.stem, zero_init_residual=config.zero_init_residual)
-        if config.dropout:
-            options["dropout"] = config.dropout
-        return get_model(config.model, num_classes, **options)
+        return get_model(config.model, num_classes, **model_options(config))
     arch = config.model.removesuffix("_imagenet")
     weights = resolve_weights(arch, config.weights)
     frozen = config.transfer == "frozen"

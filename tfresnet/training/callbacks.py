@@ -11,8 +11,9 @@ from pathlib import Path
 
 import keras
 
-from tfresnet.checkpoint import BackgroundSaver, atomic_save_figure, atomic_write_text
-from tfresnet.optim import current_learning_rate
+from tfresnet.training.checkpoint import BackgroundSaver, atomic_save_figure, atomic_write_text
+from tfresnet.training.optim import current_learning_rate
+from tfresnet.training.run_folder import RunFolder
 
 HISTORY_FIELDS = ("epoch", "lr", "loss", "ce", "l2", "accuracy", "top5", "val_loss", "val_ce",
                   "val_l2", "val_accuracy", "val_top5", "seconds")
@@ -34,19 +35,6 @@ class NanGuard(keras.callbacks.TerminateOnNaN):
         super().on_batch_end(batch, logs)
         if self.model.stop_training and self.bad_epoch is None:
             self.bad_epoch = self.epoch + 1
-
-
-def read_history(path):
-    """The rows of a ``history.csv`` as dicts of floats (epoch as int)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            rows.append({k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()
-                         if v not in ("", None)})
-    return rows
 
 
 def curves_figure(rows, title):
@@ -77,7 +65,7 @@ class RunRecorder(keras.callbacks.Callback):
     """After every epoch: best.keras (on a new best validation accuracy), history.csv,
     curves.png (at most every `CURVES_SECONDS`, and at the end), then last.keras -- all
     written atomically, the two models in the background while the next epoch trains
-    (`tfresnet.checkpoint.BackgroundSaver`) -- and a one-line summary with the run's ETA.
+    (`tfresnet.training.checkpoint.BackgroundSaver`) -- and a one-line summary with the run's ETA.
     Epochs with a non-finite loss are never recorded.
 
     best.keras is the deployable model: weights and the model's own state, no optimizer
@@ -132,7 +120,7 @@ class RunRecorder(keras.callbacks.Callback):
             return  # the epoch's end saves anyway
         since, at = self._saved_at
         if (steps and done - at >= steps) or (seconds and time.monotonic() - since >= seconds):
-            self._saver.save(self.run_dir / "resume.keras", optimizer=True)
+            self._saver.save(self.run_dir / RunFolder.RESUME, optimizer=True)
             self._saved_at = (time.monotonic(), done)
 
     def on_test_begin(self, logs=None):
@@ -160,7 +148,7 @@ class RunRecorder(keras.callbacks.Callback):
         if self.rows and self._curves_at[1] != len(self.rows):
             self._draw_curves()
         self._saver.wait()
-        (self.run_dir / "resume.keras").unlink(missing_ok=True)  # last.keras is newer
+        (self.run_dir / RunFolder.RESUME).unlink(missing_ok=True)  # last.keras is newer
 
     def _save(self, row):
         improved = row.get("val_accuracy", -1.0) > self.best
@@ -178,10 +166,10 @@ class RunRecorder(keras.callbacks.Callback):
         """best.keras: the model (EMA's averaged weights with ``--ema``) without the
         optimizer."""
         with self._averaged_weights():
-            self._saver.save(self.run_dir / "best.keras", optimizer=False)
+            self._saver.save(self.run_dir / RunFolder.BEST, optimizer=False)
 
     def _save_last(self):
-        self._saver.save(self.run_dir / "last.keras", optimizer=True)
+        self._saver.save(self.run_dir / RunFolder.LAST, optimizer=True)
 
     def _draw_curves(self):
         atomic_save_figure(curves_figure(self.rows, self.title), self.run_dir / "curves.png")

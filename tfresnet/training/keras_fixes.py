@@ -4,7 +4,7 @@ Each fix names the Keras behaviour and the test that fails without it, and appli
 where that behaviour occurs; `tfresnet.models.Classifier` always trains in Keras' own
 ``fit`` loop. Nothing here is saved with a model.
 
-Two Keras behaviours are avoided by the run's settings instead (`tfresnet.assemble.
+Two Keras behaviours are avoided by the run's settings instead (`tfresnet.training.assemble.
 steps_per_execution`): Keras runs the steps of an execution inside a ``tf.cond``, where
 tf.distribute's cross-replica ops fail, so several replicas run one step per execution;
 and it runs whole executions past the end of an epoch, so an execution always divides
@@ -14,7 +14,7 @@ the epoch.
 import keras
 from keras import tree
 
-from tfresnet.runtime import worker_count
+from tfresnet.training.runtime import worker_count
 
 
 def multi_worker(model):

@@ -1,14 +1,15 @@
 """Loading a run for inference, the fast inference path (one compiled function, fixed batch
 shape) and the metrics."""
 
-import json
 import weakref
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from tfresnet.data import load_dataset
+from tfresnet.data.pipeline import image_batches
 from tfresnet.errors import UserError
+from tfresnet.training.run_folder import RunFolder, load_model
 
 _COMPILED = weakref.WeakKeyDictionary()  # model -> its compiled softmax call
 
@@ -28,8 +29,6 @@ def predict_probabilities(model, images, batch_size=256, flip=False):
     Every batch, the last one padded, has the same shape, so the compiled call is traced
     once and never re-traced.
     """
-    from tfresnet.data.pipeline import image_batches
-
     call = compiled_softmax(model)
     batch_size = max(1, min(batch_size, len(images)))
     outputs = []
@@ -77,12 +76,6 @@ def test_metrics(model, images, labels, fine_to_coarse=None, batch_size=256):
     return metrics
 
 
-def run_folder(target):
-    """The folder of a run: ``target`` itself, or the folder holding a model file."""
-    target = Path(target)
-    return target if target.is_dir() else target.parent
-
-
 def add_run_arguments(parser):
     """The arguments of a command that loads a run: target, --dataset, --data-dir."""
     parser.add_argument("target", help="run folder (with best.keras) or a .keras file")
@@ -95,8 +88,6 @@ def load_run(target, dataset=None, data_dir=None, split="test"):
 
     The data set defaults to the one recorded in the run's config (or the model).
     """
-    from tfresnet.checkpoint import load_model
-
     model = load_model(target)
     data = load_run_data(target, model, dataset, data_dir)
     if split == "test" and data.x_test is None:
@@ -107,11 +98,7 @@ def load_run(target, dataset=None, data_dir=None, split="test"):
 
 def load_run_data(target, model, dataset=None, data_dir=None):
     """The data set of a run: ``dataset``, else the one its config (or model) records."""
-    from tfresnet.data import load_dataset
-
-    target = Path(target)
-    config_path = run_folder(target) / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config = RunFolder.of(target).config()
     name = dataset or config.get("dataset") or model.dataset
     if name is None:
         raise UserError(f"{target} does not record its data set; pass --dataset")

@@ -3,7 +3,6 @@
 import concurrent.futures
 import errno
 import os
-import zipfile
 from pathlib import Path
 
 import keras
@@ -134,32 +133,3 @@ def _disk_error(path, err):
                          "Free space and rerun the same command to resume")
     return UserError(f"cannot write {path}: {err.strerror or err}; check the folder's "
                      "permissions and free space")
-
-
-def load_model(path):
-    """Loads a tfresnet ``.keras`` file in Keras' safe mode.
-
-    Raises:
-        UserError: the file is missing, truncated, not a Keras archive, or not a tfresnet
-            `Classifier` (whose normalisation and class names the tools rely on).
-    """
-    from tfresnet.models import Classifier
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.keras"
-    if not path.is_file():
-        raise UserError(f"no model file at {path}; give a run folder with best.keras or a "
-                        ".keras file written by tfresnet.train")
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"{path} is not a Keras archive (truncated or another format); "
-                        "use best.keras or last.keras from a finished epoch")
-    try:
-        model = keras.saving.load_model(path, safe_mode=True)
-    except Exception as err:  # Keras raises many types for a bad archive
-        raise UserError(f"{path} could not be loaded as a tfresnet model "
-                        f"({type(err).__name__}: {str(err).splitlines()[0][:160]})")
-    if not isinstance(model, Classifier):
-        raise UserError(f"{path} holds a {type(model).__name__}, not a model trained by "
-                        "tfresnet.train (no class names or normalisation inside)")
-    return model

@@ -1,0 +1,2 @@
+"""The commands: one thin module each (parser, ``main``, ``cli``) over the library;
+``python -m tfresnet.<command>`` runs them."""

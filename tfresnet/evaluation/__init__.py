@@ -1,0 +1,2 @@
+"""Evaluation: inference and metrics, scores, predictions, Grad-CAM, pictures, the report,
+comparisons and the classical baselines."""

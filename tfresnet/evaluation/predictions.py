@@ -1,0 +1,74 @@
+"""Predictions for image files by a Keras model or one of its exports."""
+
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tfresnet.data.folders import is_image_file, read_image
+from tfresnet.errors import UserError
+from tfresnet.evaluation.inference import predict_probabilities
+from tfresnet.export.exporter import ExportedModel
+from tfresnet.export.formats import format_of
+from tfresnet.training.run_folder import load_model
+
+
+def image_files(path):
+    """The image file, or the image files of a folder (sorted)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
+        if not files:
+            raise UserError(f"folder {path} has no image files to predict")
+        return files
+    if not path.exists():
+        raise UserError(f"no such image file or folder: {path}")
+    return [path]
+
+
+def read_images(target, image_size, eval_crop=None):
+    """The readable images of a file or folder as ``(uint8 array, their paths)``, as a
+    model of input ``image_size`` sees them (`read_image`); unreadable files in a folder
+    are reported by name and skipped, an unreadable single file is an error."""
+    files = image_files(target)
+    images, kept = [], []
+    for path in files:
+        try:
+            images.append(read_image(path, image_size, eval_crop))
+            kept.append(path)
+        except UserError as err:
+            if len(files) == 1:
+                raise
+            print(f"warning: {err} (skipped)", file=sys.stderr)
+    if not images:
+        raise UserError(f"none of the files in {target} is an image OpenCV can read")
+    return np.stack(images), kept
+
+
+def predict(model_path, target, top_k=5):
+    """Top-k predictions per readable image of a file or folder, by a run's Keras model
+    or by one of its exports (run by its own runtime)."""
+    if format_of(model_path):
+        model = ExportedModel(model_path)
+        images, kept = read_images(target, model.image_size, model.eval_crop)
+        probabilities = model.probabilities(images)
+    else:
+        model = load_model(model_path)
+        images, kept = read_images(target, model.image_size, model.eval_crop)
+        probabilities = predict_probabilities(model, images)
+    return [{"file": str(path), **row}
+            for path, row in zip(kept, top_classes(probabilities, model.class_names, top_k))]
+
+
+def top_classes(probabilities, class_names, top_k):
+    """Per row of ``probabilities``: ``{"top": [{"class", "index", "probability"}, ...]}``,
+    the ``top_k`` most probable classes first."""
+    k = min(top_k, probabilities.shape[1])
+    rows = []
+    for row in probabilities:
+        best = np.argsort(-row, kind="stable")[:k]
+        rows.append({"top": [{"class": class_names[i], "index": int(i),
+                              "probability": float(row[i])} for i in best]})
+    return rows
+

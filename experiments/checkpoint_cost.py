@@ -49,8 +49,8 @@ def main():
     )
 
     config = bench_config("resnet18", 8, precision="float32", jit="off", width=args.width)
-    data, runtime, model = build_bench_model(config, 100, 1)
-    model.fit(make_pipelines(config, data, runtime)[0], steps_per_epoch=1, verbose=0)
+    data, runtime, plan, model = build_bench_model(config, 100, 1)
+    model.fit(make_pipelines(config, data, runtime, plan)[0], steps_per_epoch=1, verbose=0)
     out = Path(args.out or tempfile.mkdtemp(prefix="checkpoint-cost-"))
     out.mkdir(parents=True, exist_ok=True)
     rows = [{"epoch": e, "lr": 0.1, "loss": 1.0 / e, "accuracy": e / 200, "val_loss": 1.1 / e,

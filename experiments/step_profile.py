@@ -66,11 +66,11 @@ def keras_fit(spec, jit="off", augment="standard", keras_bn=False):
     config = bench_config(spec.model, spec.batch, KERAS_POLICY[spec.precision], jit,
                           spec.width, augment=augment, image_size=spec.image_size,
                           transfer="frozen" if spec.task == "frozen" else "finetune")
-    data, runtime, model = build_bench_model(config, spec.classes, steps=8)
+    data, runtime, plan, model = build_bench_model(config, spec.classes, steps=8)
     for layer in model._flatten_layers() if keras_bn else ():
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.__class__ = keras.layers.BatchNormalization  # same variables, Keras' call
-    dataset, _ = make_pipelines(config, data, runtime)
+    dataset, _ = make_pipelines(config, data, runtime, plan)
     seconds = []
 
     class Timer(keras.callbacks.Callback):
@@ -95,7 +95,7 @@ def keras_inference(spec):
 
     config = bench_config(spec.model, spec.batch, KERAS_POLICY[spec.precision], "off",
                           spec.width, image_size=spec.image_size)
-    data, _, model = build_bench_model(config, spec.classes, steps=1)
+    data, _, _, model = build_bench_model(config, spec.classes, steps=1)
     images = data.x_train[:spec.batch]
 
     def run(steps):

@@ -56,7 +56,8 @@ def test_a_missing_extra_is_one_line_naming_its_install(tmp_path, blocked, modul
     digits demo data loads without scikit-learn."""
     script = (f"import sys; sys.modules[{blocked!r}] = None; sys.modules['sklearn'] = None\n"
               "from tfresnet.data.digits import load_digits_rgb; load_digits_rgb()\n"
-              f"from {module} import main; from tfresnet.errors import run_cli\n"
+              f"from {module.replace('tfresnet.', 'tfresnet.cli.')} import main\n"
+              "from tfresnet.errors import run_cli\n"
               f"sys.exit(run_cli({module!r}, main, {args!r}))")
     done = subprocess.run([sys.executable, "-c", script.replace("{tmp}", str(tmp_path))],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)

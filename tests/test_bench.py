@@ -53,7 +53,7 @@ def test_a_frozen_backbone_trains_only_its_head():
          "--repeats", "1"]))
     assert [r["transfer"] for r in rows] == ["frozen", "scratch"]  # scratch: all trains
     config = bench_config("resnet18_imagenet", 8, width=0.0625, transfer="frozen")
-    _, _, model = build_bench_model(config, 10, steps=1)
+    _, _, _, model = build_bench_model(config, 10, steps=1)
     assert {v.path.split("/")[-2] for v in model.trainable_variables} == {"fc"}
     assert model.network.frozen_base
 
@@ -82,26 +82,28 @@ def test_nonsense_settings_are_refused(args, message):
 
 
 def test_bench_train_is_assembled_like_a_training_run(monkeypatch):
-    from tfresnet.training import assemble
+    from tfresnet.training import bench
 
     calls = []
 
     def spy(name):
-        original = getattr(assemble, name)
+        original = getattr(bench, name)
 
         def recorded(config, *args, **kwargs):
             calls.append((name, config))
             return original(config, *args, **kwargs)
         return recorded
 
-    for name in ("build_model", "make_pipelines"):
-        monkeypatch.setattr(assemble, name, spy(name))
-    run(build_parser().parse_args(["--train", "--width", "0.0625", "--batch-size", "8",
-                                   "--steps", "2", "--repeats", "1", "--warmup", "1"]))
-    # The model and the pipelines come from tfresnet.training.assemble, from one TrainConfig.
-    assert [name for name, _ in calls] == ["build_model", "make_pipelines"]
+    for name in ("make_plan", "build_model", "make_pipelines"):
+        monkeypatch.setattr(bench, name, spy(name))
+    [row] = run(build_parser().parse_args(["--train", "--width", "0.0625", "--batch-size", "8",
+                                           "--steps", "2", "--repeats", "1", "--warmup", "1"]))
+    # The plan, the model and the pipelines come from tfresnet.training.assemble, from one
+    # TrainConfig; the row records the plan they followed.
+    assert [name for name, _ in calls] == ["make_plan", "build_model", "make_pipelines"]
     config = calls[0][1]
-    assert calls[1][1] is config
+    assert calls[1][1] is config and calls[2][1] is config
+    assert row["plan"]["batch_size"] == 8 and row["plan"]["steps_per_epoch"] == 2
     assert (config.model, config.width, config.batch_size, config.augment) == \
         ("resnet18", 0.0625, 8, "standard")
 

@@ -33,15 +33,16 @@ sys.exit(run_cli("tfresnet.train", main, sys.argv[1:]))
 # to $WEIGHTS_OUT (the other workers' files are deliberately not kept).
 WORKER = """
 import os, sys, numpy as np
-import tfresnet.train as train
-fit = train._fit
+import tfresnet.training.run as run
+from tfresnet.cli.train import main
+fit = run._fit
 def keep_weights(config, model, *args):
     recorder = fit(config, model, *args)
     np.savez(os.environ["WEIGHTS_OUT"], *[v.numpy() for v in model.weights])
     return recorder
-train._fit = keep_weights
+run._fit = keep_weights
 from tfresnet.errors import run_cli
-sys.exit(run_cli("tfresnet.train", train.main, sys.argv[1:]))
+sys.exit(run_cli("tfresnet.train", main, sys.argv[1:]))
 """
 
 # small_cnn has no batch norm, whose per-replica statistics would legitimately differ.
@@ -187,16 +188,17 @@ def test_mirrored_over_two_devices_matches_one_device(single_and_two_workers):
 # and the largest gap between the replicas' moving means.
 BN_GAP = TWO_DEVICES.split("from tfresnet.errors")[0] + """
 import keras, numpy as np
-from tfresnet.training.assemble import build_model, load_data, make_pipelines
+from tfresnet.training.assemble import build_model, make_pipelines, prepare_run
 from tfresnet.config import TrainConfig
 from tfresnet.training.runtime import configure
 config = TrainConfig(dataset="digits", model="resnet18", width=0.0625, batch_size=64,
                      augment="none", strategy="mirrored", sync_bn=True)
 config.validate()
 runtime = configure(config)
-data = load_data(config)
-model = build_model(config, data, runtime)
-model.fit(make_pipelines(config, data, runtime)[0], steps_per_epoch=3, shuffle=False, verbose=0)
+data, plan = prepare_run(config, runtime)
+model = build_model(config, data, runtime, plan)
+model.fit(make_pipelines(config, data, runtime, plan)[0], steps_per_epoch=3, shuffle=False,
+          verbose=0)
 norms = [l for l in model.network._flatten_layers()
          if isinstance(l, keras.layers.BatchNormalization)]
 replicas = [runtime.strategy.experimental_local_results(l.moving_mean.value) for l in norms]

@@ -16,6 +16,7 @@ from tfresnet.training.assemble import (
     batch_and_steps,
     build_model,
     make_pipelines,
+    make_plan,
     shorten_batch_norm_memory,
 )
 from tfresnet.training.optim import OneCycle, base_learning_rate, make_optimizer, make_schedule
@@ -201,9 +202,10 @@ def test_clip_norm_bounds_every_update():
                          nesterov=False, schedule="constant", augment="none", clip_norm=0.01,
                          epochs=1, strategy="one").validate()
     runtime = configure(config)
-    model = build_model(config, data, runtime)
+    plan = make_plan(config, data, runtime, None)
+    model = build_model(config, data, runtime, plan)
     before = [v.numpy() for v in model.trainable_variables]
-    train, _ = make_pipelines(config, data, runtime)
+    train, _ = make_pipelines(config, data, runtime, plan)
     model.fit(train, steps_per_epoch=1, epochs=1, verbose=0)
     step = np.sqrt(sum(np.sum(np.square(v.numpy() - b))
                        for v, b in zip(model.trainable_variables, before)))

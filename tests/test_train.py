@@ -298,16 +298,16 @@ def test_background_checkpoints_hold_the_state_of_their_epoch_end(tmp_path):
     """The files are written while the next epoch trains: they must hold the state of the
     moment they were asked for, optimizer included."""
     from tfresnet.config import TrainConfig
-    from tfresnet.training.assemble import build_model, load_data, make_pipelines
+    from tfresnet.training.assemble import build_model, make_pipelines, prepare_run
     from tfresnet.training.checkpoint import BackgroundSaver
     from tfresnet.training.runtime import configure
 
     config = TrainConfig(dataset="digits", model="small_cnn", width=0.25, batch_size=64,
                          augment="none").validate()
     runtime = configure(config)
-    data = load_data(config)
-    model = build_model(config, data, runtime)
-    model.fit(make_pipelines(config, data, runtime)[0], steps_per_epoch=2, verbose=0)
+    data, plan = prepare_run(config, runtime)
+    model = build_model(config, data, runtime, plan)
+    model.fit(make_pipelines(config, data, runtime, plan)[0], steps_per_epoch=2, verbose=0)
     saver = BackgroundSaver(model)
     state = [v.numpy().copy() for v in model.variables]
     iterations = int(model.optimizer.iterations.numpy())
@@ -323,3 +323,54 @@ def test_background_checkpoints_hold_the_state_of_their_epoch_end(tmp_path):
         saved = keras.saving.load_model(tmp_path / path).variables
         for expected, got in zip(state, saved, strict=True):
             np.testing.assert_array_equal(expected, got.numpy())
+
+
+def test_train_and_tune_decide_once_through_one_plan(tmp_path, monkeypatch):
+    """Assembly's decisions (input size, batch and steps, augmentation placement, steps per
+    execution) are made only inside `make_plan`, once per run or trial; summary.json holds
+    the plan, and a tuner trial of the same settings follows the same one."""
+    from tfresnet.cli.tune import main as tune_main
+    from tfresnet.training import assemble
+    from tfresnet.tuning import run as tuning_run
+    from tfresnet.tuning import search
+
+    inside, calls, plans = [], [], []
+    decisions = ("input_size", "batch_and_steps", "augments_in_step", "steps_per_execution")
+    make_plan = assemble.make_plan
+
+    def planning(*args):
+        inside.append(True)
+        try:
+            plans.append(make_plan(*args))
+        finally:
+            inside.pop()
+        return plans[-1]
+
+    def spy(name):
+        original = getattr(assemble, name)
+        return lambda *args: calls.append((name, bool(inside))) or original(*args)
+
+    spies = {**{name: spy(name) for name in decisions}, "make_plan": planning}
+    for module in (assemble, tuning_run, search):  # wherever a name was imported
+        for name, spy in spies.items():
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, spy)
+    settings = ["--dataset", "digits", "--model", "small_cnn", "--width", "0.25",
+                "--batch-size", "64", "--no-tensorboard", "--no-visualize", "--output-dir",
+                str(tmp_path)]
+    assert main([*settings, "--epochs", "1", "--name", "run"]) == 0
+    # input_size is decided for the data before the plan, once; the rest inside it.
+    assert calls == [("input_size", False), *[(n, True) for n in decisions[1:]]]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["plan"] == plans[0].to_dict()
+    assert (summary["plan"]["batch_size"], summary["plan"]["steps_per_epoch"]) == (64, 20)
+
+    calls.clear()
+    assert tune_main([*settings, "--epochs-per-trial", "1", "--max-trials", "1"]) == 0
+    assert all(within for name, within in calls if name != "input_size")
+    assert [name for name, _ in calls].count("input_size") == 1
+    # The search's base, then keras-tuner's build declaring the space and the trial's:
+    # each plans once.
+    assert [name for name, _ in calls].count("batch_and_steps") == len(plans) - 1 >= 3
+    trial = {k: v for k, v in plans[-1].to_dict().items() if k != "learning_rate"}
+    assert trial == {k: v for k, v in summary["plan"].items() if k != "learning_rate"}

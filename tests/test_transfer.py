@@ -11,7 +11,7 @@ from tfresnet.errors import UserError
 from tfresnet.models import TransferNet, get_model
 from tfresnet.models.transfer import build_base, load_pretrained
 from tfresnet.training import assemble
-from tfresnet.training.assemble import build_model
+from tfresnet.training.assemble import build_model, input_size, make_plan
 from tfresnet.training.runtime import configure
 
 
@@ -36,7 +36,10 @@ def digits():
 def one_step_model(transfer, weights_file, digits, **overrides):
     config = TrainConfig(model="resnet18", transfer=transfer, weights=str(weights_file),
                          image_size=32, batch_size=32, lr=0.05, epochs=1, **overrides)
-    return build_model(config.validate(), digits, configure(config)), config
+    config.validate()
+    runtime = configure(config)
+    plan = make_plan(config, digits, runtime, input_size(config))
+    return build_model(config, digits, runtime, plan), config
 
 
 def snapshot(variables):
@@ -140,7 +143,7 @@ def test_local_weights_round_trip_and_mismatch(tmp_path, weights_file):
 def test_transfer_bad_input(overrides, message):
     config = TrainConfig(**overrides)
     with pytest.raises(UserError, match=message):
-        assemble.make_network(config, 10)
+        assemble.make_network(config, 10, assemble.input_size(config))
 
 
 def test_registry_has_pretrained_backbones():
@@ -157,7 +160,8 @@ def trial(weights_file, digits, **overrides):
 
     config = TrainConfig(**{"model": "resnet18", "weights": str(weights_file), "image_size": 32,
                             "batch_size": 32, "lr": 0.05, **overrides}).validate()
-    hypermodel = ResNetHyperModel(config, digits, configure(config), [], (0.05, 0.05))
+    hypermodel = ResNetHyperModel(config, digits, configure(config), [], (0.05, 0.05),
+                                  input_size(config))
     hp = kt.HyperParameters()
     return hypermodel, hp, hypermodel.build(hp)
 
@@ -316,7 +320,7 @@ def test_preset_weights_that_cannot_be_used_are_one_line_errors(tmp_path, hub_so
         config = TrainConfig(model=f"{model}_imagenet", transfer="frozen", weights=str(weights),
                              image_size=32).validate()
         with pytest.raises(UserError) as info:
-            assemble.make_network(config, 10)
+            assemble.make_network(config, 10, assemble.input_size(config))
         assert message in str(info.value) and "\n" not in str(info.value)
 
 

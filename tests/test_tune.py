@@ -246,17 +246,17 @@ def test_trials_in_one_process_leave_no_step_graphs_behind():
     from tensorflow.python.framework import ops
 
     from tfresnet.config import TrainConfig
-    from tfresnet.training.assemble import build_model, load_data, make_pipelines
+    from tfresnet.training.assemble import build_model, make_pipelines, prepare_run
     from tfresnet.training.runtime import configure
 
     config = TrainConfig(dataset="digits", model="small_cnn", width=0.25, batch_size=32,
                          epochs=1, strategy="one").validate()
     runtime = configure(config)
-    data = load_data(config)
+    data, plan = prepare_run(config, runtime)
 
     def trial():
-        model = build_model(config, data, runtime)
-        model.fit(make_pipelines(config, data, runtime)[0], steps_per_epoch=1, verbose=0)
+        model = build_model(config, data, runtime, plan)
+        model.fit(make_pipelines(config, data, runtime, plan)[0], steps_per_epoch=1, verbose=0)
 
     trial()
     before = len(ops._gradient_registry.list())

@@ -1,6 +1,7 @@
 """How a run is put together: a validated `TrainConfig`, the data and the runtime in; the
-compiled model (pretrained weights loaded), the train and validation pipelines (with
-augmentation where it belongs) and the training callbacks out.
+run's `Plan` (decided once), then from it the compiled model (pretrained weights loaded),
+the train and validation pipelines (with augmentation where it belongs) and the training
+callbacks out.
 
 `tfresnet.train`, every keras-tuner trial (`tfresnet.tuning.search.ResNetHyperModel.build`
 and ``fit``), the LR range test and ``tfresnet.bench --train`` go through these functions;
@@ -58,10 +59,9 @@ def input_size(config):
     return backbone_input_size(arch, config.weights) if config.weights else IMAGENET_INPUT_SIZE
 
 
-def load_data(config):
+def load_data(config, size):
     """The configured data set, with its validation split; an image folder is listed (not
-    decoded) with the run's input size and preprocessing."""
-    size = input_size(config)
+    decoded) with the input side ``size`` (`input_size`) and the run's preprocessing."""
     return load_dataset(config.dataset, data_dir=config.data_dir, val_size=config.val_size,
                         seed=config.seed, image_size=(size, size) if size else None,
                         view=config.preprocess, crop_scale=config.crop_scale,
@@ -160,6 +160,60 @@ def steps_per_execution(config, runtime, steps):
     return max(d for d in range(1, MAX_STEPS_PER_EXECUTION + 1) if steps % d == 0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What assembly decided for one run, resolved once (`make_plan`) and recorded in
+    ``summary.json``: the model, the pipelines, the callbacks, the start-up line, the tuner's
+    trials, the LR range test and bench read it instead of deciding again."""
+
+    batch_size: int  # the global batch
+    steps_per_epoch: int  # full batches an epoch, a multiple of --grad-accum
+    updates_per_epoch: int
+    steps_per_execution: int
+    augment_on: str  # "step" (inside the compiled step), "tf.data" or "none"
+    input_size: int | None  # the network's input side (None: the data's own)
+    image_size: tuple  # the images' (height, width) as the pipelines feed them
+    learning_rate: float  # the base learning rate, scaled to the batch where asked
+    lr_scaled: bool
+    precision: str
+    jit: bool
+    replicas: int
+    workers: int
+    device: str
+
+    def to_dict(self):
+        return {**dataclasses.asdict(self), "image_size": list(self.image_size)}
+
+
+def make_plan(config, data, runtime, size):
+    """The `Plan` of a run of ``config`` on ``data`` under ``runtime``, the network taking
+    ``size`` (`input_size`). Refuses a combination Keras would run wrongly, before anything
+    is built."""
+    batch, steps = batch_and_steps(config, data)
+    in_step = augments_in_step(config, runtime)
+    replicas = runtime.strategy.num_replicas_in_sync
+    if replicas > 1 and (config.ema or config.grad_accum > 1):
+        raise UserError("--ema and --grad-accum are not tested under several replicas or "
+                        "workers yet; train on one device (--strategy one) or drop them")
+    augment = "none" if not make_augmenter(config, data) else "step" if in_step else "tf.data"
+    return Plan(batch_size=batch, steps_per_epoch=steps,
+                updates_per_epoch=steps // config.grad_accum,
+                steps_per_execution=steps_per_execution(config, runtime, steps),
+                augment_on=augment, input_size=size, image_size=tuple(data.image_size),
+                learning_rate=base_learning_rate(config, batch),
+                lr_scaled=lr_is_scaled(config, batch), precision=runtime.precision,
+                jit=bool(runtime.jit), replicas=replicas, workers=runtime.workers,
+                device=runtime.device)
+
+
+def prepare_run(config, runtime):
+    """The data of a run and its `Plan`: the input size decided once, the data loaded at
+    it, then the rest."""
+    size = input_size(config)
+    data = load_data(config, size)
+    return data, make_plan(config, data, runtime, size)
+
+
 MODEL_OPTIONS = ("stem", "width", "dropout", "zero_init_residual")  # TrainConfig fields
 
 
@@ -172,8 +226,9 @@ def model_options(config):
             if getattr(config, name) != getattr(defaults, name)}
 
 
-def make_network(config, num_classes):
-    """The network from the registry, or a pretrained backbone with a new head."""
+def make_network(config, num_classes, size=None):
+    """The network from the registry, or a pretrained backbone with a new head taking
+    ``size`` px (`input_size`)."""
     pretrained = config.model.endswith("_imagenet")
     if config.transfer == "none":
         if pretrained:
@@ -183,7 +238,7 @@ def make_network(config, num_classes):
     arch = config.model.removesuffix("_imagenet")
     weights = resolve_weights(arch, config.weights)
     frozen = config.transfer == "frozen"
-    return TransferNet(arch, num_classes, image_size=input_size(config),
+    return TransferNet(arch, num_classes, image_size=size,
                        dropout=config.dropout, frozen_base=frozen, trainable_base=not frozen,
                        preset=preset_spec(arch, weights) if is_preset(weights) else None,
                        width=config.width)
@@ -203,23 +258,17 @@ def shorten_batch_norm_memory(network, steps):
             layer.momentum = momentum
 
 
-def build_model(config, data, runtime, pretrained=True):
-    """The compiled `Classifier` of a run, built under the runtime's strategy.
+def build_model(config, data, runtime, plan, pretrained=True):
+    """The compiled `Classifier` of a run, built under the runtime's strategy as ``plan``
+    (`make_plan`) says.
 
     Args:
         pretrained: load ``config.weights`` into the backbone (a resumed run loads its own
             checkpoint instead).
     """
-    batch, steps = batch_and_steps(config, data)
-    augmenter = make_augmenter(config, data)
-    # These may refuse: before anything is built.
-    in_step = augments_in_step(config, runtime)
-    execution = steps_per_execution(config, runtime, steps)
-    if runtime.strategy.num_replicas_in_sync > 1 and (config.ema or config.grad_accum > 1):
-        raise UserError("--ema and --grad-accum are not tested under several replicas or "
-                        "workers yet; train on one device (--strategy one) or drop them")
+    steps = plan.steps_per_epoch
     with runtime.strategy.scope():
-        network = make_network(config, data.num_classes)
+        network = make_network(config, data.num_classes, plan.input_size)
         if config.sync_bn:
             for layer in network._flatten_layers():
                 if isinstance(layer, keras.layers.BatchNormalization):
@@ -234,17 +283,18 @@ def build_model(config, data, runtime, pretrained=True):
                            dataset=config.dataset, name=f"{config.model}_classifier",
                            eval_crop=data.x_train.view.eval_crop if is_photo(data) else None)
         model.compile(
-            optimizer=make_optimizer(config, steps, batch),
+            optimizer=make_optimizer(config, steps, plan.batch_size),
             loss=cross_entropy(config.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                      *[keras.metrics.TopKCategoricalAccuracy(TOP_K, name="top5")]
                      * has_top_k(data.num_classes)],
             jit_compile=runtime.jit,
-            steps_per_execution=execution,
+            steps_per_execution=plan.steps_per_execution,
         )
         if runtime.strategy.num_replicas_in_sync == 1:
             keras_fixes.skip_single_replica_all_reduce(model.optimizer)
-        model.set_augmenter(augmenter if augmenter and in_step else None)
+        model.set_augmenter(make_augmenter(config, data) if plan.augment_on == "step"
+                            else None)
         model(np.zeros((1, *data.image_size, 3), np.uint8))
         model.optimizer.build(model.trainable_variables)
     if pretrained and config.weights:
@@ -252,28 +302,27 @@ def build_model(config, data, runtime, pretrained=True):
     return model
 
 
-def describe_run(config, data, runtime, model, batch, steps):
-    """The start-up line: where and how the run computes, as resolved (``batch`` and
-    ``steps`` from `batch_and_steps`)."""
-    replicas = runtime.strategy.num_replicas_in_sync
-    augment = "none" if not make_augmenter(config, data) else (
-        "in the compiled step" if model.augmenter is not None else "in tf.data (host)")
-    where = f"{replicas} replicas on {runtime.workers} worker(s)" if replicas > 1 else (
+def describe_run(config, plan):
+    """The start-up line: where and how the run computes, as planned."""
+    augment = {"none": "none", "step": "in the compiled step",
+               "tf.data": "in tf.data (host)"}[plan.augment_on]
+    where = f"{plan.replicas} replicas on {plan.workers} worker(s)" if plan.replicas > 1 else (
         "1 device")
-    lr = f"lr {base_learning_rate(config, batch):.3g}" + (
-        f" (--lr {config.lr:g} scaled to the batch)" if lr_is_scaled(config, batch) else "")
-    return (f"{runtime.device}, {where} | {runtime.precision} | XLA "
-            f"{'on' if runtime.jit else 'off'} | batch {batch} x {steps} steps, "
-            f"{model.steps_per_execution} per execution | augmentation {augment} | {lr}")
+    lr = f"lr {plan.learning_rate:.3g}" + (
+        f" (--lr {config.lr:g} scaled to the batch)" if plan.lr_scaled else "")
+    return (f"{plan.device}, {where} | {plan.precision} | XLA "
+            f"{'on' if plan.jit else 'off'} | batch {plan.batch_size} x "
+            f"{plan.steps_per_epoch} steps, {plan.steps_per_execution} per execution | "
+            f"augmentation {augment} | {lr}")
 
 
 FEW_UPDATES = 20  # updates per epoch below which a run says how few it makes
 
 
-def few_updates_note(config, data, batch, steps):
+def few_updates_note(config, data, plan):
     """A start-up note when an epoch makes fewer than `FEW_UPDATES` updates (a small
     folder): the total the run will make, and the better path for few images; else None."""
-    updates = steps // config.grad_accum
+    updates, batch = plan.updates_per_epoch, plan.batch_size
     if updates >= FEW_UPDATES:
         return None
     note = (f"note: {len(data.x_train)} training images at batch {batch} make {updates} "
@@ -286,9 +335,10 @@ def few_updates_note(config, data, batch, steps):
     return note
 
 
-def make_pipelines(config, data, runtime, start_epoch=0, arrays=None, start_step=0):
-    """``(train, validation)`` pipelines. Training batches are augmented here unless the
-    model augments them in its step; validation is None without a validation split.
+def make_pipelines(config, data, runtime, plan, start_epoch=0, arrays=None, start_step=0):
+    """``(train, validation)`` pipelines as ``plan`` says. Training batches are augmented
+    here unless the model augments them in its step; validation is None without a
+    validation split.
 
     Args:
         start_epoch: the first epoch the stream yields (resuming).
@@ -296,10 +346,10 @@ def make_pipelines(config, data, runtime, start_epoch=0, arrays=None, start_step
         arrays: ``(x_train, y_train, x_val, y_val)`` to use instead of the data set's own
             arrays (a tuner passes tensors made once for the whole search).
     """
-    batch, steps = batch_and_steps(config, data)
+    batch, steps = plan.batch_size, plan.steps_per_epoch
     x_train, y_train, x_val, y_val = arrays or (data.x_train, data.y_train, data.x_val,
                                                 data.y_val)
-    augmenter = None if augments_in_step(config, runtime) else make_augmenter(config, data)
+    augmenter = make_augmenter(config, data) if plan.augment_on == "tf.data" else None
     x_train = training_images(config, x_train)  # each tuner trial's own spec
 
     def stream(split=None):

@@ -17,11 +17,12 @@ from tfresnet.data.pipeline import Augmenter, make_train_pipeline
 from tfresnet.errors import UserError
 from tfresnet.evaluation.inference import predict_probabilities
 from tfresnet.training.assemble import (
-    augments_in_step,
     build_model,
+    input_size,
     load_data,
     make_augmenter,
     make_pipelines,
+    make_plan,
     training_images,
 )
 from tfresnet.training.runtime import configure, describe_device, gpus, versions
@@ -78,7 +79,7 @@ def bench_pipeline(preset, batch_size, steps, repeats, warmup, num_classes=100, 
     if dataset:
         config = TrainConfig(dataset=dataset, image_size=image_size, augment=preset,
                              val_size=0).validate()
-        data = load_data(config)
+        data = load_data(config, input_size(config))
         images = training_images(config, data.x_train)
         labels, num_classes = data.y_train, data.num_classes
         augmenter = make_augmenter(config, data)
@@ -159,20 +160,21 @@ def bench_config(model, batch_size, precision="auto", jit="auto", width=1.0,
 
 
 def build_bench_model(config, num_classes, steps):
-    """Synthetic data, runtime and compiled `Classifier` of a measurement, assembled
+    """Synthetic data, runtime, plan and compiled `Classifier` of a measurement, assembled
     exactly as ``tfresnet.train`` assembles a run (`tfresnet.training.assemble`)."""
     runtime = configure(config)
     images, labels = synthetic_cifar(max(config.batch_size * steps, config.batch_size),
                                      num_classes, size=config.image_size)
     data = Dataset("synthetic", images, labels, images[:0], labels[:0], None, None,
                    [str(i) for i in range(num_classes)])
-    return data, runtime, build_model(config, data, runtime)
+    plan = make_plan(config, data, runtime, input_size(config))
+    return data, runtime, plan, build_model(config, data, runtime, plan)
 
 
 def bench_train(config, steps, repeats, num_classes):
     """Training images/s of ``model.fit`` on the product's pipeline, loss and optimizer."""
-    data, runtime, classifier = build_bench_model(config, num_classes, steps)
-    dataset, _ = make_pipelines(config, data, runtime)
+    data, runtime, plan, classifier = build_bench_model(config, num_classes, steps)
+    dataset, _ = make_pipelines(config, data, runtime, plan)
     timer = _StepTimer()
     epochs = 1 + repeats  # epoch 0 is the warm-up: compilation and the first steps
     reset_peak_memory()
@@ -180,12 +182,10 @@ def bench_train(config, steps, repeats, num_classes):
                    callbacks=[timer.callback], shuffle=False)
     rates = [steps * config.batch_size / s for s in timer.epoch_seconds[1:]]
     return {"kind": "train", "model": config.model, "transfer": config.transfer,
-            "width": config.width,
-            "image_size": config.image_size, "batch_size": config.batch_size,
-            "precision": runtime.precision, "jit": runtime.jit,
-            "replicas": runtime.strategy.num_replicas_in_sync,
-            "steps_per_execution": classifier.steps_per_execution, "augment": config.augment,
-            "augment_on": "step" if augments_in_step(config, runtime) else "tf.data",
+            "width": config.width, "image_size": config.image_size,
+            "batch_size": plan.batch_size, "precision": plan.precision, "jit": plan.jit,
+            "replicas": plan.replicas, "steps_per_execution": plan.steps_per_execution,
+            "augment": config.augment, "augment_on": plan.augment_on, "plan": plan.to_dict(),
             "images": steps * config.batch_size,
             "compile_seconds": round(timer.first_step, 2), **summarize(rates),
             "peak_memory_mb": peak_memory_mb()}
@@ -193,7 +193,7 @@ def bench_train(config, steps, repeats, num_classes):
 
 def bench_inference(config, steps, repeats, num_classes):
     """Inference images/s: ``model.predict`` and the compiled call evaluation uses."""
-    data, runtime, classifier = build_bench_model(config, num_classes, steps)
+    data, runtime, plan, classifier = build_bench_model(config, num_classes, steps)
     images = data.x_train[: steps * config.batch_size]
     results = []
     for method, run in (

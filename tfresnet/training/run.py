@@ -15,12 +15,11 @@ from tfresnet.errors import UserError
 from tfresnet.evaluation.inference import test_metrics
 from tfresnet.evaluation.pictures import draw_run
 from tfresnet.training.assemble import (
-    batch_and_steps,
     build_model,
     describe_run,
     few_updates_note,
-    load_data,
     make_pipelines,
+    prepare_run,
     training_callbacks,
 )
 from tfresnet.training.callbacks import NanGuard, RunRecorder, StepLog, interactive
@@ -49,7 +48,7 @@ def _load_state(model, path):
                         "--fresh to start over")
 
 
-def make_callbacks(config, run_dir, rows, data, chief=True):
+def make_callbacks(config, run_dir, rows, data, plan, chief=True):
     """The run's training callbacks (`tfresnet.training.assemble`), then the run folder's: the
     recorder and TensorBoard (into ``run_dir``: a scratch folder on workers other than
     the chief, which must write the same checkpoints in step with it), and on the chief,
@@ -67,8 +66,7 @@ def make_callbacks(config, run_dir, rows, data, chief=True):
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"),
                                                      profile_batch=0))
     if chief and config.log_every and not interactive():
-        batch, steps = batch_and_steps(config, data)
-        callbacks.append(StepLog(config.log_every, steps, batch))
+        callbacks.append(StepLog(config.log_every, plan.steps_per_epoch, plan.batch_size))
     return callbacks
 
 
@@ -88,24 +86,23 @@ def train(config: TrainConfig, fresh=False):
     runtime.agree({k: v for k, v in config.to_dict().items() if k != "output_dir"},
                   "the workers were started with different settings; start every worker "
                   "with the same command and flags")
-    data = load_data(config)
+    data, plan = prepare_run(config, runtime)
     if runtime.chief:
         print(data.describe())
-    model = build_model(config, data, runtime, pretrained=not resuming)
-    batch, steps = batch_and_steps(config, data)
+    model = build_model(config, data, runtime, plan, pretrained=not resuming)
     if runtime.chief:
-        print(describe_run(config, data, runtime, model, batch, steps))
-        note = few_updates_note(config, data, batch, steps)
+        print(describe_run(config, plan))
+        note = few_updates_note(config, data, plan)
         if note:
             print(note)
-    start = _restore(model, run_dir, steps // config.grad_accum) if resuming else (0, 0)
+    start = _restore(model, run_dir, plan.updates_per_epoch) if resuming else (0, 0)
     start_epoch = start[0]
     runtime.agree(list(start), "the workers found different checkpoints in "
                   f"{run_dir}; the run folder must be one shared folder that every worker "
                   "reads (pass the same --output-dir on a shared file system)")
     if not runtime.chief:
         with tempfile.TemporaryDirectory(prefix="tfresnet-worker-") as scratch:
-            _fit(config, model, Path(scratch), data, runtime, start, [], steps)
+            _fit(config, model, Path(scratch), data, runtime, plan, start, [])
         runtime.barrier()
         return {}
     run_dir.create(config, data.class_names, fresh)
@@ -117,21 +114,21 @@ def train(config: TrainConfig, fresh=False):
     elif resuming:
         print(f"resuming {run_dir} after epoch {start_epoch}")
     began = time.perf_counter()
-    recorder = _fit(config, model, run_dir, data, runtime, start, rows, steps)
-    summary = summarize(config, run_dir, data, runtime, recorder, model,
-                        wall_seconds=time.perf_counter() - began, images=batch * steps)
+    recorder = _fit(config, model, run_dir, data, runtime, plan, start, rows)
+    summary = summarize(config, run_dir, data, plan, recorder,
+                        wall_seconds=time.perf_counter() - began)
     if config.visualize and data.x_test is not None:
         draw_run(run_dir)
     runtime.barrier()
     return summary
 
 
-def _fit(config, model, run_dir, data, runtime, start, rows, steps):
+def _fit(config, model, run_dir, data, runtime, plan, start, rows):
     """Trains from ``start`` (epoch, step) to the end, recording into ``run_dir``; returns
     the recorder. A run resumed inside an epoch first finishes that epoch in a ``fit`` of
     its remaining steps (whose training averages cover only those), then trains the rest."""
     start_epoch, start_step = start
-    callbacks = make_callbacks(config, run_dir, rows, data, runtime.chief)
+    callbacks = make_callbacks(config, run_dir, rows, data, plan, runtime.chief)
     guard = next(c for c in callbacks if isinstance(c, NanGuard))
     recorder = next(c for c in callbacks if isinstance(c, RunRecorder))
     phases = [(start_epoch, start_step, start_epoch + 1)] if start_step else []
@@ -139,9 +136,10 @@ def _fit(config, model, run_dir, data, runtime, start, rows, steps):
     for first, step, end in phases:
         if first >= end or guard.bad_epoch:
             continue
-        train_data, val_data = make_pipelines(config, data, runtime, first, start_step=step)
+        train_data, val_data = make_pipelines(config, data, runtime, plan, first,
+                                              start_step=step)
         with cluster_faults():
-            model.fit(train_data, steps_per_epoch=steps - step, epochs=end,
+            model.fit(train_data, steps_per_epoch=plan.steps_per_epoch - step, epochs=end,
                       initial_epoch=first, validation_data=val_data,
                       callbacks=callbacks, shuffle=False,
                       verbose=1 if interactive() and runtime.chief else 0)
@@ -152,8 +150,9 @@ def _fit(config, model, run_dir, data, runtime, start, rows, steps):
     return recorder
 
 
-def summarize(config, run_dir, data, runtime, recorder, model, wall_seconds, images):
-    """Evaluates best.keras on the test set once and writes summary.json."""
+def summarize(config, run_dir, data, plan, recorder, wall_seconds):
+    """Evaluates best.keras on the test set once and writes summary.json, with the run's
+    plan."""
     rows = recorder.rows
     best = load_model(run_dir / RunFolder.BEST)
     val_rows = [r for r in rows if "val_accuracy" in r]
@@ -162,12 +161,14 @@ def summarize(config, run_dir, data, runtime, recorder, model, wall_seconds, ima
         "run": str(run_dir),
         "config": config.to_dict(),
         "versions": versions(),
-        "device": runtime.device,
-        "precision": runtime.precision,
-        "jit": runtime.jit,
-        "replicas": runtime.strategy.num_replicas_in_sync,
-        "steps_per_execution": model.steps_per_execution,
-        "augment_in_step": model.augmenter is not None,
+        "device": plan.device,
+        "plan": plan.to_dict(),
+        # The plan's fields that 0.3 recorded at the top level, for the readers of 0.3.
+        "precision": plan.precision,
+        "jit": plan.jit,
+        "replicas": plan.replicas,
+        "steps_per_execution": plan.steps_per_execution,
+        "augment_in_step": plan.augment_on == "step",
         "data": {**data.counts(), "image_size": list(data.image_size),
                  "preprocess": data.x_train.view.kind if data.streamed else "in_memory"},
         "parameters": int(best.network.count_params()),
@@ -177,7 +178,8 @@ def summarize(config, run_dir, data, runtime, recorder, model, wall_seconds, ima
         "best_val_accuracy": best_row.get("val_accuracy"),
         "wall_seconds": round(wall_seconds, 1),
         "train_images_per_second": round(
-            images * recorder.trained_epochs / max(recorder.train_seconds, 1e-9), 1),
+            plan.batch_size * plan.steps_per_epoch * recorder.trained_epochs
+            / max(recorder.train_seconds, 1e-9), 1),
     }
     if data.x_test is not None:
         summary.update(test_metrics(best, data.x_test, data.y_test, data.fine_to_coarse))

@@ -1,6 +1,7 @@
 """The LR range test: one short run with the learning rate growing exponentially per
 step; the suggestion is where the smoothed loss falls fastest, before it diverges."""
 
+import dataclasses
 import io
 import math
 
@@ -13,7 +14,7 @@ from tfresnet.training.checkpoint import atomic_write_text
 from tfresnet.tuning.results import plot_search
 
 
-def lr_range_test(base, data, runtime, lr_range, steps, out_dir):
+def lr_range_test(base, data, runtime, plan, lr_range, steps, out_dir):
     """Trains ``steps`` batches of the run ``base`` describes, with the LR growing from
     ``lr_range[0]`` to ``[1]``; writes ``lr_range.csv`` and ``lr_range.png`` and returns the
     suggested LR (steepest fall of the smoothed loss before divergence).
@@ -30,11 +31,12 @@ def lr_range_test(base, data, runtime, lr_range, steps, out_dir):
         print(f"note: the LR range test runs one step per execution (not "
               f"{base.steps_per_execution}) to record every update")
     base = base.updated({"steps_per_execution": 1}, "LR range test")
+    plan = dataclasses.replace(plan, steps_per_execution=1)
     low, high = lr_range
     schedule = keras.optimizers.schedules.ExponentialDecay(low, max(1, steps - 1), high / low)
-    model = build_model(base, data, runtime)
+    model = build_model(base, data, runtime, plan)
     model.optimizer.learning_rate = schedule
-    train_data, _ = make_pipelines(base, data, runtime)
+    train_data, _ = make_pipelines(base, data, runtime, plan)
     record = []  # (update, applied LR, loss)
 
     class Recorder(keras.callbacks.Callback):

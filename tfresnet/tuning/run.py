@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from tfresnet.errors import UserError
-from tfresnet.training.assemble import load_data
+from tfresnet.training.assemble import input_size, load_data, make_plan
 from tfresnet.training.checkpoint import atomic_write_text, make_dir
 from tfresnet.training.runtime import configure
 from tfresnet.tuning.launch import tuner_role
@@ -88,7 +88,9 @@ def tune(search, base):
             raise UserError(f"{out_dir} holds a search with another setup ({', '.join(changed)}"
                             "); use another --name, or --fresh to start over")
     runtime = configure(base)
-    data = subset(load_data(base), search.subset, base.seed)
+    size = input_size(base)
+    data = subset(load_data(base, size), search.subset, base.seed)
+    plan = make_plan(base, data, runtime, size)  # trials plan their own (their batch)
     if not len(data.x_val):
         raise UserError("tuning needs a validation split; drop --val-size 0")
     if role != "worker":
@@ -96,12 +98,14 @@ def tune(search, base):
         atomic_write_text(space_path, json.dumps(space, indent=2) + "\n")
     lr_range = (search.lr_min, search.lr_max)
     if search.method == "lr-range":
-        suggestion = lr_range_test(base, data, runtime, lr_range, search.range_steps, out_dir)
+        suggestion = lr_range_test(base, data, runtime, plan, lr_range, search.range_steps,
+                                   out_dir)
         hparams = {"model": base.model, "lr": suggestion}
         atomic_write_text(out_dir / "best_hparams.json", json.dumps(hparams, indent=2) + "\n")
         print(f"suggested learning rate: {suggestion:.3g}")
     else:
-        hypermodel = ResNetHyperModel(base, data, runtime, search.search, lr_range)
+        hypermodel = ResNetHyperModel(base, data, runtime, search.search, lr_range,
+                                      plan.input_size)
         tuner = make_tuner(search.tuner, hypermodel, out_dir, runtime, search.max_trials,
                            search.epochs_per_trial, base.seed,
                            overwrite=search.fresh and role != "worker")

@@ -10,9 +10,9 @@ from tfresnet.data.folders import ImageFiles
 from tfresnet.data.pipeline import PRESETS
 from tfresnet.data.splits import stratified_split
 from tfresnet.training.assemble import (
-    batch_and_steps,
     build_model,
     make_pipelines,
+    make_plan,
     training_callbacks,
 )
 from tfresnet.training.checkpoint import atomic_write_text, make_dir
@@ -44,9 +44,10 @@ class ResNetHyperModel(kt.HyperModel):
         runtime: the resolved `tfresnet.training.runtime.Runtime`.
         search: names from `SEARCH_SPACE` to search besides the learning rate.
         lr_range: ``(low, high)`` of the log-uniform learning rate.
+        size: the network's input side (`Plan.input_size`), the base run's.
     """
 
-    def __init__(self, base, data, runtime, search, lr_range):
+    def __init__(self, base, data, runtime, search, lr_range, size):
         super().__init__()
         self.base = base
         self.data = data
@@ -57,6 +58,8 @@ class ResNetHyperModel(kt.HyperModel):
         self.runtime = runtime
         self.search = set(search)
         self.lr_range = lr_range
+        self.size = size
+        self.plan = None  # the trial's, made by `build` and followed by `fit`
 
     def trial_config(self, hp):
         """The `TrainConfig` of one trial; also declares the search space."""
@@ -69,14 +72,16 @@ class ResNetHyperModel(kt.HyperModel):
         return self.base.updated(values, "search space")
 
     def build(self, hp):
-        return build_model(self.trial_config(hp), self.data, self.runtime)
+        config = self.trial_config(hp)
+        self.plan = make_plan(config, self.data, self.runtime, self.size)
+        return build_model(config, self.data, self.runtime, self.plan)
 
     def fit(self, hp, model, *args, **kwargs):
         config = self.trial_config(hp)
-        train_data, val_data = make_pipelines(config, self.data, self.runtime,
+        train_data, val_data = make_pipelines(config, self.data, self.runtime, self.plan,
                                               arrays=self.tensors)
         callbacks = [*training_callbacks(config), *kwargs.get("callbacks", [])]
-        return model.fit(train_data, steps_per_epoch=batch_and_steps(config, self.data)[1],
+        return model.fit(train_data, steps_per_epoch=self.plan.steps_per_epoch,
                          epochs=kwargs.pop("epochs", config.epochs),
                          initial_epoch=kwargs.pop("initial_epoch", 0),
                          validation_data=val_data, callbacks=callbacks, shuffle=False,

@@ -217,6 +217,31 @@ def test_a_keras_file_of_version_0_1_loads_with_its_old_names_and_outputs():
     assert model.class_names == [f"c{i}" for i in range(10)]
 
 
+# Written by tfresnet 0.3.0 (commit 7214157), each the best.keras of a one-epoch run:
+# python -m tfresnet.train --dataset digits --model resnet18 --width 0.0625 (cifar_stem);
+# ... --model resnet18_imagenet --transfer scratch --image-size 32 --width 0.0625 (transfer);
+# ... --dataset <a folder of 48x64 photos> --model small_cnn --width 0.25 --image-size 32
+# (photo_crop: trained on photos, so it carries the evaluation centre crop, 0.875).
+@pytest.mark.parametrize("kind", ["cifar_stem", "transfer"])
+def test_keras_files_of_version_0_3_load_with_their_outputs(kind):
+    model = tfresnet.load_model(FIXTURES / f"classifier_v0.3_{kind}.keras")
+    expected = np.load(FIXTURES / f"classifier_v0.3_{kind}.npz")
+    np.testing.assert_allclose(model(expected["images"], training=False), expected["logits"],
+                               rtol=1e-5, atol=1e-4)
+    assert model.class_names == [str(d) for d in range(10)] and model.eval_crop is None
+
+
+def test_a_photo_model_of_version_0_3_classifies_through_its_crop_as_it_did():
+    model = tfresnet.load_model(FIXTURES / "classifier_v0.3_photo_crop.keras")
+    expected = np.load(FIXTURES / "classifier_v0.3_photo_crop.npz")
+    assert (model.eval_crop, model.image_size, model.class_names) == (0.875, (32, 32),
+                                                                      ["blue", "red"])
+    rows = tfresnet.classify(model, expected["images"], top_k=2)
+    got = np.array([[next(t["probability"] for t in row["top"] if t["index"] == c)
+                     for c in range(2)] for row in rows])
+    np.testing.assert_allclose(got, expected["probabilities"], rtol=1e-4, atol=1e-6)
+
+
 def test_a_narrow_resnet_at_64_px_trains_where_onednn_crashed():
     """TensorFlow 2.21's oneDNN filter gradient of a strided 1x1 convolution with fewer
     than 16 input channels at 64 px corrupted the heap (exit 134/139): the projection

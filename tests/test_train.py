@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -374,3 +375,18 @@ def test_train_and_tune_decide_once_through_one_plan(tmp_path, monkeypatch):
     assert [name for name, _ in calls].count("batch_and_steps") == len(plans) - 1 >= 3
     trial = {k: v for k, v in plans[-1].to_dict().items() if k != "learning_rate"}
     assert trial == {k: v for k, v in summary["plan"].items() if k != "learning_rate"}
+
+
+def test_a_run_folder_of_version_0_3_resumes_after_its_last_epoch(tmp_path, capsys):
+    """A one-epoch run written by tfresnet 0.3.0 (digits, small_cnn x0.0625, batch 64)
+    continues with the same command and --epochs 2."""
+    import shutil
+
+    shutil.copytree(Path(__file__).parent / "fixtures" / "run_v0.3_small_cnn", tmp_path / "old")
+    old = history(tmp_path / "old")
+    assert main(["--dataset", "digits", "--model", "small_cnn", "--width", "0.0625",
+                 "--batch-size", "64", "--no-tensorboard", "--no-visualize", "--epochs", "2",
+                 "--output-dir", str(tmp_path), "--name", "old"]) == 0
+    assert "after epoch 1" in capsys.readouterr().out
+    rows = history(tmp_path / "old")
+    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[0] == old[0]

@@ -9,6 +9,7 @@ import numpy as np
 
 from tfresnet.data import cifar, digits  # noqa: F401  (they register their sources)
 from tfresnet.data.folders import ImageFiles, load_image_folder
+from tfresnet.data.pipeline import image_batches
 from tfresnet.data.sources import SOURCES
 from tfresnet.data.splits import stratified_split
 from tfresnet.errors import UserError
@@ -107,8 +108,6 @@ def channel_stats(images, chunk_pixels=2**20):
     """Per-channel mean and std (0-255 scale, std at least 1e-3) of uint8 images or
     `ImageFiles`, from exact per-channel histograms of chunks of about ``chunk_pixels``
     pixels: memory stays that of one chunk."""
-    from tfresnet.data.pipeline import image_batches
-
     height, width = images.shape[1:3]
     counts = np.zeros((3, 256), np.int64)
     for batch in image_batches(images, max(1, chunk_pixels // (height * width))):

@@ -8,6 +8,7 @@ an unpickler that only rebuilds NumPy arrays, so a data file can never run code.
 import pickle
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from tfresnet.data.sources import Source, register_source
@@ -104,8 +105,6 @@ def find_cifar_folder(name, data_dir=None, download=True):
 def keras_get_file(fname, origin, cache_dir):
     """Downloads and extracts through Keras' cache; separate so tests can see no download
     is ever attempted."""
-    import keras
-
     return keras.utils.get_file(fname, origin=origin, extract=True, cache_dir=cache_dir)
 
 

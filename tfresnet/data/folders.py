@@ -23,6 +23,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from tfresnet.data.sources import Source
 from tfresnet.errors import UserError
@@ -43,8 +44,6 @@ _UNDECODABLE = set()  # files that failed to decode after their header passed: w
 def _header_size(path):
     """``(width, height)`` from the file header alone (Pillow reads headers lazily), or None
     when the header cannot be read."""
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             return image.size

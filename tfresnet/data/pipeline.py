@@ -17,6 +17,7 @@ import functools
 import inspect
 import math
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -295,8 +296,6 @@ def cutmix(images, labels, seed, alpha=1.0):
 def randaugment(layer_seed, num_ops=2, factor=0.5):
     """Keras' RandAugment. It draws from its own seeded generator, not from the step seed,
     so it is not replayed exactly on resume."""
-    import keras
-
     layer = keras.layers.RandAugment(value_range=(0, 255), num_ops=int(num_ops),
                                      factor=factor, seed=layer_seed)
     return lambda images, labels, seed: (layer(images, training=True), labels)

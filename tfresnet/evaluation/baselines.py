@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from tfresnet.data import in_memory, load_dataset
 from tfresnet.errors import UserError, require
@@ -24,8 +25,6 @@ def pixel_features(images):
 
 def network_features(run, arrays, batch_size=256):
     """Penultimate features of a trained run's best model for each array of images."""
-    import tensorflow as tf
-
     model = load_model(run)
     extract = tf.function(lambda x: model.network.features(model.normalise(x),
                                                            training=False))

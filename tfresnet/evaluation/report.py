@@ -2,6 +2,7 @@
 
 import base64
 import html
+import io
 import json
 
 import cv2
@@ -51,8 +52,6 @@ def image_data_uri(image_bgr):
 
 def figure_data_uri(figure):
     """A matplotlib Figure as a ``data:`` URI holding a PNG."""
-    import io
-
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     return png_uri(buffer.getvalue())

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from tfresnet.errors import UserError, require
 from tfresnet.quiet import native_stderr_silenced
@@ -92,16 +93,12 @@ def _write_saved_model(serving, out, quantize, calibration):
 
 
 def _load_saved_model(path):
-    import tensorflow as tf
-
     loaded = tf.saved_model.load(str(path))  # the closure keeps it, and so its variables
     shape = loaded.serve.input_signature[0].shape
     return lambda images: loaded.serve(tf.constant(images)).numpy(), (shape[1], shape[2])
 
 
 def _write_tflite(serving, out, quantize, calibration):
-    import tensorflow as tf
-
     with tempfile.TemporaryDirectory() as saved:
         serving.export(saved, format="tf_saved_model", verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)

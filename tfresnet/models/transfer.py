@@ -13,7 +13,9 @@ new dense head. Where the weights come from decides the backbone:
   Keras Applications' ResNets or the project's own ResNet-18/34 with the ImageNet stem.
 """
 
+import json
 import warnings
+import zipfile
 from pathlib import Path
 
 import keras
@@ -100,9 +102,6 @@ def backbone_input_size(arch, weights):
 
 def _keras_file_input_size(path):
     """The ``image_size`` of the `TransferNet` inside a ``.keras`` file, or None."""
-    import json
-    import zipfile
-
     def find(node):
         if isinstance(node, dict):
             if node.get("class_name") == "TransferNet":

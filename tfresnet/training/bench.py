@@ -9,7 +9,9 @@ import statistics
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 from tfresnet.config import TrainConfig
 from tfresnet.data import Dataset
@@ -47,8 +49,6 @@ def reset_peak_memory():
     """Starts a new peak for `peak_memory_mb`: the GPU allocator's statistics, or Linux's
     resident high-water mark (``/proc/self/clear_refs``)."""
     if gpus():
-        import tensorflow as tf
-
         tf.config.experimental.reset_memory_stats("GPU:0")
         return
     try:
@@ -61,8 +61,6 @@ def peak_memory_mb():
     """Peak memory since `reset_peak_memory`: the GPU's when there is one, else resident
     RAM (the process's whole-life peak where Linux's high-water mark is unavailable)."""
     if gpus():
-        import tensorflow as tf
-
         return round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, 1)
     try:
         status = Path("/proc/self/status").read_text()
@@ -108,8 +106,6 @@ class _StepTimer:
     """Records when each training epoch (one timed repetition) ends."""
 
     def __init__(self):
-        import keras
-
         timer = self
 
         class Callback(keras.callbacks.Callback):
@@ -222,8 +218,6 @@ def bench_inference(config, steps, repeats, num_classes):
 
 def environment():
     """Device, versions and thread settings recorded with every measurement."""
-    import tensorflow as tf
-
     return {"device": describe_device(), "versions": versions(),
             "threads": {"cpu_count": os.cpu_count(),
                         "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
@@ -251,8 +245,6 @@ class RowLog:
         self.env = environment() if path else None
 
     def __call__(self, row):
-        import keras
-
         keras.backend.clear_session()  # the row's models
         self.rows.append(row)
         self.show(row)

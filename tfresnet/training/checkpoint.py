@@ -5,6 +5,7 @@ import errno
 import os
 from pathlib import Path
 
+import cv2
 import keras
 
 from tfresnet.errors import UserError
@@ -107,8 +108,6 @@ def atomic_save_figure(figure, path):
 
 def atomic_write_image(path, image):
     """Writes an OpenCV (BGR) image atomically, format by extension."""
-    import cv2
-
     def write(tmp):
         if not cv2.imwrite(str(tmp), image):
             raise OSError(f"OpenCV could not encode {path.name}")

@@ -12,18 +12,17 @@ import re
 import typing
 from pathlib import Path
 
+from tfresnet.compat import VALUE_ALIASES, current
+from tfresnet.data import check_data_settings
 from tfresnet.data.folders import VIEWS
-from tfresnet.data.pipeline import AUGMENT_PLACES, PRESET_ALIASES, parse_augment
+from tfresnet.data.pipeline import AUGMENT_PLACES
 from tfresnet.errors import UserError
 from tfresnet.losses import L2_TARGETS
-from tfresnet.models import list_models
-from tfresnet.models.resnet import STEM_ALIASES, STEMS
-from tfresnet.models.transfer import ARCHITECTURES, TRANSFER_MODES, is_preset
-from tfresnet.training.optim import OPTIMIZERS, SCHEDULES
+from tfresnet.models import check_model_settings
+from tfresnet.models.resnet import STEMS
+from tfresnet.models.transfer import TRANSFER_MODES
+from tfresnet.training.optim import OPTIMIZERS, SCHEDULES, check_optimizer_settings
 from tfresnet.training.runtime import JIT_MODES, PRECISIONS, STRATEGIES
-
-# Names before 0.2 that configs, run folders and tuned files may still hold.
-ALIASES = {"stem": STEM_ALIASES, "augment": PRESET_ALIASES}
 
 
 def _field(default, help, group, choices=None, **kwargs):
@@ -145,8 +144,8 @@ class TrainConfig:
         "(90s, 10min, 1h)", "output")
 
     def __post_init__(self):
-        for key, aliases in ALIASES.items():
-            setattr(self, key, aliases.get(getattr(self, key), getattr(self, key)))
+        for key in VALUE_ALIASES:  # names of 0.1 (tfresnet.compat)
+            setattr(self, key, current(key, getattr(self, key)))
         for field in dataclasses.fields(self):  # tuples from Python are lists in JSON
             if isinstance(getattr(self, field.name), tuple):
                 setattr(self, field.name, list(getattr(self, field.name)))
@@ -167,26 +166,18 @@ class TrainConfig:
         return dataclasses.replace(self, **values)
 
     def validate(self):
-        """Raises a one-line `UserError` for a value no run can use."""
+        """Raises a one-line `UserError` for a value no run can use: the choices and the
+        run's own settings here, the rest by the module each setting belongs to (models,
+        data, optimizer), all before any data is loaded or downloaded."""
+        for field in dataclasses.fields(self):
+            choices = field.metadata["choices"]
+            if choices and getattr(self, field.name) not in choices:
+                raise UserError(f"--{field.name.replace('_', '-')} must be one of "
+                                f"{', '.join(choices)}. Received: {getattr(self, field.name)!r}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive. "
                                 f"Received: {getattr(self, name)}")
-        for name in ("lr", "width"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"--{name} must be positive. Received: {getattr(self, name)}")
-        for name in ("l2", "weight_decay", "warmup_epochs", "decay", "momentum"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 0. "
-                                f"Received: {getattr(self, name)}")
-        if not 0 <= self.ema < 1:
-            raise UserError(f"--ema must be in [0, 1), e.g. 0.999. Received: {self.ema}")
-        if self.grad_accum < 1 or self.clip_norm < 0:
-            raise UserError("--grad-accum must be >= 1 and --clip-norm >= 0")
-        if self.ema and self.transfer in ("finetune", "two-stage"):
-            raise UserError(f"--ema does not work with --transfer {self.transfer} yet (its "
-                            "backbone LR rescales updates after the average is taken); "
-                            "drop one of them")
         if self.seed < 0:
             raise UserError(f"--seed must be >= 0. Received: {self.seed}")
         if self.log_every < 0:
@@ -198,50 +189,10 @@ class TrainConfig:
                                 "spreads over several steps; drop one of them")
         if self.steps_per_execution < 0:
             raise UserError("--steps-per-execution must be >= 0 (0 = auto)")
-        if self.image_size is not None and self.image_size < 8:
-            raise UserError(f"--image-size must be at least 8. Received: {self.image_size}")
-        scale, ratio = self.crop_scale, self.crop_ratio
-        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-            raise UserError("--crop-scale takes two fractions 0 < low <= high <= 1. "
-                            f"Received: {self.crop_scale}")
-        if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
-            raise UserError("--crop-ratio takes two ratios 0 < low <= high. "
-                            f"Received: {self.crop_ratio}")
-        if not 0 < self.eval_crop <= 1:
-            raise UserError(f"--eval-crop must be in (0, 1]. Received: {self.eval_crop}")
-        if self.transfer == "scratch" and self.weights:
-            raise UserError("--transfer scratch trains from random weights; drop --weights")
-        if self.transfer in ("frozen", "finetune", "two-stage") and not self.weights:
-            raise UserError(f"--transfer {self.transfer} needs --weights (imagenet, a preset "
-                            "or a file)")
-        if self.head_epochs < 0 or self.backbone_lr < 0:
-            raise UserError("--head-epochs and --backbone-lr must be >= 0")
-        if self.schedule == "step" and (not self.milestones or min(self.milestones) <= 0):
-            raise UserError(f"--milestones must be positive epochs. Received: {self.milestones}")
-        parse_augment(self.augment)
-        # Checked here, before any data is loaded or downloaded.
-        if self.model not in list_models():
-            raise UserError(f"unknown model {self.model!r}; choose one of "
-                            f"{', '.join(list_models())}")
-        if self.transfer != "none" and self.model.removesuffix("_imagenet") not in ARCHITECTURES:
-            raise UserError(f"no pretrained variant of {self.model!r}; --transfer works with "
-                            f"{', '.join(ARCHITECTURES)} (and their _imagenet names)")
-        for field in dataclasses.fields(self):
-            choices = field.metadata["choices"]
-            if choices and getattr(self, field.name) not in choices:
-                raise UserError(f"--{field.name.replace('_', '-')} must be one of "
-                                f"{', '.join(choices)}. Received: {getattr(self, field.name)!r}")
-        if (self.weights and self.weights != "imagenet" and not is_preset(self.weights)
-                and not Path(self.weights).is_file()):
-            raise UserError(f"--weights file {self.weights} does not exist; pass 'imagenet', "
-                            "a keras-hub preset name, an hf:// or kaggle:// handle, a preset "
-                            "or timm directory, or a .weights.h5/.h5/.keras file")
+        check_model_settings(self)
+        check_data_settings(self)
+        check_optimizer_settings(self)
         return self
-
-
-def canonical(values):
-    """A config dict with old names replaced by today's (see `ALIASES`)."""
-    return {k: ALIASES[k].get(v, v) if k in ALIASES else v for k, v in values.items()}
 
 
 def read_json(path, what):
@@ -285,9 +236,8 @@ def add_config_arguments(parser):
             if field.metadata["choices"]:
                 kwargs["choices"] = field.metadata["choices"]
                 kwargs.pop("metavar")
-            if field.name in ALIASES:  # old names on the command line too
-                kwargs["type"] = lambda value, aliases=ALIASES[field.name]: \
-                    aliases.get(value, value)
+            if field.name in VALUE_ALIASES:  # old names on the command line too
+                kwargs["type"] = lambda value, name=field.name: current(name, value)
         groups[group_name].add_argument(flag, **kwargs)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from tfresnet.data import cifar, digits  # noqa: F401  (they register their sources)
 from tfresnet.data.folders import ImageFiles, load_image_folder
-from tfresnet.data.pipeline import image_batches
+from tfresnet.data.pipeline import image_batches, parse_augment
 from tfresnet.data.sources import SOURCES
 from tfresnet.data.splits import stratified_split
 from tfresnet.errors import UserError
@@ -118,6 +118,23 @@ def channel_stats(images, chunk_pixels=2**20):
     mean = counts @ values / total
     variance = counts @ np.square(values) / total - np.square(mean)
     return mean.tolist(), np.maximum(np.sqrt(np.maximum(variance, 0.0)), 1e-3).tolist()
+
+
+def check_data_settings(config):
+    """A one-line `UserError` for data and augmentation settings (of a `TrainConfig`) no
+    run can use, before anything is loaded or downloaded."""
+    if config.image_size is not None and config.image_size < 8:
+        raise UserError(f"--image-size must be at least 8. Received: {config.image_size}")
+    scale, ratio = config.crop_scale, config.crop_ratio
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise UserError("--crop-scale takes two fractions 0 < low <= high <= 1. "
+                        f"Received: {config.crop_scale}")
+    if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+        raise UserError("--crop-ratio takes two ratios 0 < low <= high. "
+                        f"Received: {config.crop_ratio}")
+    if not 0 < config.eval_crop <= 1:
+        raise UserError(f"--eval-crop must be in (0, 1]. Received: {config.eval_crop}")
+    parse_augment(config.augment)
 
 
 def load_dataset(name, data_dir=None, val_size=None, seed=0, image_size=None, download=True,

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfresnet.compat import current
 from tfresnet.data.folders import ImageFiles
 from tfresnet.errors import UserError
 
@@ -31,7 +32,6 @@ PRESETS = {
     "standard": "crop,flip",
     "strong": "crop,flip,cutout",
 }
-PRESET_ALIASES = {"seed": "shift_flip"}  # the name before 0.2
 FILL_MODES = ("reflect", "zero", "nearest")
 # Photos take a random-resized crop per image (`tfresnet.data.folders.View`) where small
 # images take these batch operations.
@@ -74,7 +74,7 @@ def parse_augment(spec, num_classes=10):
     Raises:
         UserError: unknown augmentation or parameter, or a value out of range.
     """
-    spec = PRESETS.get(PRESET_ALIASES.get(spec, spec), spec)
+    spec = PRESETS.get(current("augment", spec), spec)
     parsed = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, *assignments = item.split(":")

@@ -2,6 +2,9 @@
 and `register_model` (`tfresnet.models.registry`), the ResNets, the baselines, the pretrained
 backbones and the `Classifier` that a run saves."""
 
+from pathlib import Path
+
+from tfresnet.errors import UserError
 from tfresnet.models.baselines import VGG, SmallCNN, small_cnn, vgg16
 from tfresnet.models.classifier import Classifier
 from tfresnet.models.registry import get_model, list_models, register_model
@@ -15,15 +18,42 @@ from tfresnet.models.resnet import (
     resnet101,
     resnet152,
 )
-from tfresnet.models.transfer import ARCHITECTURES, TransferNet
+from tfresnet.models.transfer import ARCHITECTURES, TransferNet, is_preset
 
 # Pretrained ResNets with a new head (see `tfresnet.models.transfer`).
 for _arch in ARCHITECTURES:
     register_model(f"{_arch}_imagenet")(
         lambda num_classes, _arch=_arch, **options: TransferNet(_arch, num_classes, **options))
 
+
+
+def check_model_settings(config):
+    """A one-line `UserError` for model and transfer settings (of a `TrainConfig`) no run
+    can use, before any data is loaded or downloaded."""
+    if config.width <= 0:
+        raise UserError(f"--width must be positive. Received: {config.width}")
+    if config.model not in list_models():
+        raise UserError(f"unknown model {config.model!r}; choose one of "
+                        f"{', '.join(list_models())}")
+    if config.transfer != "none" and config.model.removesuffix("_imagenet") not in ARCHITECTURES:
+        raise UserError(f"no pretrained variant of {config.model!r}; --transfer works with "
+                        f"{', '.join(ARCHITECTURES)} (and their _imagenet names)")
+    if config.transfer == "scratch" and config.weights:
+        raise UserError("--transfer scratch trains from random weights; drop --weights")
+    if config.transfer in ("frozen", "finetune", "two-stage") and not config.weights:
+        raise UserError(f"--transfer {config.transfer} needs --weights (imagenet, a preset "
+                        "or a file)")
+    if config.head_epochs < 0 or config.backbone_lr < 0:
+        raise UserError("--head-epochs and --backbone-lr must be >= 0")
+    if (config.weights and config.weights != "imagenet" and not is_preset(config.weights)
+            and not Path(config.weights).is_file()):
+        raise UserError(f"--weights file {config.weights} does not exist; pass 'imagenet', "
+                        "a keras-hub preset name, an hf:// or kaggle:// handle, a preset "
+                        "or timm directory, or a .weights.h5/.h5/.keras file")
+
+
 __all__ = [
     "BasicBlock", "Bottleneck", "Classifier", "ResNet", "SmallCNN", "TransferNet", "VGG",
-    "get_model", "list_models", "register_model", "resnet18", "resnet34", "resnet50", "resnet101",
-    "resnet152", "small_cnn", "vgg16",
+    "check_model_settings", "get_model", "list_models", "register_model", "resnet18",
+    "resnet34", "resnet50", "resnet101", "resnet152", "small_cnn", "vgg16",
 ]

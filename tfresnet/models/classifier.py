@@ -8,6 +8,7 @@ raw 0-255 pixels, so ``predict`` never has to re-guess the preprocessing.
 import keras
 import tensorflow as tf
 
+from tfresnet.compat import current_arguments
 from tfresnet.losses import l2_penalty, l2_variables
 from tfresnet.training import keras_fixes
 
@@ -31,10 +32,8 @@ class Classifier(keras.Model):
     """
 
     def __init__(self, network=None, mean=None, std=None, class_names=(), image_size=(32, 32),
-                 l2=0.0, l2_on="kernels", dataset=None, eval_crop=None, backbone=None,
-                 **kwargs):
+                 l2=0.0, l2_on="kernels", dataset=None, eval_crop=None, **kwargs):
         super().__init__(**kwargs)
-        network = network if network is not None else backbone  # files before 0.2
         if isinstance(network, dict):
             network = keras.saving.deserialize_keras_object(network)
         self.network = network
@@ -115,6 +114,10 @@ class Classifier(keras.Model):
         self.ce_tracker.update_state(ce * replicas, sample_weight=batch)
         self.l2_tracker.update_state(l2, sample_weight=batch)
         return ce + l2 / replicas
+
+    @classmethod
+    def from_config(cls, config):
+        return super().from_config(current_arguments("Classifier", config))  # 0.1: backbone=
 
     def get_config(self):
         config = super().get_config()

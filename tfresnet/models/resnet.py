@@ -10,12 +10,12 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from tfresnet.compat import current, with_added_arguments
 from tfresnet.errors import UserError
 from tfresnet.models.registry import register_model
 from tfresnet.training.runtime import gpus as _gpus
 
 STEMS = ("cifar", "imagenet", "biased_valid")
-STEM_ALIASES = {"seed": "biased_valid"}  # the name before 0.2 (configs and .keras files)
 BLOCKS = ("basic", "bottleneck")
 # "torch": k // 2 zeros on every side before a strided k x k window, as PyTorch pads;
 # "same": Keras' "same", which pads (0, 1) / (2, 3) for stride 2 on even sizes. Files
@@ -62,11 +62,6 @@ def _strided_conv(filters, kernel_size, strides, use_bias, padding, name):
 def _padded(pad, layer, x):
     """``layer`` applied after the explicit padding ``pad`` (if any)."""
     return layer(x if pad is None else pad(x))
-
-
-def legacy_padding(config):
-    """A config written before the padding option existed selects the old padding."""
-    return {"padding": "same", **config}
 
 
 @keras.saving.register_keras_serializable(package="tfresnet")
@@ -216,7 +211,7 @@ class _ResidualBlock(layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**legacy_padding(config))
+        return cls(**with_added_arguments(config, ("padding",)))
 
 
 @keras.saving.register_keras_serializable(package="tfresnet")
@@ -330,7 +325,7 @@ class ResNet(ClassifierHead, keras.Model):
                  include_top=True, padding="torch", **kwargs):
         if block not in BLOCKS:
             raise UserError(f"unknown block {block!r}; choose one of {', '.join(BLOCKS)}")
-        stem = STEM_ALIASES.get(stem, stem)
+        stem = current("stem", stem)  # a .keras file of 0.1
         if stem not in STEMS:
             raise UserError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
         check_padding(padding)
@@ -421,7 +416,7 @@ class ResNet(ClassifierHead, keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**legacy_padding(config))
+        return cls(**with_added_arguments(config, ("padding",)))
 
 
 def _resnet(arch, block, stage_blocks, num_classes, **kwargs):

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import keras
 
+from tfresnet.compat import with_added_arguments
 from tfresnet.errors import UserError, missing_extra, require
 from tfresnet.models.resnet import (
     ClassifierHead,
     check_dropout,
     check_positive,
-    legacy_padding,
     resnet18,
     resnet34,
 )
@@ -270,7 +270,7 @@ class TransferNet(ClassifierHead, keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**legacy_padding(config))
+        return cls(**with_added_arguments(config, ("padding",)))
 
 
 def load_pretrained(model, weights):

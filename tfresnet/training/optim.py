@@ -64,6 +64,26 @@ class PerUpdate(keras.optimizers.schedules.LearningRateSchedule):
 REFERENCE_BATCH = 128  # the default batch, and the one ``--lr`` is given for
 
 
+def check_optimizer_settings(config):
+    """A one-line `UserError` for optimizer settings (of a `TrainConfig`) no run can use."""
+    if config.lr <= 0:
+        raise UserError(f"--lr must be positive. Received: {config.lr}")
+    for name in ("l2", "weight_decay", "warmup_epochs", "decay", "momentum"):
+        if getattr(config, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0. "
+                            f"Received: {getattr(config, name)}")
+    if not 0 <= config.ema < 1:
+        raise UserError(f"--ema must be in [0, 1), e.g. 0.999. Received: {config.ema}")
+    if config.grad_accum < 1 or config.clip_norm < 0:
+        raise UserError("--grad-accum must be >= 1 and --clip-norm >= 0")
+    if config.ema and config.transfer in ("finetune", "two-stage"):
+        raise UserError(f"--ema does not work with --transfer {config.transfer} yet (its "
+                        "backbone LR rescales updates after the average is taken); "
+                        "drop one of them")
+    if config.schedule == "step" and (not config.milestones or min(config.milestones) <= 0):
+        raise UserError(f"--milestones must be positive epochs. Received: {config.milestones}")
+
+
 def lr_is_scaled(config, batch_size):
     """Whether ``--lr`` is scaled to the batch: with ``--scale-lr``, and without
     ``--batch-size`` when the default batch was lowered for a small training set (on 246 real

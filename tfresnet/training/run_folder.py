@@ -12,7 +12,8 @@ from pathlib import Path
 
 import keras
 
-from tfresnet.config import TrainConfig, canonical
+from tfresnet.compat import canonical
+from tfresnet.config import TrainConfig
 from tfresnet.errors import UserError
 from tfresnet.models import Classifier
 from tfresnet.training.checkpoint import atomic_write_text

@@ -1,0 +1,40 @@
+"""The names of earlier versions, in one declared map.
+
+Configs, ``--hparams`` files, run folders, the command line and ``.keras`` files written by
+tfresnet 0.1 may hold names that 0.2 replaced; every reader maps them here, so a file of
+any version loads, resumes and gives its old outputs (the fixture tests of 0.1 and 0.3).
+"""
+
+# Setting values renamed in 0.2: setting -> {old value: today's}.
+VALUE_ALIASES = {
+    "stem": {"seed": "biased_valid"},
+    "augment": {"seed": "shift_flip"},
+}
+# Constructor arguments renamed in 0.2 (.keras files): class -> {old argument: today's}.
+ARGUMENT_ALIASES = {
+    "Classifier": {"backbone": "network"},
+}
+# Constructor arguments added later, with the value that reproduces a file written before
+# them: 0.2 made PyTorch's padding the default of the ResNets (`tfresnet.models.resnet`).
+ADDED_ARGUMENTS = {"padding": "same"}
+
+
+def current(setting, value):
+    """Today's name for ``value`` of ``setting`` (``value`` itself when it is current)."""
+    return VALUE_ALIASES.get(setting, {}).get(value, value)
+
+
+def canonical(values):
+    """A settings dict with old values replaced by today's."""
+    return {k: current(k, v) for k, v in values.items()}
+
+
+def with_added_arguments(arguments, names):
+    """``arguments`` of a file, with the `ADDED_ARGUMENTS` ``names`` it predates."""
+    return {**{name: ADDED_ARGUMENTS[name] for name in names}, **arguments}
+
+
+def current_arguments(class_name, arguments):
+    """A constructor's keyword arguments with old names replaced by today's."""
+    renamed = ARGUMENT_ALIASES.get(class_name, {})
+    return {renamed.get(k, k): v for k, v in arguments.items()}

@@ -341,3 +341,15 @@ def test_a_narrow_tfresnet_resnet_with_its_head_is_a_weights_source(tmp_path):
         load_pretrained(model, tmp_path / "cifar.keras")
     with pytest.raises(UserError, match="--width applies to the resnet18/resnet34 backbones"):
         TransferNet("resnet50", 3, image_size=32, width=0.5)
+
+
+def test_freezing_is_one_setting_that_the_saved_config_follows():
+    network = TransferNet("resnet18", 3, image_size=32, width=0.0625, frozen_base=True)
+    assert network.frozen_base and not network.feature_extractor.trainable
+    network.set_frozen(False)  # two-stage's unfreezing
+    config = network.get_config()
+    assert (config["frozen_base"], config["trainable_base"]) == (False, True)
+    again = TransferNet.from_config(config)
+    assert not again.frozen_base and again.feature_extractor.trainable
+    # Files of 0.3 may hold either half of the pair: either freezes.
+    assert TransferNet.from_config({**config, "trainable_base": False}).frozen_base

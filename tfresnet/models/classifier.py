@@ -60,8 +60,7 @@ class Classifier(keras.Model):
         setting: 0 freezes it (no gradients, batch norm in inference mode); above 0 trains
         it with its updates scaled by ``multiplier`` (1: like the head). Call
         ``make_train_function(force=True)`` after changing it mid-training."""
-        self.network.frozen_base = multiplier == 0
-        self.network.feature_extractor.trainable = multiplier > 0
+        self.network.set_frozen(multiplier == 0)
         self.backbone_lr = float(multiplier)
 
     @property

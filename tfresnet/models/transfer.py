@@ -197,9 +197,10 @@ class TransferNet(ClassifierHead, keras.Model):
         num_classes: size of the new head.
         image_size: side the inputs are resized to inside the model (>= 32).
         dropout: dropout before the head.
-        frozen_base: run the backbone in inference mode (BN statistics frozen). Training
-            sets this for the frozen and head-only stages.
-        trainable_base: False freezes the backbone's weights too (the feature extractor).
+        frozen_base: freeze the backbone: its weights fixed, its batch norm in inference
+            mode (`set_frozen`, which training calls for the frozen and head-only stages).
+        trainable_base: False freezes it too (files of 0.3 and before hold both; either
+            freezes).
         padding: of the project's own ResNet-18/34 backbones (see `ResNet`); files written
             before the option existed load with the old ``"same"``.
         preset: a `preset_spec`: keras-hub's backbone and the preset's pixel transform.
@@ -226,16 +227,27 @@ class TransferNet(ClassifierHead, keras.Model):
         self.num_classes = num_classes
         self.image_size = image_size
         self.dropout = dropout
-        self.frozen_base = frozen_base
-        self.trainable_base = trainable_base
         self.padding = padding
         self.preset = preset
         self.width = width
         self.feature_extractor = build_base(arch, image_size, padding, preset, width)
-        self.feature_extractor.trainable = trainable_base
+        self.set_frozen(frozen_base or not trainable_base)
         self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
         self.drop = keras.layers.Dropout(dropout, name="dropout") if dropout else None
         self.fc = keras.layers.Dense(num_classes, dtype="float32", name="fc")
+
+    def set_frozen(self, frozen):
+        """The one freezing setting of the backbone, saved with the model: frozen, its
+        weights stay fixed and its batch norm runs in inference mode."""
+        self.feature_extractor.trainable = not frozen
+
+    @property
+    def frozen_base(self):
+        return not self.feature_extractor.trainable
+
+    @property
+    def trainable_base(self):
+        return self.feature_extractor.trainable
 
     @property
     def base(self):

@@ -239,7 +239,7 @@ def make_network(config, num_classes, size=None):
     weights = resolve_weights(arch, config.weights)
     frozen = config.transfer == "frozen"
     return TransferNet(arch, num_classes, image_size=size,
-                       dropout=config.dropout, frozen_base=frozen, trainable_base=not frozen,
+                       dropout=config.dropout, frozen_base=frozen,
                        preset=preset_spec(arch, weights) if is_preset(weights) else None,
                        width=config.width)
 

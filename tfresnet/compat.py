@@ -21,7 +21,9 @@ ADDED_ARGUMENTS = {"padding": "same"}
 
 def current(setting, value):
     """Today's name for ``value`` of ``setting`` (``value`` itself when it is current)."""
-    return VALUE_ALIASES.get(setting, {}).get(value, value)
+    if setting not in VALUE_ALIASES:
+        return value
+    return VALUE_ALIASES[setting].get(value, value)
 
 
 def canonical(values):

@@ -82,6 +82,5 @@ def cli():
     sys.exit(run_cli("tfresnet.tune", main))
 
 
-
 if __name__ == "__main__":
     cli()

@@ -226,9 +226,9 @@ def model_options(config):
             if getattr(config, name) != getattr(defaults, name)}
 
 
-def make_network(config, num_classes, size=None):
+def make_network(config, num_classes, size):
     """The network from the registry, or a pretrained backbone with a new head taking
-    ``size`` px (`input_size`)."""
+    ``size`` px (`input_size`; None from scratch)."""
     pretrained = config.model.endswith("_imagenet")
     if config.transfer == "none":
         if pretrained:

@@ -7,10 +7,7 @@ from pathlib import Path
 
 import keras
 
-from tfresnet.config import (
-    TrainConfig,
-    checkpoint_interval,
-)
+from tfresnet.config import TrainConfig, checkpoint_interval
 from tfresnet.errors import UserError
 from tfresnet.evaluation.inference import test_metrics
 from tfresnet.evaluation.pictures import draw_run

@@ -58,14 +58,15 @@ def test_compare_runs_and_baselines(tmp_path):
 
 def test_network_features_are_the_saved_models_pooled_features(tmp_path):
     from tfresnet.evaluation.baselines import network_features
-    from tfresnet.models import Classifier, get_model
+    from tfresnet.models import Classifier, ImagePreprocessor, get_model
 
-    model = Classifier(get_model("resnet18", 10, width=0.0625), [120] * 3, [60] * 3,
+    model = Classifier(get_model("resnet18", 10, width=0.0625),
+                       ImagePreprocessor.from_mean_std((32, 32), [120] * 3, [60] * 3),
                        [str(i) for i in range(10)])
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8)
     model(images)
     model.save(tmp_path / "best.keras")
     (features,) = network_features(tmp_path, [images], batch_size=4)
     assert features.shape == (5, model.network.num_features)
-    expected = model.network.features(model.normalise(images), training=False)
+    expected = model.network.features(model.preprocessor(images), training=False)
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)

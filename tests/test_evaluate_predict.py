@@ -8,7 +8,7 @@ import pytest
 from tfresnet.data import load_dataset
 from tfresnet.evaluation.predictions import predict
 from tfresnet.evaluation.scores import evaluate, expected_calibration_error
-from tfresnet.models import Classifier, get_model
+from tfresnet.models import Classifier, ImagePreprocessor, get_model
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,8 @@ def digits_model(tmp_path_factory):
     """An untrained but fixed small CNN on the digits, saved as a tfresnet model file."""
     keras.utils.set_random_seed(7)
     data = load_dataset("digits")
-    model = Classifier(get_model("small_cnn", 10, width=0.5), data.mean, data.std,
+    model = Classifier(get_model("small_cnn", 10, width=0.5),
+                       ImagePreprocessor.from_mean_std(data.image_size, data.mean, data.std),
                        data.class_names, dataset="digits")
     model(data.x_test[:1])
     path = tmp_path_factory.mktemp("model") / "model.keras"

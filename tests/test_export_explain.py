@@ -16,14 +16,16 @@ from tfresnet.cli.train import main as train_main
 from tfresnet.data import load_dataset
 from tfresnet.evaluation.gradcam import grad_cam
 from tfresnet.export.exporter import ExportedModel, labels_path
-from tfresnet.models import Classifier, TransferNet, get_model
+from tfresnet.models import Classifier, ImagePreprocessor, get_model, list_models
 from tfresnet.training.run_folder import load_model
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    assert train_main([*TINY, "--epochs", "2", "--output-dir", str(root), "--name", "r"]) == 0
+    # Three epochs: a two-epoch run can end near chance (seed 0 did, at 14 %), where the
+    # int8 export's top-1 agreement measures noise (87.5 % there; 96-97 % after three).
+    assert train_main([*TINY, "--epochs", "3", "--output-dir", str(root), "--name", "r"]) == 0
     return root / "r"
 
 
@@ -76,19 +78,16 @@ def test_int8_tflite_reports_accuracy_close_to_float_and_predict_runs_it(run, tm
 
 
 def small_classifier(name):
-    if name == "resnet18_pretrained_stem":
-        backbone = TransferNet("resnet18", 5, image_size=32)
-    elif name.endswith("_imagenet"):
+    if name.endswith("_imagenet"):
         backbone = get_model(name, 5, image_size=32)
     else:
         backbone = get_model(name, 5, width=0.0625)
-    return Classifier(backbone, [127] * 3, [64] * 3, list("abcde"))
+    return Classifier(backbone, ImagePreprocessor.from_mean_std((32, 32), [127] * 3, [64] * 3),
+                      list("abcde"))
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16", "small_cnn",
-                                  "resnet50_imagenet", "resnet50v2_imagenet",
-                                  "resnet18_pretrained_stem"])
-def test_grad_cam_shape_range_and_exact_split_on_every_kind_of_network(name):
+@pytest.mark.parametrize("name", list_models())
+def test_grad_cam_shape_range_and_exact_split_on_every_registered_network(name):
     model = small_classifier(name)
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
     cams = grad_cam(model, images)
@@ -96,7 +95,7 @@ def test_grad_cam_shape_range_and_exact_split_on_every_kind_of_network(name):
     assert cams.min() >= 0.0 and cams.max() <= 1.0
     # Grad-CAM splits the network at feature_map/head: together they are the whole call.
     network = model.network
-    split = network.head(network.feature_map(model.normalise(images)))
+    split = network.head(network.feature_map(model.preprocessor(images)))
     np.testing.assert_allclose(split, model(images), rtol=1e-5, atol=1e-5)
     assert grad_cam(model, images, class_index=[0, 1, 4]).shape == (3, 32, 32)
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 import tfresnet
 from conftest import run_cli
 from tfresnet.errors import UserError
-from tfresnet.models import get_model, list_models
+from tfresnet.models import ImagePreprocessor, get_model, list_models, transfer
 from tfresnet.models.resnet import BasicBlock
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -229,6 +229,21 @@ def test_keras_files_of_version_0_3_load_with_their_outputs(kind):
     np.testing.assert_allclose(model(expected["images"], training=False), expected["logits"],
                                rtol=1e-5, atol=1e-4)
     assert model.class_names == [str(d) for d in range(10)] and model.eval_crop is None
+
+
+@pytest.mark.parametrize("arch, mode", [("resnet18", "torch"), ("resnet50", "caffe"),
+                                        ("resnet152v2", "tf")])
+def test_a_pretrained_backbone_s_preprocessor_computes_keras_preprocess_input(arch, mode):
+    # The in-model half: resize to the backbone's size, then its ImageNet preprocessing
+    # as Keras Applications defines it (torchvision's mean/std, Caffe's BGR mean, -1..1).
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype("float32")
+    preprocessor = ImagePreprocessor((32, 32), network_size=(48, 48),
+                                     **transfer.PRETRAINED[arch].pixels)
+    expected = keras.applications.imagenet_utils.preprocess_input(
+        keras.ops.image.resize(pixels, (48, 48)), mode=mode)
+    np.testing.assert_allclose(preprocessor(pixels), expected, rtol=1e-5, atol=1e-4)
+    again = ImagePreprocessor.from_config(preprocessor.get_config())
+    np.testing.assert_array_equal(again(pixels), preprocessor(pixels))
 
 
 def test_a_photo_model_of_version_0_3_classifies_through_its_crop_as_it_did():

@@ -18,8 +18,9 @@ from tfresnet.data import load_dataset
 from tfresnet.errors import UserError
 from tfresnet.errors import run_cli as wrap_cli
 from tfresnet.evaluation.inference import predict_probabilities
-from tfresnet.models import Classifier, get_model
+from tfresnet.models import Classifier, ImagePreprocessor, get_model
 from tfresnet.training import run as run_module
+from tfresnet.training.callbacks import curves_figure
 
 RUN_FILES = {"best.keras", "last.keras", "history.csv", "curves.png", "summary.json",
              "config.json", "class_indices.json", "tensorboard"}
@@ -174,7 +175,8 @@ def test_run_folder_of_other_settings_is_refused(tmp_path):
 
 
 def test_predict_probabilities_matches_model_predict():
-    clf = Classifier(get_model("small_cnn", 10, width=0.25), [120] * 3, [60] * 3,
+    clf = Classifier(get_model("small_cnn", 10, width=0.25),
+                     ImagePreprocessor.from_mean_std((32, 32), [120] * 3, [60] * 3),
                      [str(i) for i in range(10)])
     x = np.random.default_rng(0).integers(0, 255, (37, 32, 32, 3), np.uint8)
     expected = keras.ops.softmax(clf.predict(x, verbose=0)).numpy()
@@ -390,3 +392,13 @@ def test_a_run_folder_of_version_0_3_resumes_after_its_last_epoch(tmp_path, caps
     assert "after epoch 1" in capsys.readouterr().out
     rows = history(tmp_path / "old")
     assert [r["epoch"] for r in rows] == ["1", "2"] and rows[0] == old[0]
+
+
+def test_the_learning_curves_of_a_short_run_label_whole_epochs_only():
+    rows = [{"epoch": e, "loss": 2.0 / e, "accuracy": 0.3 * e, "val_loss": 2.2 / e,
+             "val_accuracy": 0.25 * e} for e in (1, 2)]
+    figure = curves_figure(rows, "two epochs")
+    figure.canvas.draw()  # a Figure without pyplot draws on its own Agg canvas
+    for ax in figure.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)

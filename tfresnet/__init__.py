@@ -22,7 +22,8 @@ from tfresnet.models import get_model, list_models  # noqa: E402
 from tfresnet.training.run_folder import load_model  # noqa: E402
 
 # Follows the on-disk formats: 0.2 renamed the saved model's parts, 0.3 added the photo
-# models' evaluation crop to it (files of every version load).
-__version__ = "0.3.0"
+# models' evaluation crop to it, 0.4 put all preprocessing in its `ImagePreprocessor`
+# (files of every version load: `tfresnet.compat`).
+__version__ = "0.4.0"
 __all__ = ["Run", "TrainConfig", "classify", "draw", "fit", "get_model", "list_models",
            "load_dataset", "load_model", "losses", "models"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tfresnet.config import TrainConfig
-from tfresnet.data.folders import evaluation_view, read_image
+from tfresnet.data.folders import read_image
 from tfresnet.errors import UserError
 from tfresnet.evaluation.inference import predict_probabilities
 from tfresnet.evaluation.pictures import draw_run
@@ -57,18 +57,16 @@ def classify(model, images, top_k=5):
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise UserError(f"images must be uint8 (N, H, W, 3) RGB. Received: "
                             f"{images.dtype} {images.shape}")
-        if images.shape[1:3] != tuple(model.image_size) or model.eval_crop:
-            view = evaluation_view(model.image_size, model.eval_crop)
-            images = np.stack([view.evaluate(image) for image in images])
+        if images.shape[1:3] != tuple(model.image_size) or model.view.kind == "photo":
+            images = np.stack([model.view.evaluate(image) for image in images])
         files = None
     else:
         paths = [images] if isinstance(images, (str, Path)) else list(images)
         if len(paths) == 1 and Path(paths[0]).is_dir():
-            images, files = read_images(paths[0], model.image_size, model.eval_crop)
+            images, files = read_images(paths[0], model.view)
         else:
             files = paths
-            images = np.stack([read_image(p, model.image_size, model.eval_crop)
-                               for p in paths])
+            images = np.stack([read_image(p, model.view) for p in paths])
     rows = top_classes(predict_probabilities(model, images), model.class_names, top_k)
     for row, path in zip(rows, files or []):
         row["file"] = str(path)

@@ -3,6 +3,9 @@
 Configs, ``--hparams`` files, run folders, the command line and ``.keras`` files written by
 tfresnet 0.1 may hold names that 0.2 replaced; every reader maps them here, so a file of
 any version loads, resumes and gives its old outputs (the fixture tests of 0.1 and 0.3).
+One change is structural, not a name: the ``mean``, ``std``, ``image_size`` and
+``eval_crop`` of a `Classifier` before 0.4 become its `ImagePreprocessor`
+(``Classifier.from_config``).
 """
 
 # Setting values renamed in 0.2: setting -> {old value: today's}.
@@ -15,8 +18,10 @@ ARGUMENT_ALIASES = {
     "Classifier": {"backbone": "network"},
 }
 # Constructor arguments added later, with the value that reproduces a file written before
-# them: 0.2 made PyTorch's padding the default of the ResNets (`tfresnet.models.resnet`).
-ADDED_ARGUMENTS = {"padding": "same"}
+# them: 0.2 made PyTorch's padding the default of the ResNets (`tfresnet.models.resnet`);
+# 0.4 moved a pretrained backbone's resize and preprocessing into the `Classifier`'s
+# `ImagePreprocessor` (`tfresnet.models.transfer.TransferNet`).
+ADDED_ARGUMENTS = {"padding": "same", "takes_pixels": True}
 
 
 def current(setting, value):

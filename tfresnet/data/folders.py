@@ -143,10 +143,9 @@ def random_crop_box(shape, rng, scale, ratio, attempts=10):
     return (rows - height) // 2, (cols - width) // 2, height, width
 
 
-def read_image(path, image_size=None, eval_crop=None):
-    """Reads an image file as RGB uint8; with ``image_size`` ``(height, width)``, as the
-    model sees it: resized, or with ``eval_crop`` centre-cropped to that fraction of the
-    shorter side first (a photo model's evaluation view).
+def read_image(path, view=None):
+    """Reads an image file as RGB uint8; with a `View` (a model's ``view``), as the model
+    sees it: resized, or for a photo model centre-cropped first.
 
     Raises:
         UserError: the file is missing, not an image, or larger than `MAX_PIXELS`.
@@ -161,9 +160,7 @@ def read_image(path, image_size=None, eval_crop=None):
     image = decode(path)
     if image is None:
         raise UserError(f"{path} is not an image OpenCV can read; remove or replace it")
-    if image_size is None:
-        return image
-    return evaluation_view(image_size, eval_crop).evaluate(image)
+    return image if view is None else view.evaluate(image)
 
 
 class ImageFiles:

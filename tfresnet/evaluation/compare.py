@@ -51,6 +51,7 @@ def write_table(runs, out_dir):
 
 def plot(runs, out_dir):
     from matplotlib.figure import Figure  # no pyplot: the caller's backend stays
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(12, 4.5))
     by_epoch, by_time = figure.subplots(1, 2, sharey=True)
@@ -67,6 +68,7 @@ def plot(runs, out_dir):
             by_epoch.axhline(row["best_val_accuracy"], linestyle="--", color="gray")
             by_epoch.annotate(row["run"], (0, row["best_val_accuracy"]), fontsize=8)
     by_epoch.set_xlabel("epoch")
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
     by_time.set_xlabel("wall time (minutes)")
     by_epoch.set_ylabel("validation accuracy")
     for ax in (by_epoch, by_time):

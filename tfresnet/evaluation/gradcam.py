@@ -28,7 +28,7 @@ def _cam_step(model):
 
     @tf.function(reduce_retracing=True)
     def step(pixels, target):
-        feature_map = tf.cast(network.feature_map(model.normalise(pixels), training=False),
+        feature_map = tf.cast(network.feature_map(model.preprocessor(pixels), training=False),
                               tf.float32)
         with tf.GradientTape() as tape:
             tape.watch(feature_map)
@@ -129,7 +129,7 @@ def explain(model_path, target, out_dir, class_name=None, size=224):
     """Writes ``<image>_cam.png`` per readable image of ``target``; returns their paths."""
     model = load_model(model_path)
     class_index = class_to_index(model, class_name)
-    images, files = read_images(target, model.image_size, model.eval_crop)
+    images, files = read_images(target, model.view)
     out_dir = make_dir(out_dir)
     cams, probabilities = cams_and_probabilities(model, images, class_index)
     written = []

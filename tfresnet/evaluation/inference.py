@@ -105,8 +105,8 @@ def load_run_data(target, model, dataset=None, data_dir=None):
     data = load_dataset(name, data_dir=data_dir or config.get("data_dir"),
                         val_size=config.get("val_size"), seed=config.get("seed", 0),
                         image_size=model.image_size,
-                        view="photo" if model.eval_crop else "small",  # as it was trained
-                        eval_crop=model.eval_crop)
+                        view=model.view.kind,  # as it was trained
+                        eval_crop=model.view.eval_crop if model.view.kind == "photo" else None)
     if data.num_classes != len(model.class_names):
         raise UserError(f"{name} has {data.num_classes} classes but the model predicts "
                         f"{len(model.class_names)}; pass the --dataset it was trained on")

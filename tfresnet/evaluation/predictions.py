@@ -27,15 +27,15 @@ def image_files(path):
     return [path]
 
 
-def read_images(target, image_size, eval_crop=None):
+def read_images(target, view):
     """The readable images of a file or folder as ``(uint8 array, their paths)``, as a
-    model of input ``image_size`` sees them (`read_image`); unreadable files in a folder
+    model sees them through its `View` (`read_image`); unreadable files in a folder
     are reported by name and skipped, an unreadable single file is an error."""
     files = image_files(target)
     images, kept = [], []
     for path in files:
         try:
-            images.append(read_image(path, image_size, eval_crop))
+            images.append(read_image(path, view))
             kept.append(path)
         except UserError as err:
             if len(files) == 1:
@@ -51,11 +51,11 @@ def predict(model_path, target, top_k=5):
     or by one of its exports (run by its own runtime)."""
     if format_of(model_path):
         model = ExportedModel(model_path)
-        images, kept = read_images(target, model.image_size, model.eval_crop)
+        images, kept = read_images(target, model.view)
         probabilities = model.probabilities(images)
     else:
         model = load_model(model_path)
-        images, kept = read_images(target, model.image_size, model.eval_crop)
+        images, kept = read_images(target, model.view)
         probabilities = predict_probabilities(model, images)
     return [{"file": str(path), **row}
             for path, row in zip(kept, top_classes(probabilities, model.class_names, top_k))]

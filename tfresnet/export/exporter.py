@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from tfresnet.data import in_memory
+from tfresnet.data.folders import evaluation_view
 from tfresnet.errors import UserError
 from tfresnet.evaluation.inference import (
     load_run_data,
@@ -39,8 +40,8 @@ def serving_model(model):
 
 class ExportedModel:
     """An exported model run by its own runtime (TensorFlow, LiteRT, ONNX Runtime, ...):
-    ``probabilities(images)`` plus the ``class_names``, ``image_size`` and ``eval_crop``
-    (a photo model's centre crop, from ``export.json``; None: resize whole) it was made for.
+    ``probabilities(images)`` plus the ``class_names``, ``image_size`` and the `View`
+    images are prepared in (``view``: a photo model's centre crop, from ``export.json``).
     """
 
     def __init__(self, path):
@@ -59,8 +60,8 @@ class ExportedModel:
             entry = json.loads(record.read_text()).get(self.path.name, {})
         except (OSError, ValueError, AttributeError):
             entry = {}
-        self.eval_crop = entry.get("eval_crop")
         self._run, self.image_size = export_format.load(self.path)
+        self.view = evaluation_view(self.image_size, entry.get("eval_crop"))
 
     def probabilities(self, images, batch_size=64):
         """Class probabilities for RGB pixel ``images``, batch by batch."""
@@ -136,7 +137,7 @@ def export(target, fmt, out=None, quantize=None, dataset=None, data_dir=None, co
         "format": fmt, "quantize": quantize, "path": str(out), "bytes": _size(out),
         "input": {"shape": [None, *model.image_size, 3], "dtype": "float32",
                   "values": "RGB pixels 0-255"},
-        "eval_crop": model.eval_crop,
+        "eval_crop": model.preprocessor.crop,
         "output": "class probabilities (softmax)", "labels": labels_path(out).name,
         "check_images": len(images), "check_source": source,
         "max_probability_difference": float(np.max(np.abs(got - expected))),

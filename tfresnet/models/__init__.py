@@ -1,12 +1,13 @@
 """The networks and the task: ``get_model(name, num_classes, **options)``, ``list_models()``
 and `register_model` (`tfresnet.models.registry`), the ResNets, the baselines, the pretrained
-backbones and the `Classifier` that a run saves."""
+backbones, and the `Classifier` (with its `ImagePreprocessor`) that a run saves."""
 
 from pathlib import Path
 
 from tfresnet.errors import UserError
 from tfresnet.models.baselines import VGG, SmallCNN, small_cnn, vgg16
 from tfresnet.models.classifier import Classifier
+from tfresnet.models.preprocessing import ImagePreprocessor
 from tfresnet.models.registry import get_model, list_models, register_model
 from tfresnet.models.resnet import (
     BasicBlock,
@@ -53,7 +54,8 @@ def check_model_settings(config):
 
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "Classifier", "ResNet", "SmallCNN", "TransferNet", "VGG",
-    "check_model_settings", "get_model", "list_models", "register_model", "resnet18",
-    "resnet34", "resnet50", "resnet101", "resnet152", "small_cnn", "vgg16",
+    "BasicBlock", "Bottleneck", "Classifier", "ImagePreprocessor", "ResNet", "SmallCNN",
+    "TransferNet", "VGG", "check_model_settings", "get_model", "list_models",
+    "register_model", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "small_cnn", "vgg16",
 ]

@@ -7,12 +7,13 @@ new dense head. Where the weights come from decides the backbone:
 - a keras-hub preset (name, ``hf://`` / ``kaggle://`` handle, or a local preset directory)
   or a local timm checkpoint directory (config.json + model.safetensors): keras-hub's
   ``ResNetBackbone`` as the preset describes it, with the preset's pixel scale and offset;
-- ``"imagenet"``: keras-hub's ImageNet ResNet-18 and timm's ResNet-34 (`IMAGENET_PRESETS`),
-  Keras Applications' download for the ResNet-50/101/152 and V2 variants;
+- ``"imagenet"``: keras-hub's ImageNet ResNet-18 and timm's ResNet-34, Keras Applications'
+  download for the ResNet-50/101/152 and V2 variants (`PRETRAINED`, one record each);
 - a local ``.weights.h5`` / ``.h5`` / ``.keras`` file, or none (``--transfer scratch``):
   Keras Applications' ResNets or the project's own ResNet-18/34 with the ImageNet stem.
 """
 
+import dataclasses
 import json
 import warnings
 import zipfile
@@ -22,6 +23,7 @@ import keras
 
 from tfresnet.compat import with_added_arguments
 from tfresnet.errors import UserError, missing_extra, require
+from tfresnet.models.preprocessing import ImagePreprocessor
 from tfresnet.models.resnet import (
     ClassifierHead,
     check_dropout,
@@ -30,36 +32,58 @@ from tfresnet.models.resnet import (
     resnet34,
 )
 
-_APPLICATIONS = {
-    "resnet50": ("ResNet50", "resnet"),
-    "resnet101": ("ResNet101", "resnet"),
-    "resnet152": ("ResNet152", "resnet"),
-    "resnet50v2": ("ResNet50V2", "resnet_v2"),
-    "resnet101v2": ("ResNet101V2", "resnet_v2"),
-    "resnet152v2": ("ResNet152V2", "resnet_v2"),
-}
-_OWN = {"resnet18": resnet18, "resnet34": resnet34}
-ARCHITECTURES = tuple(_OWN) + tuple(_APPLICATIONS)
-# keras-hub `ResNetBackbone` layouts (block type, blocks per stage, pre-activation) of the
-# plain torchvision-style ResNets; ResNet-D (`resnet_vd_*`) presets are other networks.
-HUB_LAYOUTS = {
-    "resnet18": ("basic_block", [2, 2, 2, 2], False),
-    "resnet34": ("basic_block", [3, 4, 6, 3], False),
-    "resnet50": ("bottleneck_block", [3, 4, 6, 3], False),
-    "resnet101": ("bottleneck_block", [3, 4, 23, 3], False),
-    "resnet152": ("bottleneck_block", [3, 8, 36, 3], False),
-    "resnet50v2": ("bottleneck_block", [3, 4, 6, 3], True),
-    "resnet101v2": ("bottleneck_block", [3, 4, 23, 3], True),
-    "resnet152v2": ("bottleneck_block", [3, 8, 36, 3], True),
-}
-# What --weights imagenet loads where Keras Applications has no ResNet: keras-hub's preset
-# (converted from timm's resnet18.a1_in1k) and timm's checkpoint (keras-hub has no plain 34).
-IMAGENET_PRESETS = {"resnet18": "resnet_18_imagenet", "resnet34": "hf://timm/resnet34.a1_in1k"}
-# torchvision's ImageNet normalisation as a scale and offset on 0-255 pixels: for presets
-# saved without an image converter.
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """One pretrained ResNet architecture: how it is built, where ``--weights imagenet``
+    comes from and which pixels it was trained on.
+
+    Args:
+        layout: keras-hub ``ResNetBackbone``'s (block type, blocks per stage,
+            pre-activation), which a preset or timm checkpoint must match.
+        application: the Keras Applications constructor; None: tfresnet's own ResNet.
+        imagenet: the preset ``--weights imagenet`` loads; None: Keras Applications'
+            download.
+        pixels: ``ImagePreprocessor`` arguments (scale, offset, channel order) on 0-255 RGB.
+    """
+
+    layout: tuple
+    application: str | None = None
+    imagenet: str | None = None
+    pixels: dict = dataclasses.field(default_factory=dict)
+
+
+# torchvision's ImageNet normalisation as a scale and offset on 0-255 pixels (tfresnet's
+# own ResNets, and presets saved without an image converter).
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGENET_SCALE = [1 / (255 * s) for s in _STD]
 IMAGENET_OFFSET = [-m / s for m, s in zip(_MEAN, _STD)]
+_TORCH = {"scale": IMAGENET_SCALE, "offset": IMAGENET_OFFSET}
+# Keras Applications' ``preprocess_input``: "caffe" (BGR, ImageNet mean) and "tf" (-1..1).
+_CAFFE = {"scale": 1.0, "offset": [-103.939, -116.779, -123.68], "channel_order": "bgr"}
+_TF = {"scale": 1 / 127.5, "offset": -1.0}
+_BASIC, _BOTTLENECK = "basic_block", "bottleneck_block"
+# keras-hub's ImageNet ResNet-18 (converted from timm's resnet18.a1_in1k) and timm's
+# ResNet-34 (keras-hub has no plain 34); ResNet-D (``resnet_vd_*``) presets are other
+# networks.
+PRETRAINED = {
+    "resnet18": Pretrained((_BASIC, [2, 2, 2, 2], False), imagenet="resnet_18_imagenet",
+                           pixels=_TORCH),
+    "resnet34": Pretrained((_BASIC, [3, 4, 6, 3], False),
+                           imagenet="hf://timm/resnet34.a1_in1k", pixels=_TORCH),
+    "resnet50": Pretrained((_BOTTLENECK, [3, 4, 6, 3], False), "ResNet50", pixels=_CAFFE),
+    "resnet101": Pretrained((_BOTTLENECK, [3, 4, 23, 3], False), "ResNet101",
+                            pixels=_CAFFE),
+    "resnet152": Pretrained((_BOTTLENECK, [3, 8, 36, 3], False), "ResNet152",
+                            pixels=_CAFFE),
+    "resnet50v2": Pretrained((_BOTTLENECK, [3, 4, 6, 3], True), "ResNet50V2", pixels=_TF),
+    "resnet101v2": Pretrained((_BOTTLENECK, [3, 4, 23, 3], True), "ResNet101V2",
+                              pixels=_TF),
+    "resnet152v2": Pretrained((_BOTTLENECK, [3, 8, 36, 3], True), "ResNet152V2",
+                              pixels=_TF),
+}
+_OWN = {"resnet18": resnet18, "resnet34": resnet34}
+ARCHITECTURES = tuple(PRETRAINED)
 # none: no pretrained backbone; scratch: the pretrained architecture from random weights.
 TRANSFER_MODES = ("none", "scratch", "frozen", "finetune", "two-stage")
 MIN_IMAGE_SIZE = 32  # Keras Applications' ResNets refuse smaller inputs
@@ -79,7 +103,9 @@ def is_preset(weights):
 
 def resolve_weights(arch, weights):
     """``--weights`` with "imagenet" replaced by the preset it means for ``arch``."""
-    return IMAGENET_PRESETS.get(arch, weights) if weights == "imagenet" else weights
+    if weights == "imagenet" and PRETRAINED[arch].imagenet:
+        return PRETRAINED[arch].imagenet
+    return weights
 
 
 def backbone_input_size(arch, weights):
@@ -162,7 +188,7 @@ def preset_spec(arch, preset):
     config = _load_preset(arch, preset, load_weights=False).get_config()
     found = (config["block_type"], list(config["stackwise_num_blocks"]),
              bool(config["use_pre_activation"]))
-    if found != HUB_LAYOUTS[arch] or config["input_conv_kernel_sizes"] != [7]:
+    if found != PRETRAINED[arch].layout or config["input_conv_kernel_sizes"] != [7]:
         raise UserError(f"--weights {preset} holds a {found[0]} ResNet with "
                         f"{found[1]} blocks per stage{' (v2)' if found[2] else ''}, not "
                         f"{arch}; pass the matching --model")
@@ -182,20 +208,22 @@ def build_base(arch, image_size, padding="torch", preset=None, width=1.0):
     if arch in _OWN:
         return _OWN[arch](1000, stem="imagenet", include_top=False, padding=padding,
                           width=width, name=f"{arch}_base")
-    constructor, _ = _APPLICATIONS[arch]
-    return getattr(keras.applications, constructor)(
+    return getattr(keras.applications, PRETRAINED[arch].application)(
         include_top=False, weights=None, input_shape=(image_size, image_size, 3),
         name=f"{arch}_base")
 
 
 @keras.saving.register_keras_serializable(package="tfresnet")
 class TransferNet(ClassifierHead, keras.Model):
-    """Resize -> the backbone's preprocessing -> pretrained backbone -> new dense head.
+    """A pretrained backbone (headless) -> a new dense head.
+
+    Its inputs are the backbone's own: ``image_size`` square, preprocessed as `pixels`
+    says, which a `Classifier`'s `ImagePreprocessor` does (resize included).
 
     Args:
         arch: one of `ARCHITECTURES`.
         num_classes: size of the new head.
-        image_size: side the inputs are resized to inside the model (>= 32).
+        image_size: side the backbone runs at (>= 32).
         dropout: dropout before the head.
         frozen_base: freeze the backbone: its weights fixed, its batch norm in inference
             mode (`set_frozen`, which training calls for the frozen and head-only stages).
@@ -206,10 +234,13 @@ class TransferNet(ClassifierHead, keras.Model):
         preset: a `preset_spec`: keras-hub's backbone and the preset's pixel transform.
         width: channel multiplier of the project's own ResNet-18/34 backbones (to transfer
             from a narrow network pretrained with tfresnet).
+        takes_pixels: the network resizes and preprocesses 0-255 pixels itself, as files
+            written before 0.4 (whose `Classifier` only normalised with mean 0, std 1) do.
     """
 
     def __init__(self, arch, num_classes, image_size=224, dropout=0.0, frozen_base=False,
-                 trainable_base=True, padding="torch", preset=None, width=1.0, **kwargs):
+                 trainable_base=True, padding="torch", preset=None, width=1.0,
+                 takes_pixels=False, **kwargs):
         if arch not in ARCHITECTURES:
             raise UserError(f"no pretrained variant of {arch!r}; choose one of "
                             f"{', '.join(ARCHITECTURES)}")
@@ -230,6 +261,10 @@ class TransferNet(ClassifierHead, keras.Model):
         self.padding = padding
         self.preset = preset
         self.width = width
+        self.takes_pixels = takes_pixels
+        self.own_preprocessor = ImagePreprocessor(
+            (image_size, image_size), network_size=(image_size, image_size),
+            **self.pixels) if takes_pixels else None
         self.feature_extractor = build_base(arch, image_size, padding, preset, width)
         self.set_frozen(frozen_base or not trainable_base)
         self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
@@ -255,34 +290,32 @@ class TransferNet(ClassifierHead, keras.Model):
         (the first of the two in sorted order), so files of every version load."""
         return self.feature_extractor
 
-    def preprocess(self, pixels):
-        """0-255 RGB pixels -> what the backbone was trained on: the preset's scale and
-        offset, or Keras' own ``preprocess_input``: the Applications module's, or
-        torchvision's normalisation ("torch" mode) for the project's own ResNet-18/34."""
-        x = keras.ops.image.resize(pixels, (self.image_size, self.image_size))
+    @property
+    def pixels(self):
+        """The pixels the backbone was trained on, as `ImagePreprocessor` arguments: a
+        preset's own scale and offset, else its architecture's (`PRETRAINED`)."""
         if self.preset is not None:
-            return x * self.preset["scale"] + self.preset["offset"]
-        if self.arch in _OWN:
-            return keras.applications.imagenet_utils.preprocess_input(x, mode="torch")
-        module = getattr(keras.applications, _APPLICATIONS[self.arch][1])
-        return module.preprocess_input(x)
+            return {"scale": self.preset["scale"], "offset": self.preset["offset"]}
+        return PRETRAINED[self.arch].pixels
 
     def feature_map(self, inputs, training=None):
         """The backbone's last feature map (before pooling)."""
-        x = self.preprocess(keras.ops.cast(inputs, "float32"))
-        return self.feature_extractor(x, training=False if self.frozen_base else training)
+        if self.own_preprocessor is not None:
+            inputs = self.own_preprocessor(inputs)
+        return self.feature_extractor(inputs,
+                                      training=False if self.frozen_base else training)
 
     def get_config(self):
         config = super().get_config()
         config.update(arch=self.arch, num_classes=self.num_classes, image_size=self.image_size,
                       dropout=self.dropout, frozen_base=self.frozen_base,
                       trainable_base=self.trainable_base, padding=self.padding,
-                      preset=self.preset, width=self.width)
+                      preset=self.preset, width=self.width, takes_pixels=self.takes_pixels)
         return config
 
     @classmethod
     def from_config(cls, config):
-        return cls(**with_added_arguments(config, ("padding",)))
+        return cls(**with_added_arguments(config, ("padding", "takes_pixels")))
 
 
 def load_pretrained(model, weights):
@@ -296,9 +329,8 @@ def load_pretrained(model, weights):
         _copy_weights(source.get_weights(), base, weights)
         return
     if weights == "imagenet":
-        constructor, _ = _APPLICATIONS[model.arch]
         try:
-            source = getattr(keras.applications, constructor)(
+            source = getattr(keras.applications, PRETRAINED[model.arch].application)(
                 include_top=False, weights="imagenet",
                 input_shape=(model.image_size, model.image_size, 3))
         except Exception as err:

@@ -29,7 +29,7 @@ from tfresnet.data.pipeline import (
 from tfresnet.errors import UserError
 from tfresnet.evaluation.inference import TOP_K, has_top_k
 from tfresnet.losses import cross_entropy
-from tfresnet.models import Classifier, TransferNet, get_model
+from tfresnet.models import Classifier, ImagePreprocessor, TransferNet, get_model
 from tfresnet.models.transfer import (
     IMAGENET_INPUT_SIZE,
     backbone_input_size,
@@ -258,6 +258,16 @@ def shorten_batch_norm_memory(network, steps):
             layer.momentum = momentum
 
 
+def make_preprocessor(network, data):
+    """The `ImagePreprocessor` of a run: a pretrained backbone's own pixels at its own
+    size, else the training data's mean/std; photos keep their evaluation crop."""
+    crop = data.x_train.view.eval_crop if is_photo(data) else None
+    if isinstance(network, TransferNet):
+        return ImagePreprocessor(data.image_size, crop=crop,
+                                 network_size=(network.image_size,) * 2, **network.pixels)
+    return ImagePreprocessor.from_mean_std(data.image_size, data.mean, data.std, crop=crop)
+
+
 def build_model(config, data, runtime, plan, pretrained=True):
     """The compiled `Classifier` of a run, built under the runtime's strategy as ``plan``
     (`make_plan`) says.
@@ -275,13 +285,9 @@ def build_model(config, data, runtime, plan, pretrained=True):
                     layer.synchronized = True  # batch statistics over every replica
         if config.transfer in ("none", "scratch"):
             shorten_batch_norm_memory(network, steps)
-        # Pretrained backbones bring their own preprocessing; the others use the data's.
-        own_stats = isinstance(network, TransferNet)
-        model = Classifier(network, [0.0] * 3 if own_stats else data.mean,
-                           [1.0] * 3 if own_stats else data.std, data.class_names,
-                           data.image_size, l2=config.l2, l2_on=config.l2_on,
-                           dataset=config.dataset, name=f"{config.model}_classifier",
-                           eval_crop=data.x_train.view.eval_crop if is_photo(data) else None)
+        model = Classifier(network, make_preprocessor(network, data), data.class_names,
+                           l2=config.l2, l2_on=config.l2_on, dataset=config.dataset,
+                           name=f"{config.model}_classifier")
         model.compile(
             optimizer=make_optimizer(config, steps, plan.batch_size),
             loss=cross_entropy(config.label_smoothing),

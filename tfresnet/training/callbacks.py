@@ -40,6 +40,7 @@ class NanGuard(keras.callbacks.TerminateOnNaN):
 def curves_figure(rows, title):
     """Loss and accuracy against epoch, train vs validation (a matplotlib Figure)."""
     from matplotlib.figure import Figure  # no pyplot: the caller's backend stays
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
     figure = Figure(figsize=(11, 4))
@@ -51,6 +52,7 @@ def curves_figure(rows, title):
             ax.plot(epochs, [r.get(f"val_{key}", math.nan) for r in rows], ".-",
                     color="tab:blue", label=f"validation {label}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
         ax.set_ylabel(label)
         if key == "loss":  # one huge early loss (BN statistics of a few batches) stays readable
             ax.set_yscale("log")

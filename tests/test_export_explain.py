@@ -93,9 +93,8 @@ def test_grad_cam_shape_range_and_exact_split_on_every_registered_network(name):
     cams = grad_cam(model, images)
     assert cams.shape == (3, 32, 32) and cams.dtype == np.float32
     assert cams.min() >= 0.0 and cams.max() <= 1.0
-    # Grad-CAM splits the network at feature_map/head: together they are the whole call.
-    network = model.network
-    split = network.head(network.feature_map(model.preprocessor(images)))
+    # Grad-CAM splits the task at feature_map/head: together they are the whole call.
+    split = model.head(model.feature_map(images))
     np.testing.assert_allclose(split, model(images), rtol=1e-5, atol=1e-5)
     assert grad_cam(model, images, class_index=[0, 1, 4]).shape == (3, 32, 32)
 

@@ -26,8 +26,7 @@ def pixel_features(images):
 def network_features(run, arrays, batch_size=256):
     """Penultimate features of a trained run's best model for each array of images."""
     model = load_model(run)
-    extract = tf.function(lambda x: model.network.features(model.preprocessor(x),
-                                                           training=False))
+    extract = tf.function(model.features)
     return [np.concatenate([extract(a[i:i + batch_size]).numpy()
                             for i in range(0, len(a), batch_size)]) for a in arrays]
 

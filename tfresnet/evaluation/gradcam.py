@@ -24,15 +24,13 @@ def _cam_step(model):
     a negative target means the predicted class."""
     if model in _COMPILED:
         return _COMPILED[model]
-    network = model.network
 
     @tf.function(reduce_retracing=True)
     def step(pixels, target):
-        feature_map = tf.cast(network.feature_map(model.preprocessor(pixels), training=False),
-                              tf.float32)
+        feature_map = tf.cast(model.feature_map(pixels), tf.float32)
         with tf.GradientTape() as tape:
             tape.watch(feature_map)
-            logits = tf.cast(network.head(feature_map, training=False), tf.float32)
+            logits = model.head(feature_map)
             target = tf.where(target < 0, tf.argmax(logits, axis=1, output_type=tf.int32),
                               target)
             score = tf.reduce_sum(tf.gather(logits, target, axis=1, batch_dims=1))

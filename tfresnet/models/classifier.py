@@ -70,6 +70,21 @@ class Classifier(TrainingSteps, keras.Model):
         return keras.ops.cast(self.network(self.preprocessor(inputs), training=training),
                               "float32")
 
+    # The two halves of ``call`` (the network's `ClassifierHead` contract), which Grad-CAM
+    # and the feature baselines read: backbone up to the last feature map, then the head.
+
+    def feature_map(self, pixels, training=False):
+        """0-255 pixels -> the last convolutional feature map ``(batch, h, w, c)``."""
+        return self.network.feature_map(self.preprocessor(pixels), training=training)
+
+    def head(self, feature_map, training=False):
+        """A feature map -> float32 logits (pooling, dropout, the dense classifier)."""
+        return keras.ops.cast(self.network.head(feature_map, training=training), "float32")
+
+    def features(self, pixels, training=False):
+        """0-255 pixels -> the pooled penultimate features ``(batch, num_features)``."""
+        return self.network.features(self.preprocessor(pixels), training=training)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         # Under tf.distribute Keras divides the compiled loss by the number of replicas
         # (their gradients are summed); the L2 term must be divided the same way.

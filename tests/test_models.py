@@ -257,6 +257,26 @@ def test_a_photo_model_of_version_0_3_classifies_through_its_crop_as_it_did():
     np.testing.assert_allclose(got, expected["probabilities"], rtol=1e-4, atol=1e-6)
 
 
+# Written by tfresnet 0.4.0 as the 0.3 ones above, but the transfer run at --image-size 48
+# (its preprocessor resizes the 32-px digits): every piece of preprocessing in the file's
+# ImagePreprocessor.
+@pytest.mark.parametrize("kind", ["cifar_stem", "transfer", "photo_crop"])
+def test_keras_files_of_version_0_4_load_with_their_outputs(kind):
+    model = tfresnet.load_model(FIXTURES / f"classifier_v0.4_{kind}.keras")
+    expected = np.load(FIXTURES / f"classifier_v0.4_{kind}.npz")
+    if kind == "photo_crop":
+        assert (model.preprocessor.crop, model.class_names) == (0.875, ["blue", "red"])
+        rows = tfresnet.classify(model, expected["images"], top_k=2)
+        got = [[next(t["probability"] for t in row["top"] if t["index"] == c)
+                for c in range(2)] for row in rows]
+        np.testing.assert_allclose(got, expected["probabilities"], rtol=1e-4, atol=1e-6)
+        return
+    np.testing.assert_allclose(model(expected["images"], training=False), expected["logits"],
+                               rtol=1e-5, atol=1e-4)
+    if kind == "transfer":
+        assert model.preprocessor.network_size == (48, 48) and not model.network.takes_pixels
+
+
 def test_a_narrow_resnet_at_64_px_trains_where_onednn_crashed():
     """TensorFlow 2.21's oneDNN filter gradient of a strided 1x1 convolution with fewer
     than 16 input channels at 64 px corrupted the heap (exit 134/139): the projection

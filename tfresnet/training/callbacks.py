@@ -159,7 +159,7 @@ class RunRecorder(keras.callbacks.Callback):
         # Without validation there is nothing to select on: the last epoch is the best.
         if improved or not self.has_validation:
             self._save_best()
-        atomic_write_text(self.run_dir / "history.csv", self._history_csv())
+        atomic_write_text(self.run_dir / RunFolder.HISTORY, self._history_csv())
         if time.monotonic() - self._curves_at[0] >= self.CURVES_SECONDS:
             self._draw_curves()
         self._save_last()
@@ -174,7 +174,7 @@ class RunRecorder(keras.callbacks.Callback):
         self._saver.save(self.run_dir / RunFolder.LAST, optimizer=True)
 
     def _draw_curves(self):
-        atomic_save_figure(curves_figure(self.rows, self.title), self.run_dir / "curves.png")
+        atomic_save_figure(curves_figure(self.rows, self.title), self.run_dir / RunFolder.CURVES)
         self._curves_at = (time.monotonic(), len(self.rows))
 
     @contextlib.contextmanager

@@ -34,6 +34,11 @@ class RunFolder:
     LAST = "last.keras"  # the last finished epoch, with optimizer state
     RESUME = "resume.keras"  # a state inside the next epoch (--checkpoint-every)
     RESUME_POINTS = (LAST, RESUME)
+    CONFIG = "config.json"  # the run's TrainConfig
+    CLASSES = "class_indices.json"  # class name -> logit index
+    HISTORY = "history.csv"  # one row per finished epoch
+    CURVES = "curves.png"  # the learning curves of history.csv
+    SUMMARY = "summary.json"  # written once the run has finished
 
     def __init__(self, path):
         self.path = Path(path)
@@ -83,7 +88,7 @@ class RunFolder:
     @property
     def finished(self):
         """Whether the run ended: its ``summary.json`` exists."""
-        return (self / "summary.json").exists()
+        return (self / self.SUMMARY).exists()
 
     @property
     def export_dir(self):
@@ -92,17 +97,17 @@ class RunFolder:
 
     def config(self):
         """The settings the run was started with, as a dict ({} when unknown)."""
-        return _read_json(self / "config.json")
+        return _read_json(self / self.CONFIG)
 
     def summary(self, required=False):
         """``summary.json`` as a dict; ``required``: a `UserError` when missing or bad,
         else {}."""
-        return _read_json(self / "summary.json", "give finished run folders" if required
+        return _read_json(self / self.SUMMARY, "give finished run folders" if required
                           else None)
 
     def history(self):
         """The rows of ``history.csv`` ([] when absent)."""
-        return read_history(self / "history.csv")
+        return read_history(self / self.HISTORY)
 
     def exports(self):
         """The entries of ``export/export.json``, by file name."""
@@ -117,7 +122,7 @@ class RunFolder:
     def check(self, config, fresh):
         """Whether a run of ``config`` resumes here; refuses a folder of other settings or
         that is not a run. Writes nothing."""
-        config_path = self / "config.json"
+        config_path = self / self.CONFIG
         if self.path.exists() and any(self.path.iterdir()) and not fresh:
             if not config_path.exists():
                 raise UserError(f"{self} exists but is not a tfresnet run (no config.json); "
@@ -146,17 +151,17 @@ class RunFolder:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             if fresh:
-                for name in (self.BEST, *self.RESUME_POINTS, "history.csv", "summary.json"):
+                for name in (self.BEST, *self.RESUME_POINTS, self.HISTORY, self.SUMMARY):
                     (self / name).unlink(missing_ok=True)
         except PermissionError:
             raise UserError(f"no permission to write {self}; pass --output-dir somewhere "
                             "writable")
-        atomic_write_text(self / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-        atomic_write_text(self / "class_indices.json",
+        atomic_write_text(self / self.CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
+        atomic_write_text(self / self.CLASSES,
                           json.dumps(dict(enumerate(class_names)), indent=2) + "\n")
 
     def write_summary(self, summary):
-        atomic_write_text(self / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(self / self.SUMMARY, json.dumps(summary, indent=2) + "\n")
 
 
 def _comparable(values):

@@ -45,12 +45,15 @@ class Pretrained:
         imagenet: the preset ``--weights imagenet`` loads; None: Keras Applications'
             download.
         pixels: ``ImagePreprocessor`` arguments (scale, offset, channel order) on 0-255 RGB.
+        input_size: the side its ImageNet weights were trained at (the default
+            ``--image-size`` of a transfer run).
     """
 
     layout: tuple
     application: str | None = None
     imagenet: str | None = None
     pixels: dict = dataclasses.field(default_factory=dict)
+    input_size: int = 224
 
 
 # torchvision's ImageNet normalisation as a scale and offset on 0-255 pixels (tfresnet's
@@ -87,7 +90,6 @@ ARCHITECTURES = tuple(PRETRAINED)
 # none: no pretrained backbone; scratch: the pretrained architecture from random weights.
 TRANSFER_MODES = ("none", "scratch", "frozen", "finetune", "two-stage")
 MIN_IMAGE_SIZE = 32  # Keras Applications' ResNets refuse smaller inputs
-IMAGENET_INPUT_SIZE = 224  # the side every ImageNet ResNet here was trained at
 
 
 def is_preset(weights):
@@ -108,12 +110,13 @@ def resolve_weights(arch, weights):
     return weights
 
 
-def backbone_input_size(arch, weights):
+def backbone_input_size(arch, weights=None):
     """The input side a pretrained backbone expects: a local preset's image converter
-    size, a tfresnet ``.keras`` transfer model's input size, else `IMAGENET_INPUT_SIZE`."""
+    size, a tfresnet ``.keras`` transfer model's input size, else its architecture's
+    (`Pretrained.input_size`)."""
     weights = resolve_weights(arch, weights)
     if str(weights).endswith(".keras") and Path(weights).is_file():
-        return _keras_file_input_size(weights) or IMAGENET_INPUT_SIZE
+        return _keras_file_input_size(weights) or PRETRAINED[arch].input_size
     if is_preset(weights) and Path(weights).is_dir():
         try:
             import keras_hub
@@ -123,7 +126,7 @@ def backbone_input_size(arch, weights):
             size = None
         if size:
             return int(size[0])
-    return IMAGENET_INPUT_SIZE
+    return PRETRAINED[arch].input_size
 
 
 def _keras_file_input_size(path):

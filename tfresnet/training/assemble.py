@@ -31,7 +31,6 @@ from tfresnet.evaluation.inference import TOP_K, has_top_k
 from tfresnet.losses import cross_entropy
 from tfresnet.models import Classifier, ImagePreprocessor, TransferNet, get_model
 from tfresnet.models.transfer import (
-    IMAGENET_INPUT_SIZE,
     backbone_input_size,
     is_preset,
     load_pretrained,
@@ -56,7 +55,7 @@ def input_size(config):
     if config.transfer == "none":
         return None
     arch = config.model.removesuffix("_imagenet")
-    return backbone_input_size(arch, config.weights) if config.weights else IMAGENET_INPUT_SIZE
+    return backbone_input_size(arch, config.weights)
 
 
 def load_data(config, size):

@@ -92,6 +92,14 @@ TRANSFER_MODES = ("none", "scratch", "frozen", "finetune", "two-stage")
 MIN_IMAGE_SIZE = 32  # Keras Applications' ResNets refuse smaller inputs
 
 
+def pretrained(arch):
+    """The `Pretrained` record of ``arch``; a one-line `UserError` for any other name."""
+    if arch not in PRETRAINED:
+        raise UserError(f"no pretrained variant of {arch!r}; choose one of "
+                        f"{', '.join(ARCHITECTURES)}")
+    return PRETRAINED[arch]
+
+
 def is_preset(weights):
     """Whether ``--weights`` names a keras-hub preset or timm checkpoint rather than
     "imagenet" or a weights file: a handle, a directory or a bare preset name."""
@@ -105,8 +113,8 @@ def is_preset(weights):
 
 def resolve_weights(arch, weights):
     """``--weights`` with "imagenet" replaced by the preset it means for ``arch``."""
-    if weights == "imagenet" and PRETRAINED[arch].imagenet:
-        return PRETRAINED[arch].imagenet
+    if weights == "imagenet" and pretrained(arch).imagenet:
+        return pretrained(arch).imagenet
     return weights
 
 
@@ -116,7 +124,7 @@ def backbone_input_size(arch, weights=None):
     (`Pretrained.input_size`)."""
     weights = resolve_weights(arch, weights)
     if str(weights).endswith(".keras") and Path(weights).is_file():
-        return _keras_file_input_size(weights) or PRETRAINED[arch].input_size
+        return _keras_file_input_size(weights) or pretrained(arch).input_size
     if is_preset(weights) and Path(weights).is_dir():
         try:
             import keras_hub
@@ -126,7 +134,7 @@ def backbone_input_size(arch, weights=None):
             size = None
         if size:
             return int(size[0])
-    return PRETRAINED[arch].input_size
+    return pretrained(arch).input_size
 
 
 def _keras_file_input_size(path):
@@ -244,9 +252,7 @@ class TransferNet(ClassifierHead, keras.Model):
     def __init__(self, arch, num_classes, image_size=224, dropout=0.0, frozen_base=False,
                  trainable_base=True, padding="torch", preset=None, width=1.0,
                  takes_pixels=False, **kwargs):
-        if arch not in ARCHITECTURES:
-            raise UserError(f"no pretrained variant of {arch!r}; choose one of "
-                            f"{', '.join(ARCHITECTURES)}")
+        pretrained(arch)
         check_positive("num_classes", num_classes, int)
         check_dropout(dropout)
         check_positive("width", width)

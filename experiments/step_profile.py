@@ -17,7 +17,9 @@ spell of the machine hits every variant alike. Variants:
   the step);
 - ``fit_no_augment``: ``fit`` with ``--augment none`` (tf.data and augmentation's share);
 - ``fit_keras_bn``: ``fit`` with Keras' own batch norm, built from separate ops, in place
-  of tfresnet's fused one (`tfresnet.models.resnet.BatchNormalization`);
+  of tfresnet's fused one (`tfresnet.models.resnet.BatchNormalization`); ``fit_fused_bn``
+  (``resnet50_imagenet``): the reverse, tfresnet's in place of the Keras Applications
+  backbone's own;
 - ``call`` (``--task inference``): the compiled call evaluate and predict run, on uint8
   images (resize and normalisation in the model);
 - ``raw``: a bare ``tf.function`` step on one fixed batch: forward, CE, backward, SGD with
@@ -48,18 +50,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-BATCH_VARIANTS = ("fit", "fit_xla", "fit_no_augment", "fit_keras_bn")
+BATCH_VARIANTS = ("fit", "fit_xla", "fit_no_augment", "fit_keras_bn", "fit_fused_bn")
 RAW_VARIANTS = ("raw", "raw_l2", "raw_xla")
 TORCH_VARIANTS = ("torch_eager", "torch_compile")
 # ``--precisions``: Keras' policy for each; PyTorch runs bfloat16 under CPU autocast.
 KERAS_POLICY = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
-def keras_fit(spec, jit="off", augment="standard", keras_bn=False):
+def keras_fit(spec, jit="off", augment="standard", batch_norm=None):
     """``run(steps)`` -> seconds of one epoch of ``steps`` steps of bench's training row;
-    ``keras_bn``: with Keras' own (unfused) batch norm in place of tfresnet's."""
+    ``batch_norm="keras"``: every batch norm is Keras' own (unfused); ``"fused"``: every
+    one is tfresnet's (Keras Applications' and keras-hub's backbones included)."""
     import keras
 
+    from tfresnet.models.resnet import BatchNormalization
     from tfresnet.training.assemble import make_pipelines
     from tfresnet.training.bench import bench_config, build_bench_model
 
@@ -67,9 +71,10 @@ def keras_fit(spec, jit="off", augment="standard", keras_bn=False):
                           spec.width, augment=augment, image_size=spec.image_size,
                           transfer="frozen" if spec.task == "frozen" else "finetune")
     data, runtime, plan, model = build_bench_model(config, spec.classes, steps=8)
-    for layer in model._flatten_layers() if keras_bn else ():
+    swap = {"keras": keras.layers.BatchNormalization, "fused": BatchNormalization}
+    for layer in model._flatten_layers() if batch_norm else ():
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.__class__ = keras.layers.BatchNormalization  # same variables, Keras' call
+            layer.__class__ = swap[batch_norm]  # same variables, the other call
     dataset, _ = make_pipelines(config, data, runtime, plan)
     seconds = []
 
@@ -232,7 +237,8 @@ def build(name, spec):
     return {"fit": lambda: keras_fit(spec),
             "fit_xla": lambda: keras_fit(spec, jit="on"),
             "fit_no_augment": lambda: keras_fit(spec, augment="none"),
-            "fit_keras_bn": lambda: keras_fit(spec, keras_bn=True),
+            "fit_keras_bn": lambda: keras_fit(spec, batch_norm="keras"),
+            "fit_fused_bn": lambda: keras_fit(spec, batch_norm="fused"),
             "call": lambda: keras_inference(spec),
             "raw": lambda: raw_step(spec),
             "raw_l2": lambda: raw_step(spec, l2=5e-4),
@@ -247,6 +253,8 @@ def check_variants(args):
                "inference": ["call"]}[args.task]
     if args.model != "resnet18":
         allowed = [v for v in allowed if v not in (*RAW_VARIANTS, "fit_keras_bn")]
+    if args.model != "resnet50_imagenet":  # the one with Keras' batch norm to swap
+        allowed = [v for v in allowed if v != "fit_fused_bn"]
     allowed += TORCH_VARIANTS
     if args.task == "frozen" and not args.model.endswith("_imagenet"):
         sys.exit("--task frozen needs a pretrained backbone (--model resnet18_imagenet, "

@@ -9,7 +9,7 @@ import tfresnet
 from conftest import run_cli
 from tfresnet.errors import UserError
 from tfresnet.models import ImagePreprocessor, get_model, list_models, transfer
-from tfresnet.models.resnet import BasicBlock
+from tfresnet.models.resnet import BasicBlock, BatchNormalization
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -97,6 +97,15 @@ def test_keras_round_trip_gives_identical_outputs(name, tmp_path):
     assert type(loaded) is type(model)
     assert loaded.get_config() == model.get_config()
     np.testing.assert_array_equal(loaded(x, training=False), expected)
+    assert every_batch_norm_fused(loaded)
+
+
+def every_batch_norm_fused(network):
+    """Whether each batch norm of ``network`` (Keras Applications' backbones included)
+    runs tfresnet's fused call."""
+    norms = [layer for layer in network._flatten_layers()
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    return all(type(layer) is BatchNormalization for layer in norms)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16", "small_cnn"])
@@ -139,8 +148,6 @@ def _bn_step(layer, x, jit=False):
 @pytest.mark.parametrize("dtype,jit,rtol", [("float32", False, 1e-5), ("float32", True, 1e-5),
                                             ("mixed_bfloat16", False, 1e-2)])
 def test_batch_norm_runs_through_the_fused_kernel_with_keras_numbers(dtype, jit, rtol):
-    from tfresnet.models.resnet import BatchNormalization
-
     x = tf.constant(np.random.default_rng(0).normal(2, 3, (8, 6, 6, 5)), "float32")
     results = []
     for cls in (keras.layers.BatchNormalization, BatchNormalization):
@@ -196,7 +203,9 @@ def test_bad_input_is_a_one_line_value_error(kwargs, message):
 
 @pytest.mark.parametrize("name", sorted(set(PRETRAINED) - set(ROUND_TRIP)))
 def test_deeper_pretrained_backbones_build(name):
-    assert tuple(small(name, 3)(np.zeros((1, 32, 32, 3), "float32")).shape) == (1, 3)
+    network = small(name, 3)
+    assert tuple(network(np.zeros((1, 32, 32, 3), "float32")).shape) == (1, 3)
+    assert every_batch_norm_fused(network)
 
 
 def test_registry_lists_the_family_baselines_and_pretrained():

@@ -9,6 +9,7 @@ from tfresnet.config import TrainConfig
 from tfresnet.data import load_dataset
 from tfresnet.errors import UserError
 from tfresnet.models import TransferNet, get_model
+from tfresnet.models.resnet import BatchNormalization
 from tfresnet.models.transfer import build_base, load_pretrained
 from tfresnet.training import assemble
 from tfresnet.training.assemble import build_model, input_size, make_plan
@@ -284,6 +285,10 @@ def test_frozen_run_from_a_keras_hub_preset_keeps_its_backbone_and_preprocessing
     model = train_from(tmp_path, preset, "frozen", "--epochs", "1")
     network = model.network
     assert network.preset["scale"] == [1 / 127.5] * 3 and network.preset["offset"] == [-1.0] * 3
+    assert model.preprocessor.scale == [1 / 127.5] * 3  # the task's preprocessing is the preset's
+    norms = [layer for layer in network.feature_extractor._flatten_layers()
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(type(layer) is BatchNormalization for layer in norms)  # fused
     for expected, found in zip(source_weights(preset), network.feature_extractor.get_weights()):
         np.testing.assert_array_equal(expected, found)  # loaded, and never trained
 

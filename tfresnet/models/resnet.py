@@ -106,6 +106,18 @@ class BatchNormalization(layers.BatchNormalization):
         return tf.cast(outputs, self.compute_dtype)
 
 
+def fuse_batch_norm(model):
+    """Runs every Keras batch norm layer of ``model`` (a Keras Applications or keras-hub
+    backbone) through `BatchNormalization`'s fused kernel, in place: same variables,
+    outputs and class name, only the call differs. ResNet-50 fine-tuning at 224 px went
+    from 5.7 to 7.2 img/s in float32 and from 7.8 to 11.0 in bfloat16 (experiments/README,
+    "Fused batch norm in the pretrained backbones"). Returns ``model``."""
+    for layer in model._flatten_layers():
+        if type(layer) is layers.BatchNormalization:
+            layer.__class__ = BatchNormalization
+    return model
+
+
 def _bn(name, zero_gamma=False):
     # PyTorch's BN momentum 0.1 is Keras' 0.9; Keras' default 0.99 lags badly in short runs.
     return BatchNormalization(

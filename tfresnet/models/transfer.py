@@ -28,6 +28,7 @@ from tfresnet.models.resnet import (
     ClassifierHead,
     check_dropout,
     check_positive,
+    fuse_batch_norm,
     resnet18,
     resnet34,
 )
@@ -212,16 +213,18 @@ def preset_spec(arch, preset):
 def build_base(arch, image_size, padding="torch", preset=None, width=1.0):
     """The backbone without classifier and pooling: it returns its last feature map.
     ``padding`` and ``width`` apply to the project's own ResNet-18/34 (see `ResNet`);
-    ``preset`` (a `preset_spec`) builds keras-hub's backbone instead."""
+    ``preset`` (a `preset_spec`) builds keras-hub's backbone instead. Every batch norm
+    runs through the fused kernel (`fuse_batch_norm`)."""
     if preset is not None:
         keras_hub = require("keras_hub", "pretrained")
-        return keras_hub.models.ResNetBackbone.from_config(dict(preset["backbone"]))
+        return fuse_batch_norm(
+            keras_hub.models.ResNetBackbone.from_config(dict(preset["backbone"])))
     if arch in _OWN:
         return _OWN[arch](1000, stem="imagenet", include_top=False, padding=padding,
                           width=width, name=f"{arch}_base")
-    return getattr(keras.applications, PRETRAINED[arch].application)(
+    return fuse_batch_norm(getattr(keras.applications, PRETRAINED[arch].application)(
         include_top=False, weights=None, input_shape=(image_size, image_size, 3),
-        name=f"{arch}_base")
+        name=f"{arch}_base"))
 
 
 @keras.saving.register_keras_serializable(package="tfresnet")

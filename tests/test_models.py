@@ -10,6 +10,7 @@ from conftest import run_cli
 from tfresnet.errors import UserError
 from tfresnet.models import ImagePreprocessor, get_model, list_models, transfer
 from tfresnet.models.resnet import BasicBlock, BatchNormalization
+from tfresnet.training import runtime
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -165,6 +166,27 @@ def test_batch_norm_runs_through_the_fused_kernel_with_keras_numbers(dtype, jit,
     synchronized = BatchNormalization(synchronized=True)
     synchronized.build(x.shape)
     assert "FusedBatchNormV3" not in _bn_step(synchronized, x)[1]  # Keras' path
+
+
+@pytest.mark.parametrize("flags, in_float32", [({"avx512_bf16"}, False),
+                                               ({"avx512_bf16", "amx_bf16"}, True)])
+def test_bfloat16_batch_norm_runs_in_float32_only_where_the_cpu_kernel_is_slow(
+        monkeypatch, flags, in_float32):
+    # AMX: oneDNN's bfloat16 kernel was 5x slower, so float32 inside; without AMX the
+    # bfloat16 kernel was the faster one. Either way Keras' numbers, to bfloat16 precision.
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    x = tf.constant(np.random.default_rng(0).normal(2, 3, (8, 6, 6, 5)), "float32")
+    results = []
+    for cls in (keras.layers.BatchNormalization, BatchNormalization):
+        layer = cls(momentum=0.9, epsilon=1e-5, dtype="mixed_bfloat16")
+        layer.build(x.shape)
+        results.append(_bn_step(layer, x)[0])
+    for want, got in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2 * np.abs(want).max())
+    graph = tf.function(lambda v: layer(v, training=True)).get_concrete_function(x).graph
+    kinds = {op.get_attr("T") for op in graph.get_operations() if op.type == "FusedBatchNormV3"}
+    assert kinds == {tf.float32 if in_float32 else tf.bfloat16}
 
 
 def test_zero_init_residual_and_dropout_options():

@@ -13,6 +13,7 @@ from keras import layers
 from tfresnet.compat import current, with_added_arguments
 from tfresnet.errors import UserError
 from tfresnet.models.registry import register_model
+from tfresnet.training.runtime import cpu_batch_norm_in_float32
 from tfresnet.training.runtime import gpus as _gpus
 
 STEMS = ("cifar", "imagenet", "biased_valid")
@@ -83,7 +84,7 @@ class BatchNormalization(layers.BatchNormalization):
                 and self.axis in (-1, 3)):
             return super().call(inputs, training=training, mask=mask)
         if inputs.dtype not in (tf.float16, tf.bfloat16, tf.float32) or (
-                inputs.dtype == tf.bfloat16 and not _gpus()):
+                inputs.dtype == tf.bfloat16 and not _gpus() and cpu_batch_norm_in_float32()):
             # oneDNN's bfloat16 batch norm ran 5x slower than its float32 one on a CPU
             # with AMX (experiments/README.md, "bfloat16 on a CPU"): normalise in float32.
             inputs = tf.cast(inputs, tf.float32)

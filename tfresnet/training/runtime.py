@@ -316,6 +316,15 @@ def native_cpu_bfloat16():
     return wanted and onednn_enabled() and bool(cpu_flags() & set(NATIVE_BFLOAT16_FLAGS))
 
 
+def cpu_batch_norm_in_float32():
+    """Whether batch norm should run a bfloat16 input in float32 on this CPU
+    (`tfresnet.models.resnet.BatchNormalization`): where oneDNN's bfloat16 kernel is the slow
+    path. It ran 5x slower than float32 on an Intel Xeon with AMX, and 1.05-1.16x faster
+    than the float32 casts on an AMD EPYC with AVX512_BF16 and no AMX (experiments/README,
+    "bfloat16 on a CPU"); without oneDNN it is not measured, so float32 stays."""
+    return not onednn_enabled() or "amx_bf16" in cpu_flags()
+
+
 # The narrowest ResNet at which bfloat16 trained faster than float32 on a CPU: 1.11x at
 # width 0.25 and 1.76x at 1.0, level at 0.125 (where a 15-epoch CIFAR-10 run also ended
 # 0.39 points lower): below it the casts around batch norm eat the convolutions' gain.

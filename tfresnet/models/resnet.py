@@ -65,6 +65,12 @@ def _padded(pad, layer, x):
     return layer(x if pad is None else pad(x))
 
 
+# The fewest channels at which oneDNN's bfloat16 batch norm is not the slow path on a CPU
+# without AMX: with 8 (ResNet-18 x0.125's first stage) a step ran at half the speed of the
+# float32 casts; from 16 on it ran level with them or faster (experiments/README.md).
+NATIVE_MIN_CHANNELS = 16
+
+
 @keras.saving.register_keras_serializable(package="tfresnet")
 class BatchNormalization(layers.BatchNormalization):
     """Keras' batch norm, run through TensorFlow's fused kernel.
@@ -84,9 +90,11 @@ class BatchNormalization(layers.BatchNormalization):
                 and self.axis in (-1, 3)):
             return super().call(inputs, training=training, mask=mask)
         if inputs.dtype not in (tf.float16, tf.bfloat16, tf.float32) or (
-                inputs.dtype == tf.bfloat16 and not _gpus() and cpu_batch_norm_in_float32()):
+                inputs.dtype == tf.bfloat16 and not _gpus()
+                and (cpu_batch_norm_in_float32() or inputs.shape[-1] < NATIVE_MIN_CHANNELS)):
             # oneDNN's bfloat16 batch norm ran 5x slower than its float32 one on a CPU
-            # with AMX (experiments/README.md, "bfloat16 on a CPU"): normalise in float32.
+            # with AMX, and slower with few channels on others (experiments/README.md,
+            # "bfloat16 on a CPU"): there, normalise in float32.
             inputs = tf.cast(inputs, tf.float32)
         batch_statistics = bool(training) and self.trainable
         # The raw op: tf.nn's wrapper raises epsilon to 1.001e-5.

@@ -106,7 +106,7 @@ def load_run_data(target, model, dataset=None, data_dir=None):
                         val_size=config.get("val_size"), seed=config.get("seed", 0),
                         image_size=model.image_size,
                         view=model.view.kind,  # as it was trained
-                        eval_crop=model.view.eval_crop if model.view.kind == "photo" else None)
+                        eval_crop=model.eval_crop)
     if data.num_classes != len(model.class_names):
         raise UserError(f"{name} has {data.num_classes} classes but the model predicts "
                         f"{len(model.class_names)}; pass the --dataset it was trained on")

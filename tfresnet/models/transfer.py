@@ -1,8 +1,9 @@
 """Pretrained ResNet backbones with a new head: the transfer-learning models.
 
-`TransferNet` resizes inside the model (32 px CIFAR images -> e.g. 160 or 224), applies the
-backbone's own preprocessing, runs the backbone without its ImageNet classifier and ends in a
-new dense head. Where the weights come from decides the backbone:
+`TransferNet` runs the backbone without its ImageNet classifier and ends in a new dense
+head. The resize to the backbone's size (32 px CIFAR images -> e.g. 160 or 224) and its own
+pixel preprocessing (`TransferNet.pixels`) are the `Classifier`'s `ImagePreprocessor`'s job.
+Where the weights come from decides the backbone:
 
 - a keras-hub preset (name, ``hf://`` / ``kaggle://`` handle, or a local preset directory)
   or a local timm checkpoint directory (config.json + model.safetensors): keras-hub's

@@ -208,3 +208,26 @@ def test_default_batch_gives_small_data_sets_enough_steps():
     assert batch_and_steps(TrainConfig(), images(450)) == (32, 14)  # 128 gave 3 steps
     assert batch_and_steps(TrainConfig(), images(100)) == (16, 6)  # never below 16
     assert batch_and_steps(TrainConfig(batch_size=128), images(450)) == (128, 3)  # as asked
+
+
+def test_the_default_batch_keeps_each_replicas_work_and_scales_the_lr():
+    """Without --batch-size, N replicas (GPUs) train 128 images each and the learning rate
+    scales linearly with the global batch; an explicit --batch-size stays global."""
+    from types import SimpleNamespace
+
+    from tfresnet.config import TrainConfig
+    from tfresnet.training.assemble import batch_and_steps
+    from tfresnet.training.optim import base_learning_rate
+
+    cifar = SimpleNamespace(x_train=np.zeros((45_000, 1), "uint8"))
+    for replicas, batch, steps in ((1, 128, 351), (2, 256, 175), (8, 1024, 43)):
+        assert batch_and_steps(TrainConfig(), cifar, replicas) == (batch, steps)
+        assert base_learning_rate(TrainConfig(lr=0.1), batch) == pytest.approx(
+            0.1 * replicas)
+    # A small set still gets enough steps, never below 16 per replica.
+    small = SimpleNamespace(x_train=np.zeros((4_500, 1), "uint8"))
+    assert batch_and_steps(TrainConfig(), small, 8) == (256, 17)
+    assert batch_and_steps(TrainConfig(), SimpleNamespace(x_train=np.zeros((100, 1))), 8) == (
+        96, 1)
+    assert batch_and_steps(TrainConfig(batch_size=128), cifar, 8) == (128, 351)
+    assert base_learning_rate(TrainConfig(lr=0.1, batch_size=128), 128) == pytest.approx(0.1)

@@ -323,10 +323,13 @@ class Augmenter:
     def __bool__(self):
         return bool(self.ops)
 
-    def __call__(self, images, labels, step):
+    def __call__(self, images, labels, step, stream=None):
+        """``stream``: a replica's number, folded into the seed (None: one stream)."""
         images = tf.cast(images, tf.float32)
         labels = tf.cast(labels, tf.float32)
         base = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+        if stream is not None:
+            base = tf.random.experimental.stateless_fold_in(base, tf.cast(stream, tf.int64))
         for index, op in enumerate(self.ops):
             seed = tf.random.experimental.stateless_fold_in(base, index)
             images, labels = op(images, labels, seed)

@@ -91,16 +91,19 @@ def training_images(config, images):
 MIN_DEFAULT_STEPS = 12  # 450 images: batch 32 beat 128 by 3.5 points (experiments/README)
 
 
-def batch_and_steps(config, data):
+def batch_and_steps(config, data, replicas=1):
     """The global batch (never more than the training set) and full batches per epoch, a
-    multiple of ``--grad-accum``. Without ``--batch-size``: 128, halved (not below 16)
-    until an epoch has at least `MIN_DEFAULT_STEPS` batches (``--lr`` then scales with it,
-    `optim.lr_is_scaled`)."""
+    multiple of ``--grad-accum``. Without ``--batch-size``: `REFERENCE_BATCH` per replica
+    (the one-device default's work on each of N GPUs, as timm and Goyal et al. 2017 scale
+    out), halved (not below 16 per replica) until an epoch has at least
+    `MIN_DEFAULT_STEPS` batches; ``--lr`` then scales linearly with it
+    (`optim.lr_is_scaled`). An explicit ``--batch-size`` is the global batch."""
     batch = config.batch_size
     if batch is None:
-        batch = REFERENCE_BATCH
-        while batch > 16 and len(data.x_train) // batch < MIN_DEFAULT_STEPS:
+        batch = REFERENCE_BATCH * replicas
+        while batch > 16 * replicas and len(data.x_train) // batch < MIN_DEFAULT_STEPS:
             batch //= 2
+        batch = min(batch, max(replicas, len(data.x_train) // replicas * replicas))
     batch = min(batch, len(data.x_train))
     steps = train_steps(len(data.x_train), batch)
     if steps < config.grad_accum:
@@ -188,9 +191,9 @@ def make_plan(config, data, runtime, size):
     """The `Plan` of a run of ``config`` on ``data`` under ``runtime``, the network taking
     ``size`` (`input_size`). Refuses a combination Keras would run wrongly, before anything
     is built."""
-    batch, steps = batch_and_steps(config, data)
-    in_step = augments_in_step(config, runtime)
     replicas = runtime.strategy.num_replicas_in_sync
+    batch, steps = batch_and_steps(config, data, replicas)
+    in_step = augments_in_step(config, runtime)
     if replicas > 1 and (config.ema or config.grad_accum > 1):
         raise UserError("--ema and --grad-accum are not tested under several replicas or "
                         "workers yet; train on one device (--strategy one) or drop them")
@@ -296,8 +299,7 @@ def build_model(config, data, runtime, plan, pretrained=True):
             jit_compile=runtime.jit,
             steps_per_execution=plan.steps_per_execution,
         )
-        if runtime.strategy.num_replicas_in_sync == 1:
-            keras_fixes.skip_single_replica_all_reduce(model.optimizer)
+        keras_fixes.sum_gradients_first(model.optimizer, runtime.strategy.num_replicas_in_sync)
         model.set_augmenter(make_augmenter(config, data) if plan.augment_on == "step"
                             else None)
         model(np.zeros((1, *data.image_size, 3), np.uint8))
@@ -315,8 +317,10 @@ def describe_run(config, plan):
         "1 device")
     lr = f"lr {plan.learning_rate:.3g}" + (
         f" (--lr {config.lr:g} scaled to the batch)" if plan.lr_scaled else "")
+    per_replica = (f" ({plan.batch_size // plan.replicas} per replica)" if plan.replicas > 1
+                   else "")
     return (f"{plan.device}, {where} | {plan.precision} | XLA "
-            f"{'on' if plan.jit else 'off'} | batch {plan.batch_size} x "
+            f"{'on' if plan.jit else 'off'} | batch {plan.batch_size}{per_replica} x "
             f"{plan.steps_per_epoch} steps, {plan.steps_per_execution} per execution | "
             f"augmentation {augment} | {lr}")
 
@@ -395,8 +399,9 @@ class TransferStages(keras.callbacks.Callback):
 
 
 def training_callbacks(config):
-    """The callbacks every run trains with: the transfer stages (when fine-tuning), the
-    NaN guard and, with ``--ema``, Keras' swap to the averaged weights for validation."""
+    """The callbacks every run trains with: the transfer stages (when fine-tuning), batch
+    norm's statistics averaged over replicas (a no-op on one device), the NaN guard and,
+    with ``--ema``, Keras' swap to the averaged weights for validation."""
     stages = [TransferStages(config)] if config.transfer in ("finetune", "two-stage") else []
     ema = [keras.callbacks.SwapEMAWeights()] if config.ema else []
-    return [*stages, NanGuard(), *ema]
+    return [*stages, keras_fixes.AverageBatchNormAcrossReplicas(), NanGuard(), *ema]

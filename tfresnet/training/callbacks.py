@@ -85,13 +85,16 @@ class RunRecorder(keras.callbacks.Callback):
         checkpoint_every: ``(steps, seconds)`` of ``--checkpoint-every``: inside epochs,
             resume.keras (last.keras's contents) every so many steps or seconds, at the end
             of an execution; removed when training ends.
+        before_save: called before a save inside an epoch (batch norm's statistics
+            averaged over replicas), or None.
     """
 
     CURVES_SECONDS = 10.0
 
     def __init__(self, run_dir, epochs, rows, has_validation, guard, title, ema=None,
-                 checkpoint_every=(None, None)):
+                 checkpoint_every=(None, None), before_save=None):
         super().__init__()
+        self.before_save = before_save
         self.run_dir = Path(run_dir)
         self.epochs = epochs
         self.rows = list(rows)
@@ -122,6 +125,8 @@ class RunRecorder(keras.callbacks.Callback):
             return  # the epoch's end saves anyway
         since, at = self._saved_at
         if (steps and done - at >= steps) or (seconds and time.monotonic() - since >= seconds):
+            if self.before_save:
+                self.before_save()
             self._saver.save(self.run_dir / RunFolder.RESUME, optimizer=True)
             self._saved_at = (time.monotonic(), done)
 

@@ -12,6 +12,7 @@ the epoch.
 """
 
 import keras
+import tensorflow as tf
 from keras import tree
 
 from tfresnet.training.runtime import worker_count
@@ -44,12 +45,84 @@ def per_replica_logs(model, logs):
     return {name: keras.ops.reshape(value, (1,)) for name, value in logs.items()}
 
 
-def skip_single_replica_all_reduce(optimizer):
-    """Keras sums the gradients over replicas even when there is one, with TF's all_reduce,
-    which in a traced step registers a custom gradient in TF's global registry: each trace
-    (each tuner trial) then keeps its whole step graph alive for good
-    (``test_tune.py::test_trials_in_one_process_leave_no_step_graphs_behind``). Over one
-    replica the sum is the identity."""
+def sum_gradients_first(optimizer, replicas):
+    """Sums the gradients over replicas as ``optimizer.apply`` begins, once.
+
+    Keras sums them inside the inner optimizer's update step, after the two decisions that
+    need the global gradient: loss scaling decides "finite" from replica 0's gradients
+    alone, so an overflow on another replica is applied
+    (``keras/src/optimizers/loss_scale_optimizer.py``, ``_tf_apply``), and ``--clip-norm``
+    clips each replica's part (``base_optimizer.py``, ``_backend_apply_gradients``).
+    Summed first, both see what one device would (``test_distributed.py::
+    test_loss_scaling_and_clipping_see_every_replicas_gradients``), and Keras' own sum
+    becomes the identity.
+
+    Over one replica the sum is the identity anyway, and skipping it matters: TF's
+    all_reduce in a traced step registers a custom gradient in TF's global registry, so
+    each trace (each tuner trial) would keep its whole step graph alive for good
+    (``test_tune.py::test_trials_in_one_process_leave_no_step_graphs_behind``)."""
     for each in (optimizer, getattr(optimizer, "inner_optimizer", None)):
         if each is not None:
             each._all_reduce_sum_gradients = lambda grads_and_vars: grads_and_vars
+    if replicas == 1:
+        return
+    apply = optimizer.apply
+
+    def apply_summed(grads, trainable_variables=None):
+        present = [i for i, g in enumerate(grads) if g is not None]
+        summed = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, [grads[i] for i in present])
+        grads = list(grads)
+        for i, g in zip(present, summed):
+            grads[i] = g
+        return apply(grads, trainable_variables)
+
+    optimizer.apply = apply_summed
+
+
+def batch_norm_statistics(model):
+    """The moving means and variances of every batch norm layer of ``model``."""
+    return [variable for layer in model._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for variable in (layer.moving_mean, layer.moving_variance)]
+
+
+class AverageBatchNormAcrossReplicas(keras.callbacks.Callback):
+    """Averages batch norm's moving statistics over the replicas before each validation,
+    at each epoch's end and before a checkpoint inside an epoch (`average`).
+
+    Keras creates them with ``aggregation="none"``: under tf.distribute each replica keeps
+    its own copy, updated from its own part of every batch, and the saved model holds
+    replica 0's, estimated from 1/N of the data. Averaged (timm's ``--dist-bn reduce``),
+    the moving mean is the one a single device computes from the global batches, since it
+    is linear in the batch means; the moving variance averages the replicas' batch
+    variances, which leaves out the spread of their means (1/N of a batch's variance, in
+    expectation). Averaging at any moment gives the same end result, so resuming stays
+    exact. With ``--sync-bn`` every replica already holds the same statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self._average = None
+
+    def average(self):
+        variables = [v.value for v in batch_norm_statistics(self.model)]
+        if self.model.distribute_strategy.num_replicas_in_sync == 1 or not variables:
+            return
+        if self._average is None:
+            strategy = self.model.distribute_strategy
+
+            def replica_average():
+                context = tf.distribute.get_replica_context()
+                means = context.all_reduce(tf.distribute.ReduceOp.MEAN,
+                                           [tf.identity(v) for v in variables])
+                for variable, mean in zip(variables, means):
+                    variable.assign(mean)
+
+            self._average = tf.function(lambda: strategy.run(replica_average))
+        self._average()
+
+    def on_test_begin(self, logs=None):
+        self.average()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.average()

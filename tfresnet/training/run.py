@@ -11,6 +11,7 @@ from tfresnet.config import TrainConfig, checkpoint_interval
 from tfresnet.errors import UserError
 from tfresnet.evaluation.inference import test_metrics
 from tfresnet.evaluation.pictures import draw_run
+from tfresnet.training import keras_fixes
 from tfresnet.training.assemble import (
     build_model,
     describe_run,
@@ -55,10 +56,15 @@ def make_callbacks(config, run_dir, rows, data, plan, chief=True):
     ema = next((c for c in callbacks if isinstance(c, keras.callbacks.SwapEMAWeights)), None)
     every = checkpoint_interval(config.checkpoint_every) if config.checkpoint_every else (
         None, None)
+    # Averaging batch norm over replicas is collective: every worker must save at the same
+    # step, which a duration does not promise on several workers.
+    average = next(c for c in callbacks
+                   if isinstance(c, keras_fixes.AverageBatchNormAcrossReplicas)).average
     callbacks.append(RunRecorder(run_dir, config.epochs, rows,
                                  has_validation=len(data.x_val) > 0, guard=guard,
                                  title=f"{config.model} on {config.dataset}", ema=ema,
-                                 checkpoint_every=every))
+                                 checkpoint_every=every,
+                                 before_save=average if plan.workers == 1 or every[0] else None))
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"),
                                                      profile_batch=0))

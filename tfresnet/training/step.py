@@ -6,6 +6,7 @@ several workers (`tfresnet.training.keras_fixes`). Keras' own ``train_step`` doe
 """
 
 import keras
+import tensorflow as tf
 
 from tfresnet.training import keras_fixes
 
@@ -38,9 +39,18 @@ class TrainingSteps:
     def test_step(self, data):
         return keras_fixes.per_replica_logs(self, super().test_step(data))
 
+    def augment(self, data):
+        """``data`` augmented as the step does: seeded by the update count, and under
+        several replicas also by the replica, so that each draws its own crops, flips and
+        mixing weights (the same again when a run resumes)."""
+        if self.augmenter is None:
+            return data
+        context = tf.distribute.get_replica_context()
+        stream = context.replica_id_in_sync_group if context.num_replicas_in_sync > 1 else None
+        return self.augmenter(data[0], data[1], self.optimizer.iterations, stream)
+
     def train_step(self, data):
-        if self.augmenter is not None:
-            data = self.augmenter(data[0], data[1], self.optimizer.iterations)
+        data = self.augment(data)
         if self.backbone_lr in (None, 0.0, 1.0):  # 0: the backbone is not trainable
             return keras_fixes.per_replica_logs(self, super().train_step(data))
         # A per-layer learning rate for any optimizer (Keras 3 optimizers take one rate,

@@ -156,7 +156,8 @@ def train_args(cell, folder, weights, out, name, epochs):
         model = ["--model", "resnet18", "--width", "0.0625"]
     else:
         model = ["--model", "resnet18", "--width", "0.125", "--transfer", cell["transfer"],
-                 "--weights", str(weights), "--head-epochs", "1"]
+                 "--weights", str(weights),
+                 *(["--head-epochs", "1"] if cell["transfer"] == "two-stage" else [])]
     spe = "0" if cell["spe"] == "auto" else cell["spe"]
     return [*data, *model, "--image-size", "32", "--lr", "0.05", "--epochs", str(epochs),
             "--strategy", "multiworker" if cell["strategy"] == "workers" else cell["strategy"],

@@ -19,7 +19,13 @@ from tfresnet.training.assemble import (
     make_plan,
     shorten_batch_norm_memory,
 )
-from tfresnet.training.optim import OneCycle, base_learning_rate, make_optimizer, make_schedule
+from tfresnet.training.optim import (
+    OneCycle,
+    base_learning_rate,
+    current_learning_rate,
+    make_optimizer,
+    make_schedule,
+)
 from tfresnet.training.runtime import configure
 
 
@@ -60,6 +66,70 @@ def test_cosine_warmup_rises_linearly_then_decays_to_zero():
     assert float(schedule(20)) == pytest.approx(0.1, rel=1e-5)
     assert float(schedule(60)) == pytest.approx(0.05, rel=1e-4)  # halfway through the decay
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
+
+
+def applied_rates(config, updates_per_epoch, steps):
+    """The learning rate SGD without momentum applies at each of its first ``steps``
+    updates (the change of a weight whose gradient is 1), and `current_learning_rate`'s
+    reading of the last one from the optimizer's saved config."""
+    optimizer = make_optimizer(config, updates_per_epoch, 128)
+    weight = keras.Variable(0.0)
+    rates = []
+    for _ in range(steps):
+        before = float(weight.numpy())
+        optimizer.apply_gradients([(keras.ops.ones(()), weight)])
+        rates.append(before - float(weight.numpy()))
+    return rates, current_learning_rate(optimizer)
+
+
+@pytest.mark.parametrize("schedule,settings,after", [
+    ("step", {"milestones": [2], "gamma": 0.1}, lambda step: 0.1 if step < 20 else 0.01),
+    ("constant", {}, lambda step: 0.1),
+    ("inverse_time", {"decay": 0.01}, lambda step: 0.1 / (1 + 0.01 * step)),
+])
+def test_warmup_rises_linearly_to_any_schedule_then_follows_it(schedule, settings, after):
+    """One epoch of 10 updates: the rate applied at update k is k/10 of the schedule's,
+    then the schedule's own (its milestones at their epochs)."""
+    config = TrainConfig(lr=0.1, schedule=schedule, warmup_epochs=1, epochs=5, momentum=0.0,
+                         nesterov=False, **settings).validate()
+    rates, last = applied_rates(config, 10, 25)
+    expected = [min(1.0, step / 10) * after(step) for step in range(25)]
+    assert rates == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert last == pytest.approx(expected[-1], rel=1e-5)
+
+
+@pytest.mark.parametrize("schedule", ["step", "constant", "inverse_time", "onecycle"])
+def test_only_cosine_warms_up_by_default(schedule):
+    """0.4's runs of these schedules had no warm-up (its --warmup-epochs 2 acted on cosine
+    alone); their default still has none, and cosine's keeps 2 epochs."""
+    config = TrainConfig(lr=0.1, schedule=schedule, epochs=5, momentum=0.0, nesterov=False)
+    rates, _ = applied_rates(config.validate(), 10, 1)
+    assert rates[0] == pytest.approx(0.1 / 25 if schedule == "onecycle" else 0.1, rel=1e-5)
+    cosine = make_schedule(TrainConfig(lr=0.1, epochs=10), 10, 128)
+    assert [float(cosine(s)) for s in (0, 10)] == pytest.approx([0.0, 0.05], abs=1e-7)
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"schedule": "onecycle", "warmup_epochs": 1}, "--schedule onecycle has its own warm-up"),
+    ({"milestones": [30, 60]}, "--milestones acts only with --schedule step, not cosine"),
+    ({"schedule": "inverse_time", "gamma": 0.5}, "--gamma acts only with --schedule step"),
+    ({"schedule": "step", "decay": 0.01}, "--decay acts only with --schedule inverse_time"),
+    ({"optimizer": "adam", "momentum": 0.5, "nesterov": False},
+     "--momentum and --nesterov act only with --optimizer sgd, not adam"),
+    ({"l2": 0.0, "l2_on": "all"}, "--l2-on picks the variables --l2 decays, and --l2 is 0"),
+])
+def test_an_optimizer_setting_the_run_would_ignore_is_refused(settings, message):
+    with pytest.raises(UserError, match=message):
+        TrainConfig(**settings).validate()
+
+
+def test_defaults_and_used_settings_are_never_refused():
+    for schedule in ("constant", "inverse_time", "step", "cosine", "onecycle"):
+        for optimizer in ("sgd", "adam", "adamw"):
+            TrainConfig(schedule=schedule, optimizer=optimizer, l2=0.0).validate()
+    TrainConfig(schedule="onecycle", warmup_epochs=0).validate()
+    TrainConfig(schedule="step", milestones=[3], gamma=0.5, warmup_epochs=1).validate()
+    TrainConfig(optimizer="sgd", momentum=0.5, nesterov=False).validate()
 
 
 def test_step_schedule_multiplies_by_gamma_at_milestones():

@@ -21,6 +21,7 @@ from tfresnet.evaluation.inference import predict_probabilities
 from tfresnet.models import Classifier, ImagePreprocessor, get_model
 from tfresnet.training import run as run_module
 from tfresnet.training.callbacks import curves_figure
+from tfresnet.training.runtime import source_commit
 
 RUN_FILES = {"best.keras", "last.keras", "history.csv", "curves.png", "summary.json",
              "config.json", "class_indices.json", "tensorboard"}
@@ -192,6 +193,16 @@ def test_predict_probabilities_matches_model_predict():
     (["--dataset", "no/such/folder"], "unknown data set"),
     (["--augment", "randaugment", "--augment-on", "device", "--jit", "on"],
      "cannot run inside an XLA-compiled step"),
+    # Settings the run would ignore (their refusals are tested where they belong).
+    (["--crop-scale", "0.5", "1", "--preprocess", "photo"],
+     "--preprocess and --crop-scale act only on image folders, and digits is not one"),
+    (["--dataset", "no/such/folder", "--preprocess", "small", "--eval-crop", "0.9"],
+     "--eval-crop acts only on the photo view, which --preprocess small does not use"),
+    (["--dataset", "no/such/folder", "--data-dir", "pickles"],
+     "--data-dir locates a registered data set's files"),
+    (["--schedule", "onecycle", "--warmup-epochs", "1"], "--schedule onecycle has its own"),
+    (["--model", "resnet18_imagenet", "--transfer", "scratch", "--zero-init-residual"],
+     "--zero-init-residual does not apply to --transfer scratch"),
 ])
 def test_a_refused_command_leaves_nothing_and_the_corrected_one_runs(tmp_path, mistake,
                                                                      message):
@@ -392,6 +403,47 @@ def test_a_run_folder_of_version_0_3_resumes_after_its_last_epoch(tmp_path, caps
     assert "after epoch 1" in capsys.readouterr().out
     rows = history(tmp_path / "old")
     assert [r["epoch"] for r in rows] == ["1", "2"] and rows[0] == old[0]
+
+
+def test_a_step_schedule_run_of_version_0_4_resumes_without_warmup(tmp_path, capsys):
+    """0.4 saved --warmup-epochs 2.0, its default, which the step schedule ignored: such a
+    run folder resumes with the same command and still has no warm-up; a run given that
+    warm-up today resumes with it."""
+    args = [*TINY, "--model", "small_cnn", "--schedule", "step", "--val-size", "0",
+            "--output-dir", str(tmp_path)]
+    assert main([*args, "--name", "old", "--epochs", "1"]) == 0
+    config_path = tmp_path / "old" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["warmup_epochs"] is None
+    config_path.write_text(json.dumps({**config, "warmup_epochs": 2.0}))  # as 0.4 wrote it
+    assert main([*args, "--name", "old", "--epochs", "2"]) == 0
+    assert "after epoch 1" in capsys.readouterr().out
+    assert [float(r["lr"]) for r in history(tmp_path / "old")] == pytest.approx([0.05, 0.05])
+
+    warm = [*args, "--name", "warm", "--warmup-epochs", "2"]
+    assert main([*warm, "--epochs", "1"]) == 0  # a warm-up longer than the run: cut to it
+    assert main([*warm, "--epochs", "3"]) == 0
+    assert "after epoch 1" in capsys.readouterr().out
+    steps = (1797 - 360) // 64  # digits: 1,437 training images, full batches
+    rates = [float(r["lr"]) for r in history(tmp_path / "warm")]
+    assert rates == pytest.approx([0.05, 0.05 * (2 * steps - 1) / (2 * steps), 0.05])
+
+
+def test_summary_records_the_commit_of_the_checkout_it_runs_from(tmp_path):
+    import subprocess
+
+    import tfresnet
+
+    root = Path(tfresnet.__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("tfresnet does not run from a git checkout here")
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    source_commit.cache_clear()  # read once per process: HEAD may have moved since
+    assert main([*TINY, "--model", "small_cnn", "--epochs", "1", "--output-dir", str(tmp_path),
+                 "--name", "commit"]) == 0
+    summary = json.loads((tmp_path / "commit" / "summary.json").read_text())
+    assert summary["versions"]["tfresnet_commit"].removesuffix("+dirty") == head
 
 
 def test_the_learning_curves_of_a_short_run_label_whole_epochs_only():

@@ -147,6 +147,39 @@ def test_transfer_bad_input(overrides, message):
         assemble.make_network(config, 10, assemble.input_size(config))
 
 
+@pytest.mark.parametrize("settings,message", [
+    ({"transfer": "scratch", "stem": "biased_valid"},
+     "--stem biased_valid does not apply to --transfer scratch"),
+    ({"transfer": "scratch", "zero_init_residual": True},
+     "--zero-init-residual does not apply to --transfer scratch"),
+    ({"model": "resnet50_imagenet", "transfer": "scratch", "width": 0.5},
+     "--width applies to the resnet18/resnet34 backbones tfresnet builds"),
+    ({"transfer": "finetune", "weights": "imagenet", "width": 0.5},  # keras-hub's preset
+     "not to resnet18 from Keras Applications or a preset"),
+    ({"transfer": "frozen", "weights": "imagenet", "backbone_lr": 0.5},
+     "--backbone-lr acts only with --transfer finetune or two-stage, not frozen"),
+    ({"model": "resnet18", "backbone_lr": 0.5}, "--backbone-lr acts only with"),
+    ({"transfer": "finetune", "weights": "imagenet", "head_epochs": 1},
+     "--head-epochs acts only with --transfer two-stage, not finetune"),
+    ({"model": "resnet18", "weights": "imagenet"}, "--weights loads a pretrained backbone"),
+])
+def test_a_model_setting_the_run_would_ignore_is_refused_before_any_data(settings, message):
+    """A pretrained backbone has the ImageNet stem and its own initialisation; the transfer
+    settings act in their modes only. Defaults never count as given."""
+    config = TrainConfig(**{"model": "resnet18_imagenet", **settings})
+    with pytest.raises(UserError, match=message):
+        config.validate()
+    TrainConfig(model="resnet18_imagenet", transfer="frozen", weights="imagenet").validate()
+
+
+def test_the_model_settings_a_backbone_takes_act(weights_file):
+    config = TrainConfig(model="resnet18_imagenet", transfer="two-stage",
+                         weights=str(weights_file), stem="imagenet", width=0.125,
+                         dropout=0.2, backbone_lr=0.5, head_epochs=1).validate()
+    network = assemble.make_network(config, 10, 32)
+    assert (network.width, network.dropout) == (0.125, 0.2)
+
+
 def test_registry_has_pretrained_backbones():
     model = get_model("resnet50v2_imagenet", 5, image_size=32)
     assert isinstance(model, TransferNet) and model.arch == "resnet50v2"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import free_ports, run_cli, wait_for
+from conftest import free_ports, history, run_cli, wait_for
 from tfresnet.cli.train import main as train_main
 from tfresnet.cli.tune import main as tune_main
 from tfresnet.tuning.launch import worker_environments
@@ -43,6 +43,49 @@ def test_random_search_writes_results_and_train_consumes_them(tmp_path):
     assert train_main(run) == 0
     saved = json.loads((tmp_path / "from-tune" / "config.json").read_text())
     assert saved["lr"] == pytest.approx(hparams["lr"])
+
+
+def test_every_trial_trains_in_the_runs_precision(tmp_path):
+    """keras-tuner clears Keras' session, the global dtype policy with it, before each
+    trial's build: each trial sets the run's policy again."""
+    assert tune_main([*SEARCH, "--max-trials", "2", "--precision", "mixed_bfloat16",
+                      "--output-dir", str(tmp_path), "--name", "bf16"]) == 0
+    stats = read_trial_stats(tmp_path / "tune" / "bf16")
+    assert len(stats) == 2
+    for trial in stats.values():
+        assert trial["dtype_policy"] == "mixed_bfloat16"
+        assert trial["compile_seconds"] > 0 and len(trial["history"]) == 1
+
+
+def test_a_trial_trains_exactly_as_train_does_with_its_values(tmp_path, monkeypatch):
+    """The second trial (after one trial and a cleared session) against a `train` run of
+    its learning rate: the same dtype policy and, epoch by epoch, bit-equal figures. The
+    same ops run in the same order from the same seed on the same CPU, and TensorFlow's
+    CPU kernels are deterministic for a given graph and thread count, so any difference
+    is a difference in what was run."""
+    from tfresnet.training import run
+
+    settings = ["--dataset", "digits", "--width", "0.0625", "--batch-size", "64",
+                "--precision", "mixed_bfloat16", "--output-dir", str(tmp_path)]
+    assert tune_main([*settings, "--max-trials", "2", "--epochs-per-trial", "2",
+                      "--name", "twin"]) == 0
+    out = tmp_path / "tune" / "twin"
+    second = rows(out / "trials.csv")[1]
+    trial = read_trial_stats(out)[second["trial"]]
+
+    models = []
+    monkeypatch.setattr(run, "build_model",
+                        lambda *a, _build=run.build_model, **k: models.append(_build(*a, **k))
+                        or models[-1])
+    assert train_main([*settings, "--epochs", "2", "--lr", second["lr"], "--no-visualize",
+                       "--no-tensorboard", "--name", "twin-train"]) == 0
+    assert models[0].dtype_policy.name == trial["dtype_policy"] == "mixed_bfloat16"
+    trained = history(tmp_path / "twin-train")
+    assert len(trained) == len(trial["history"]) == 2
+    for row, logged in zip(trained, trial["history"]):
+        figures = set(logged) - {"epoch"}
+        assert figures >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+        assert {k: float(row[k]) for k in figures} == {k: logged[k] for k in figures}
 
 
 @pytest.mark.slow
@@ -242,7 +285,7 @@ def test_folder_of_another_search_space_is_refused(tmp_path):
 def test_trials_in_one_process_leave_no_step_graphs_behind():
     """Keras sums gradients over replicas even when there is one; TF's all_reduce then
     registers a custom gradient per traced step in its global registry, which keeps every
-    trial's step graph alive (`tfresnet.training.keras_fixes.skip_single_replica_all_reduce`)."""
+    trial's step graph alive (`tfresnet.training.keras_fixes.sum_gradients_first`)."""
     from tensorflow.python.framework import ops
 
     from tfresnet.config import TrainConfig

@@ -5,7 +5,9 @@ tfresnet 0.1 may hold names that 0.2 replaced; every reader maps them here, so a
 any version loads, resumes and gives its old outputs (the fixture tests of 0.1 and 0.3).
 One change is structural, not a name: the ``mean``, ``std``, ``image_size`` and
 ``eval_crop`` of a `Classifier` before 0.4 become its `ImagePreprocessor`
-(``Classifier.from_config``).
+(``Classifier.from_config``). One is a default: a run folder's settings of 0.4 and before
+hold ``warmup_epochs`` 2.0 for every schedule, which only cosine used
+(`FORMER_DEFAULTS`).
 """
 
 # Setting values renamed in 0.2: setting -> {old value: today's}.
@@ -13,6 +15,10 @@ VALUE_ALIASES = {
     "stem": {"seed": "biased_valid"},
     "augment": {"seed": "shift_flip"},
 }
+# Settings whose default became one per run after 0.4 (None in today's configs), with the
+# value runs of 0.4 and before saved: their warm-up of 2 epochs under every schedule, used
+# by cosine alone, is what None gives (2 epochs for cosine, none for the others).
+FORMER_DEFAULTS = {"warmup_epochs": 2.0}
 # Constructor arguments renamed in 0.2 (.keras files): class -> {old argument: today's}.
 ARGUMENT_ALIASES = {
     "Classifier": {"backbone": "network"},
@@ -32,8 +38,12 @@ def current(setting, value):
 
 
 def canonical(values):
-    """A settings dict with old values replaced by today's."""
-    return {k: current(k, v) for k, v in values.items()}
+    """A settings dict in the form run settings are compared in: old values replaced by
+    today's, a `FORMER_DEFAULTS` value by None (so a 2-epoch warm-up given under a schedule
+    other than cosine compares equal to none: a saved config cannot tell it from 0.4's
+    default)."""
+    return {k: None if k in FORMER_DEFAULTS and v == FORMER_DEFAULTS[k] else current(k, v)
+            for k, v in values.items()}
 
 
 def with_added_arguments(arguments, names):

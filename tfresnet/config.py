@@ -97,7 +97,9 @@ class TrainConfig:
     nesterov: bool = _field(True, "Nesterov momentum for SGD", "optimizer")
     weight_decay: float = _field(0.0, "decoupled weight decay of the optimizer", "optimizer")
     schedule: str = _field("cosine", "learning-rate schedule", "optimizer", list(SCHEDULES))
-    warmup_epochs: float = _field(2.0, "linear warm-up epochs (cosine)", "optimizer")
+    warmup_epochs: float | None = _field(
+        None, "epochs of linear warm-up from 0 to the schedule's rate (default 2 for cosine, "
+        "0 for the others; onecycle has its own rise)", "optimizer")
     milestones: list[int] = _field([60, 120, 160], "epochs where 'step' multiplies by gamma",
                                    "optimizer")
     gamma: float = _field(0.2, "factor of the 'step' schedule", "optimizer")
@@ -156,6 +158,11 @@ class TrainConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    def is_set(self, name):
+        """Whether setting ``name`` differs from its default: how checks tell a value the
+        user chose (a config holds values, not which flags were given)."""
+        return getattr(self, name) != _default(self.__dataclass_fields__[name])
 
     def updated(self, values, source):
         """A copy with ``values`` applied; unknown keys are an error naming ``source``."""
@@ -226,8 +233,10 @@ def add_config_arguments(parser):
         if group_name not in groups:
             groups[group_name] = parser.add_argument_group(group_name)
         flag = "--" + field.name.replace("_", "-")
-        kwargs = {"dest": field.name, "default": argparse.SUPPRESS,
-                  "help": f"{field.metadata['help']} (default: {_default(field)})"}
+        text = field.metadata["help"]
+        if "(default" not in text:  # else it says how the default is decided
+            text += f" (default: {_default(field)})"
+        kwargs = {"dest": field.name, "default": argparse.SUPPRESS, "help": text}
         kind, nargs = _argument_type(field)
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

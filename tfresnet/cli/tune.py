@@ -3,9 +3,11 @@
 Two methods:
   keras-tuner (default): random, Bayesian or Hyperband search over the learning rate
       (log-uniform) and, with ``--search``, optimizer, l2, weight_decay, label_smoothing,
-      batch_size and augment. Every trial trains through the same model, loss, optimizer
-      and pipeline as ``tfresnet.train``; the objective is validation accuracy, never test.
-      Re-running the same command continues the search; ``--fresh`` starts over.
+      batch_size and augment. Every trial trains as ``tfresnet.train`` would with its
+      values: the same precision, seed, model, loss, optimizer and pipeline; the objective
+      is validation accuracy, never test. ``trial_stats/<trial>.json`` holds each trial's
+      seconds, compile seconds, dtype policy and per-epoch figures. Re-running the same
+      command continues the search; ``--fresh`` starts over.
   lr-range: one short run with the learning rate growing exponentially per step; the
       suggested rate is where the smoothed loss falls fastest, before it diverges.
 

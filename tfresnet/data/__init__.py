@@ -135,6 +135,38 @@ def check_data_settings(config):
     if not 0 < config.eval_crop <= 1:
         raise UserError(f"--eval-crop must be in (0, 1]. Received: {config.eval_crop}")
     parse_augment(config.augment)
+    _refuse_unused(config)
+
+
+PHOTO_SETTINGS = ("crop_scale", "crop_ratio", "eval_crop")  # of `folders.View`
+
+
+def _refuse_unused(config):
+    """A one-line `UserError` for a data setting given (not its default) that the data set
+    would ignore: an image folder's preprocessing for a registered source, the photo
+    view's crops under ``--preprocess small``, ``--data-dir`` for an image folder."""
+    crops = [f"--{name.replace('_', '-')}" for name in PHOTO_SETTINGS if config.is_set(name)]
+    if config.dataset in SOURCES:
+        given = (["--preprocess"] if config.is_set("preprocess") else []) + crops
+        if given:
+            raise UserError(f"{_flags(given)} only on image folders, and {config.dataset} "
+                            f"is not one; drop {_them(given)}")
+        return
+    if crops and config.preprocess == "small":
+        raise UserError(f"{_flags(crops)} only on the photo view, which --preprocess small "
+                        f"does not use; drop {_them(crops)} or pass --preprocess photo")
+    if config.data_dir is not None:
+        raise UserError(f"--data-dir locates a registered data set's files; the image folder "
+                        f"{config.dataset} does not use it: drop it")
+
+
+def _flags(flags):
+    """``flags`` joined, with the verb that agrees."""
+    return " and ".join(flags) + (" act" if len(flags) > 1 else " acts")
+
+
+def _them(flags):
+    return "them" if len(flags) > 1 else "it"
 
 
 def load_dataset(name, data_dir=None, val_size=None, seed=0, image_size=None, download=True,

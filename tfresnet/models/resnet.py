@@ -79,16 +79,18 @@ class BatchNormalization(layers.BatchNormalization):
     their gradients likewise); ``FusedBatchNormV3`` is one kernel each way (oneDNN's on a
     CPU, cuDNN's on a GPU, and XLA lowers it). Same variables, same moving statistics (the
     fused kernel's Bessel-corrected batch variance is turned back into Keras' biased one),
-    same outputs: only the speed differs. Masks, renorm and synchronised statistics keep
-    Keras' path. It keeps Keras' class name because a .keras file stores the weights of a
-    list's layers under the snake-cased class name.
+    same outputs: only the speed differs. Masks and renorm keep Keras' path; synchronised
+    statistics (``--sync-bn``) are computed in two passes (`_synchronized_call`). It keeps
+    Keras' class name because a .keras file stores the weights of a list's layers under the
+    snake-cased class name.
     """
 
     def call(self, inputs, training=None, mask=None):
         if not (mask is None and self.scale and self.center and not self.renorm
-                and not self.synchronized and len(inputs.shape) == 4
-                and self.axis in (-1, 3)):
+                and len(inputs.shape) == 4 and self.axis in (-1, 3)):
             return super().call(inputs, training=training, mask=mask)
+        if self.synchronized and training and self.trainable:
+            return self._synchronized_call(inputs)
         if inputs.dtype not in (tf.float16, tf.bfloat16, tf.float32) or (
                 inputs.dtype == tf.bfloat16 and not _gpus()
                 and (cpu_batch_norm_in_float32() or inputs.shape[-1] < NATIVE_MIN_CHANNELS)):
@@ -112,6 +114,30 @@ class BatchNormalization(layers.BatchNormalization):
             self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
             self.moving_variance.assign(
                 self.moving_variance * momentum + variance * (1.0 - momentum))
+        return tf.cast(outputs, self.compute_dtype)
+
+    def _synchronized_call(self, inputs):
+        """Batch statistics of every replica's batch together (``--sync-bn``), in float32
+        and in two passes: the mean first, then the squared deviations from it. Keras
+        computes them in one, as E[x^2] - E[x]^2 (``_compute_moments_sync`` in
+        ``keras/src/backend/tensorflow/nn.py``), which loses float32's precision where a
+        channel's mean is large against its spread (at mean 30 and spread 0.1, outputs off
+        by 0.5; ``test_models.py::test_synchronized_batch_norm_is_the_fused_one_on_one_device``)."""
+        x = tf.cast(inputs, tf.float32)
+        context = tf.distribute.get_replica_context()
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+        total, count = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                          [tf.reduce_sum(x, [0, 1, 2]), count])
+        mean = total / count
+        variance = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                      tf.reduce_sum(tf.square(x - mean), [0, 1, 2])) / count
+        momentum = self.momentum
+        self.moving_mean.assign(self.moving_mean * momentum
+                                + tf.stop_gradient(mean) * (1.0 - momentum))
+        self.moving_variance.assign(self.moving_variance * momentum
+                                    + tf.stop_gradient(variance) * (1.0 - momentum))
+        outputs = tf.nn.batch_normalization(x, mean, variance, tf.cast(self.beta, tf.float32),
+                                            tf.cast(self.gamma, tf.float32), self.epsilon)
         return tf.cast(outputs, self.compute_dtype)
 
 

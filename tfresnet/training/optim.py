@@ -1,8 +1,10 @@
 """Optimizers and learning-rate schedules, built from a `TrainConfig`.
 
 Every schedule is a function of the optimizer's step counter, so a resumed run continues
-exactly where it stopped. The seed's Keras 2 ``Adam(lr, decay=d)`` -- removed in Keras 3 --
-is ``schedule="inverse_time"`` with ``decay=d``: ``lr / (1 + d * step)``.
+exactly where it stopped. Each but ``onecycle`` (which rises itself) can start with a
+linear warm-up (``--warmup-epochs``; by default 2 epochs for cosine only). The seed's
+Keras 2 ``Adam(lr, decay=d)`` -- removed in Keras 3 -- is ``schedule="inverse_time"`` with
+``decay=d``: ``lr / (1 + d * step)``.
 """
 
 import math
@@ -43,6 +45,30 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
 
 @keras.saving.register_keras_serializable(package="tfresnet")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """``schedule`` (a schedule or a constant rate) times a linear rise from 0 to 1 over
+    ``warmup_steps``, then ``schedule`` itself: its steps still count from the first (a
+    ``step`` milestone stays at its epoch)."""
+
+    def __init__(self, schedule, warmup_steps):
+        if isinstance(schedule, dict):
+            schedule = keras.optimizers.schedules.deserialize(schedule)
+        self.schedule = schedule
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step):
+        rate = self.schedule(step) if callable(self.schedule) else self.schedule
+        rise = keras.ops.cast(step, "float32") / self.warmup_steps
+        return keras.ops.minimum(rise, 1.0) * rate
+
+    def get_config(self):
+        schedule = self.schedule
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            schedule = keras.optimizers.schedules.serialize(schedule)
+        return {"schedule": schedule, "warmup_steps": self.warmup_steps}
+
+
+@keras.saving.register_keras_serializable(package="tfresnet")
 class PerUpdate(keras.optimizers.schedules.LearningRateSchedule):
     """``schedule`` counted in optimizer updates: Keras calls a schedule with the count of
     batches, which under gradient accumulation is ``accumulation`` times the updates."""
@@ -69,7 +95,7 @@ def check_optimizer_settings(config):
     if config.lr <= 0:
         raise UserError(f"--lr must be positive. Received: {config.lr}")
     for name in ("l2", "weight_decay", "warmup_epochs", "decay", "momentum"):
-        if getattr(config, name) < 0:
+        if (getattr(config, name) or 0) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0. "
                             f"Received: {getattr(config, name)}")
     if not 0 <= config.ema < 1:
@@ -82,13 +108,39 @@ def check_optimizer_settings(config):
                         "drop one of them")
     if config.schedule == "step" and (not config.milestones or min(config.milestones) <= 0):
         raise UserError(f"--milestones must be positive epochs. Received: {config.milestones}")
+    _refuse_unused(config)
+
+
+# (setting, value, the settings that act only when it has that value)
+USED_ONLY_WITH = (("schedule", "step", ("milestones", "gamma")),
+                  ("schedule", "inverse_time", ("decay",)),
+                  ("optimizer", "sgd", ("momentum", "nesterov")))
+
+
+def _refuse_unused(config):
+    """A one-line `UserError` for an optimizer or schedule setting given (not its default)
+    where the run would ignore it."""
+    if config.schedule == "onecycle" and config.warmup_epochs:
+        raise UserError("--schedule onecycle has its own warm-up (it rises from lr/25 over "
+                        "the first 30% of the steps); drop --warmup-epochs")
+    for setting, value, names in USED_ONLY_WITH:
+        given = [f"--{n.replace('_', '-')}" for n in names if config.is_set(n)]
+        if given and getattr(config, setting) != value:
+            several = len(given) > 1
+            raise UserError(f"{' and '.join(given)} {'act' if several else 'acts'} only with "
+                            f"--{setting} {value}, not {getattr(config, setting)}; drop "
+                            f"{'them' if several else 'it'} or pass --{setting} {value}")
+    if config.is_set("l2_on") and not config.l2:
+        raise UserError("--l2-on picks the variables --l2 decays, and --l2 is 0; set --l2 "
+                        "or drop --l2-on")
 
 
 def lr_is_scaled(config, batch_size):
     """Whether ``--lr`` is scaled to the batch: with ``--scale-lr``, and without
-    ``--batch-size`` when the default batch was lowered for a small training set (on 246 real
-    photos the scaled lr gave +3.0 points in 20 epochs and +7.2 in 80, experiments/README)."""
-    return config.scale_lr or (config.batch_size is None and batch_size < REFERENCE_BATCH)
+    ``--batch-size`` whenever the default batch is not `REFERENCE_BATCH`: lowered for a small
+    training set (on 246 real photos the scaled lr gave +3.0 points in 20 epochs and +7.2 in
+    80, experiments/README), or raised to 128 per replica on several devices."""
+    return config.scale_lr or (config.batch_size is None and batch_size != REFERENCE_BATCH)
 
 
 def base_learning_rate(config, batch_size):
@@ -112,8 +164,23 @@ def _step(config, lr, steps_per_epoch, total):
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 
+DEFAULT_WARMUP_EPOCHS = {"cosine": 2.0}  # by schedule; the others: none
+
+
+def warmup_epochs(config):
+    """``--warmup-epochs``, else its schedule's default (`DEFAULT_WARMUP_EPOCHS`)."""
+    if config.warmup_epochs is not None:
+        return config.warmup_epochs
+    return DEFAULT_WARMUP_EPOCHS.get(config.schedule, 0.0)
+
+
+def warmup_steps(config, steps_per_epoch, total):
+    """The updates of the warm-up (`warmup_epochs`), fewer than the ``total``."""
+    return max(0, min(total - 1, round(warmup_epochs(config) * steps_per_epoch)))
+
+
 def _cosine(config, lr, steps_per_epoch, total):
-    warmup = min(total - 1, round(config.warmup_epochs * steps_per_epoch))
+    warmup = warmup_steps(config, steps_per_epoch, total)
     if warmup <= 0:
         return keras.optimizers.schedules.CosineDecay(lr, total)
     return keras.optimizers.schedules.CosineDecay(0.0, total - warmup, warmup_target=lr,
@@ -142,12 +209,17 @@ OPTIMIZERS = {
 
 
 def make_schedule(config, updates_per_epoch, batch_size):
-    """The learning rate as a float or a schedule of the optimizer updates."""
+    """The learning rate as a float or a schedule of the optimizer updates, after its
+    warm-up (`warmup_steps`; cosine's is Keras' own, in its `CosineDecay`)."""
     if config.schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {config.schedule!r}")
     total = max(1, config.epochs * updates_per_epoch)
-    return SCHEDULES[config.schedule](config, base_learning_rate(config, batch_size),
-                                      updates_per_epoch, total)
+    rate = SCHEDULES[config.schedule](config, base_learning_rate(config, batch_size),
+                                     updates_per_epoch, total)
+    warmup = warmup_steps(config, updates_per_epoch, total)
+    if warmup and config.schedule != "cosine":
+        return LinearWarmup(rate, warmup)
+    return rate
 
 
 def make_optimizer(config, steps_per_epoch, batch_size):

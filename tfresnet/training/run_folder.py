@@ -66,7 +66,7 @@ class RunFolder:
         output = Path(config.output_dir)
         if config.name:
             return cls(output / config.name)
-        wanted = _comparable(config.to_dict())
+        wanted = _comparable(canonical(config.to_dict()))
         candidates = sorted(output.glob("*/config.json"), key=lambda p: p.stat().st_mtime)
         for path in reversed(candidates):
             folder = cls(path.parent)
@@ -135,7 +135,7 @@ class RunFolder:
                     raise UserError(f"{self} trained on a folder before version 0.3, which "
                                     "decoded it otherwise; rerun with --fresh to start over")
                 saved.update(preprocess="small", image_size=saved["image_size"] or 64)
-            wanted = config.to_dict()
+            wanted = canonical(config.to_dict())
             changed = {k for k in set(saved) | set(wanted)
                        if saved.get(k) != wanted.get(k)} - RESUMABLE_CHANGES
             if changed:

@@ -388,15 +388,24 @@ def resolve_jit(mode, replicas, deterministic):
     return jit
 
 
+def set_session_state(seed, precision):
+    """Seeds Python, NumPy, TensorFlow and Keras' global generator with ``seed`` and sets
+    Keras' global dtype policy to ``precision``: the part of `configure` that
+    ``keras.backend.clear_session()`` resets, so whoever clears the session (keras-tuner,
+    before each trial's build) sets it again before building a model. Op determinism, the
+    strategy and XLA live in TensorFlow or the compiled model and survive it."""
+    keras.utils.set_random_seed(seed)
+    keras.mixed_precision.set_global_policy(precision)
+
+
 def configure(config):
     """Seeds everything and sets precision, determinism, the strategy and XLA for
     ``config``; warns once when NVIDIA GPUs are there but TensorFlow cannot use them."""
-    keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     warn_if_gpus_unused()
     precision = resolve_precision(config.precision, config.model, config.width)
-    keras.mixed_precision.set_global_policy(precision)
+    set_session_state(config.seed, precision)
     strategy = make_strategy(config.strategy)
     jit = resolve_jit(config.jit, strategy.num_replicas_in_sync, config.deterministic)
     return Runtime(strategy, precision, jit, describe_device())
@@ -434,18 +443,20 @@ def versions():
 @functools.cache
 def source_commit():
     """The git commit of the checkout tfresnet runs from (``+dirty`` with uncommitted
-    changes to tracked files), or None when it is not a git checkout."""
+    changes to tracked files), or None when its package is not tracked by git (installed,
+    or inside another project's checkout)."""
     import subprocess
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.isdir(os.path.join(root, ".git")):
-        return None
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args):
+        return subprocess.run(["git", "-C", package, *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+
     try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True,
-                               timeout=10, check=True).stdout.strip()
+        git("ls-files", "--error-unmatch", "__init__.py")  # fails outside its checkout
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty else "")

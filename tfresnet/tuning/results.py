@@ -32,15 +32,14 @@ def write_search_results(tuner, out_dir, base, epochs_per_trial):
                    if not k.startswith("tuner/")})
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["trial", *keys, "best_val_accuracy", "epochs", "seconds", "rss_mb",
-                     "tuner"])
+    recorded = ["seconds", "compile_seconds", "dtype_policy", "rss_mb", "tuner"]
+    writer.writerow(["trial", *keys, "best_val_accuracy", "epochs", *recorded])
     for t in trials:
         values = t.hyperparameters.values
         trial_stats = stats.get(t.trial_id, {})
         writer.writerow([t.trial_id, *(values.get(k, "") for k in keys), f"{t.score:.4f}",
                          values.get("tuner/epochs", epochs_per_trial),
-                         trial_stats.get("seconds", ""), trial_stats.get("rss_mb", ""),
-                         trial_stats.get("tuner", "")])
+                         *(trial_stats.get(k, "") for k in recorded)])
     atomic_write_text(out_dir / "trials.csv", out.getvalue())
 
     best = max(trials, key=lambda t: t.score)

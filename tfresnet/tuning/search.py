@@ -1,8 +1,10 @@
 """The keras-tuner search: trials are `tfresnet.train` runs of one base `TrainConfig`."""
 
 import json
+import statistics
 import time
 
+import keras
 import keras_tuner as kt
 import tensorflow as tf
 
@@ -17,6 +19,7 @@ from tfresnet.training.assemble import (
 )
 from tfresnet.training.checkpoint import atomic_write_text, make_dir
 from tfresnet.training.optim import OPTIMIZERS
+from tfresnet.training.runtime import set_session_state
 from tfresnet.tuning.memory import release_memory, resident_memory_mb
 
 # The searchable hyper-parameters besides the learning rate: name (a `TrainConfig` key) ->
@@ -34,9 +37,43 @@ SEARCH_SPACE = {
 TUNERS = ("random", "bayesian", "hyperband")
 
 
+class TrialRecorder(keras.callbacks.Callback):
+    """What a trial adds to its stats: the model's dtype policy, its per-epoch logs and
+    its compile seconds.
+
+    Compile seconds: the wall time of the trial's first training execution (one call of
+    Keras' train function, from ``on_train_batch_begin`` to ``on_train_batch_end``, by when
+    Keras has fetched its outputs: tracing, graph passes, XLA compilation where on, the
+    input pipeline's start and its steps) minus the median of the same epoch's later
+    executions; the whole first execution where an epoch is one. Validation's own first
+    call is not counted.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.history = []
+        self.execution_seconds = []  # of the first epoch trained
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.began = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.history:
+            self.execution_seconds.append(time.perf_counter() - self.began)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.history.append({"epoch": epoch + 1, **(logs or {})})
+
+    def stats(self):
+        first, *later = self.execution_seconds
+        return {"dtype_policy": self.model.dtype_policy.name,
+                "compile_seconds": round(first - (statistics.median(later) if later else 0), 3),
+                "history": self.history}
+
+
 class ResNetHyperModel(kt.HyperModel):
     """Trials are `tfresnet.train` runs of ``base`` with the searched values substituted:
-    the same model, loss, optimizer and pipeline, no second code path.
+    the same precision, seed, model, loss, optimizer and pipeline, no second code path.
 
     Args:
         base: the `TrainConfig` every trial starts from.
@@ -60,6 +97,13 @@ class ResNetHyperModel(kt.HyperModel):
         self.lr_range = lr_range
         self.size = size
         self.plan = None  # the trial's, made by `build` and followed by `fit`
+        self.recorder = None  # the trial's `TrialRecorder`, made by `fit`
+
+    def take_trial_stats(self):
+        """The stats of the trial that just ended (`TrialRecorder.stats`; empty when it
+        never trained), letting go of its recorder and with it its model."""
+        recorder, self.recorder = self.recorder, None
+        return recorder.stats() if recorder and recorder.execution_seconds else {}
 
     def trial_config(self, hp):
         """The `TrainConfig` of one trial; also declares the search space."""
@@ -73,6 +117,9 @@ class ResNetHyperModel(kt.HyperModel):
 
     def build(self, hp):
         config = self.trial_config(hp)
+        # keras-tuner clears Keras' session before each trial's build, and with it the
+        # seeds and the dtype policy `configure` set: a trial builds as `train` would.
+        set_session_state(config.seed, self.runtime.precision)
         self.plan = make_plan(config, self.data, self.runtime, self.size)
         return build_model(config, self.data, self.runtime, self.plan)
 
@@ -80,7 +127,8 @@ class ResNetHyperModel(kt.HyperModel):
         config = self.trial_config(hp)
         train_data, val_data = make_pipelines(config, self.data, self.runtime, self.plan,
                                               arrays=self.tensors)
-        callbacks = [*training_callbacks(config), *kwargs.get("callbacks", [])]
+        self.recorder = TrialRecorder()  # first: the others' end-of-batch work is not timed
+        callbacks = [self.recorder, *training_callbacks(config), *kwargs.get("callbacks", [])]
         return model.fit(train_data, steps_per_epoch=self.plan.steps_per_epoch,
                          epochs=kwargs.pop("epochs", config.epochs),
                          initial_epoch=kwargs.pop("initial_epoch", 0),
@@ -91,9 +139,10 @@ class ResNetHyperModel(kt.HyperModel):
 def make_tuner(kind, hypermodel, out_dir, runtime, max_trials, epochs_per_trial, seed,
                overwrite):
     """The keras-tuner tuner (``kind``: one of `TUNERS`) of ``max_trials`` trials in
-    ``out_dir``, recording each trial's seconds and the process's resident memory after it
-    into ``trial_stats/<trial>.json``. ``epochs_per_trial`` is Hyperband's largest budget;
-    ``overwrite`` starts the search over."""
+    ``out_dir``, recording each trial's seconds, what its `TrialRecorder` saw and the
+    process's resident memory after it into ``trial_stats/<trial>.json``.
+    ``epochs_per_trial`` is Hyperband's largest budget; ``overwrite`` starts the search
+    over."""
     base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization,
             "hyperband": kt.Hyperband}[kind]
 
@@ -106,14 +155,16 @@ def make_tuner(kind, hypermodel, out_dir, runtime, max_trials, epochs_per_trial,
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
-            release_memory()
             stats = {"seconds": round(time.perf_counter() - self._trial_start, 2),
-                     "rss_mb": resident_memory_mb(), "tuner": self.tuner_id}
+                     **self.hypermodel.take_trial_stats()}
+            release_memory()
+            stats.update(rss_mb=resident_memory_mb(), tuner=self.tuner_id)
             make_dir(out_dir / "trial_stats")
             atomic_write_text(out_dir / "trial_stats" / f"{trial.trial_id}.json",
                               json.dumps(stats) + "\n")
+            shown = {k: v for k, v in stats.items() if k != "history"}
             print(f"trial {trial.trial_id}: {json.dumps(trial.hyperparameters.values)} "
-                  f"{stats}", flush=True)
+                  f"{shown}", flush=True)
 
     options = {"objective": kt.Objective("val_accuracy", "max"), "seed": seed,
                "directory": str(out_dir), "project_name": "keras_tuner",

@@ -131,3 +131,9 @@ def test_a_toy_search_name_is_searched(toys, tmp_path):
                       "momentum", "--output-dir", str(tmp_path), "--name", "toy"]) == 0
     best = json.loads((tmp_path / "tune" / "toy" / "best_hparams.json").read_text())
     assert best["momentum"] in (0.5, 0.8)
+
+
+def test_a_model_name_that_is_taken_is_refused():
+    with pytest.raises(ValueError, match="'resnet18' is already registered"):
+        registry.register_model("resnet18")(tiny_net)
+    assert registry._REGISTRY["resnet18"] is not tiny_net

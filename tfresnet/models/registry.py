@@ -13,7 +13,9 @@ _REGISTRY = {}
 
 
 def register_model(name):
-    """Registers the decorated factory under ``name``; returns it unchanged.
+    """Registers the decorated factory under ``name``; returns it unchanged. A name that
+    is taken is refused (as torchvision does): a second model must not silently replace
+    the first.
 
     Example:
         >>> @register_model("tiny_cnn")
@@ -21,6 +23,10 @@ def register_model(name):
         ...     return SmallCNN(num_classes, width=width, name="tiny_cnn")
     """
     def decorate(factory):
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"model name {name!r} is already registered (by "
+                             f"{_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__}); "
+                             "choose another name")
         _REGISTRY[name] = factory
         return factory
 

@@ -29,6 +29,7 @@ is not equal within its tolerance.
 """
 
 import argparse
+import csv
 import json
 import os
 import signal
@@ -167,7 +168,7 @@ def batch_norm_over_replicas(out):
     relative = float(np.abs(w2[mean] - w1[mean]).max() / np.abs(w1[mean]).max())
     low = float((1 - w2[variance] / w1[variance]).max())
     cell = "bn-replicas: 2 replicas, no --sync-bn"
-    return [record(cell, "one device", "stem moving mean, max difference / max |mean|",
+    return [record(cell, "one device", "stem moving mean, max difference / max abs mean",
                    relative, 1e-4, "linear in the batch means: equal up to float32 order"),
             record(cell, "one device", "stem moving variance, largest relative shortfall",
                    low, 0.1, "the average of the halves' variances lacks the spread of "
@@ -175,21 +176,23 @@ def batch_norm_over_replicas(out):
 
 
 def trial_against_train(out):
-    """A one-value learning-rate search's trial against `train` with that value, both in
+    """A one-trial learning-rate search against `train` with the trial's value, both in
     mixed_bfloat16 (keras-tuner clears Keras' session, policy and seed, before each
     build)."""
     args = ["--dataset", "digits", "--model", "resnet18", "--width", "0.0625",
             "--batch-size", "64", "--augment", "none", "--seed", "3",
             "--precision", "mixed_bfloat16", "--output-dir", str(out)]
-    done = subprocess.run([sys.executable, "-m", "tfresnet.tune", *args, "--lr-min", "0.05",
-                           "--lr-max", "0.05", "--max-trials", "1", "--epochs-per-trial", "2",
+    done = subprocess.run([sys.executable, "-m", "tfresnet.tune", *args, "--lr-min", "0.02",
+                           "--lr-max", "0.08", "--max-trials", "1", "--epochs-per-trial", "2",
                            "--name", "search"], env=ENV, capture_output=True, text=True,
                           timeout=900)
     if done.returncode:
         raise RuntimeError(f"tune: {done.stderr[-2000:]}")
-    stats = [json.loads(p.read_text())
-             for p in (Path(out) / "tune" / "search" / "trial_stats").glob("*.json")]
-    reference = train(out, "trial-train", [*args, "--lr", "0.05", "--epochs", "2",
+    search = Path(out) / "tune" / "search"
+    stats = [json.loads(p.read_text()) for p in (search / "trial_stats").glob("*.json")]
+    with open(search / "trials.csv") as f:
+        lr = next(csv.DictReader(f))["lr"]  # written with repr: the trial's own float
+    reference = train(out, "trial-train", [*args, "--lr", lr, "--epochs", "2",
                                            "--no-visualize", "--no-tensorboard"])
     trial = np.array([row["val_accuracy"] for row in stats[0]["history"]])
     gap = float(np.abs(trial - curve(reference, "val_accuracy")).max())
@@ -303,7 +306,7 @@ def bfloat16_batch_norm(out):
     gaps = {"outputs": np.abs(y16 - y32), "moving mean": np.abs(m16 - m32),
             "moving variance": np.abs(v16 - v32)}
     cell = "bn-bfloat16: mixed_bfloat16 under XLA"
-    return [record(cell, "float32, no XLA", f"{name}: max |difference| / bound",
+    return [record(cell, "float32, no XLA", f"{name}: max abs difference / bound",
                    float((gaps[name] / bounds[name]).max()), 1.0,
                    "the bound of rounding each input (and output) to bfloat16, u = 2^-8, "
                    "through batch norm's formula")

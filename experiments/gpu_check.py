@@ -185,7 +185,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for gpu_check.jsonl and .md")
     parser.add_argument("--tiny", action="store_true", help="CPU rehearsal: width 1/16, "
-                        "2 logical devices, few steps")
+                        "batch 16, 2 logical devices, few steps")
     args = parser.parse_args()
 
     import dataclasses
@@ -209,7 +209,7 @@ def main():
     )
 
     # 39 steps: 16 does not divide them, the automatic rule takes 13 per execution.
-    width, steps, repeats = (0.0625, 6, 1) if args.tiny else (1.0, 39, 3)
+    width, batch, steps, repeats = (0.0625, 16, 6, 1) if args.tiny else (1.0, TRAIN_BATCH, 39, 3)
     devices = 2 if args.tiny else len(tf.config.list_physical_devices("GPU"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -220,22 +220,24 @@ def main():
     start = time.perf_counter()
     record(build_versions())
     for precision, jit, spe, place, augment, strategy in ROWS:
-        config = bench_config("resnet18", TRAIN_BATCH, precision, jit, width, spe, place,
-                              augment, strategy=strategy)
+        config = bench_config("resnet18", batch, precision, jit, width, spe, place, augment,
+                              strategy=strategy)
         record(bench_train(config, steps, repeats, num_classes=100))
     if devices > 1:  # the same work per GPU on one and on every GPU
-        one_gpu = bench_config("resnet18", 2 * TRAIN_BATCH, *DEFAULT[:5], width=width)
+        precision, jit, spe, place, augment, _ = DEFAULT
+        one_gpu = bench_config("resnet18", 2 * batch, precision, jit, width, spe, place,
+                               augment)
         record(bench_train(one_gpu, steps, repeats, num_classes=100))
         precision, jit, spe, place, augment, strategy = MIRRORED
-        for per_gpu, precision_here, sync in ((TRAIN_BATCH, precision, False),
-                                              (2 * TRAIN_BATCH, precision, False),
-                                              (TRAIN_BATCH, "mixed_float16", False),
-                                              (TRAIN_BATCH, precision, True)):
+        for per_gpu, precision_here, sync in ((batch, precision, False),
+                                              (2 * batch, precision, False),
+                                              (batch, "mixed_float16", False),
+                                              (batch, precision, True)):
             config = dataclasses.replace(
                 bench_config("resnet18", per_gpu * devices, precision_here, jit, width, spe,
                              place, augment, strategy=strategy), sync_bn=sync)
             record({**bench_train(config, steps, repeats, num_classes=100), "sync_bn": sync})
-    for row in bench_inference(bench_config("resnet18", TRAIN_BATCH, *DEFAULT[:2], width),
+    for row in bench_inference(bench_config("resnet18", batch, *DEFAULT[:2], width),
                                steps, repeats, num_classes=100):
         record(row)
     for row in bfloat16_batch_norm(out):

@@ -224,3 +224,20 @@ def test_the_default_plan_on_one_two_and_eight_devices():
     assert "batch 64 (32 per replica) x 20 steps" in plans["2"][2]
     assert "batch 128 (16 per replica) x 10 steps" in plans["8"][2]
     assert "(--lr 0.1 scaled to the batch)" in plans["1"][2]
+
+
+TWO_RUNS = """
+from tfresnet.cli.train import main
+
+out = sys.argv[1]
+codes = [main([*sys.argv[2:], *extra, "--strategy", "mirrored", "--output-dir", out, "--name",
+               f"run{i}"]) for i, extra in enumerate((["--sync-bn"], []))]
+print(json.dumps(codes))
+"""
+
+
+@pytest.mark.slow
+def test_runs_one_after_another_in_one_process(tmp_path):
+    """A notebook's second fit under MirroredStrategy, after one with --sync-bn."""
+    args = [*TINY, "--model", "resnet18", "--epochs", "1", "--val-size", "0"]
+    assert run_on_devices(2, TWO_RUNS, tmp_path, *args) == [0, 0]

@@ -282,6 +282,15 @@ def test_folder_of_another_search_space_is_refused(tmp_path):
     assert (tmp_path / "tune" / "x" / "trials.csv").read_text() == before
 
 
+def test_a_setting_some_trials_would_ignore_is_refused_before_the_search(tmp_path):
+    from tfresnet.errors import UserError
+
+    with pytest.raises(UserError, match="--search optimizer tries adam, where --momentum"):
+        tune_main([*SEARCH, "--search", "optimizer", "--momentum", "0.8", "--output-dir",
+                   str(tmp_path), "--name", "x"])
+    assert not (tmp_path / "tune").exists()
+
+
 def test_trials_in_one_process_leave_no_step_graphs_behind():
     """Keras sums gradients over replicas even when there is one; TF's all_reduce then
     registers a custom gradient per traced step in its global registry, which keeps every

@@ -253,6 +253,17 @@ def cluster_faults():
                         "finished epoch")
 
 
+@functools.cache
+def _mirrored_strategy(devices):
+    """One MirroredStrategy per process and device list. Each new one numbers its
+    collective ops from the same first key, and TensorFlow's collective executor keeps
+    what a key meant: after a run with ``--sync-bn``, the next strategy's first all-reduce
+    met the old one's shape and every later run in the process failed ("Shape mismatch in
+    the collective instance 100"; a second ``fit`` in a notebook, a bench sweep;
+    ``test_replicas.py::test_runs_one_after_another_in_one_process``)."""
+    return tf.distribute.MirroredStrategy(list(devices) if devices else None)
+
+
 def make_strategy(name):
     """``auto``: multi-worker inside a TF_CONFIG or Slurm cluster, mirrored with several
     GPUs, else the default strategy (one device)."""
@@ -267,8 +278,8 @@ def make_strategy(name):
         return tf.distribute.get_strategy()
     if name == "mirrored":
         # All GPUs; without GPUs, every logical CPU device (how tests split one CPU in two).
-        devices = None if gpus() else [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
+        devices = None if gpus() else tuple(d.name for d in tf.config.list_logical_devices("CPU"))
+        return _mirrored_strategy(devices)
     if name == "multiworker":
         return make_multi_worker_strategy()
     if name == "tpu":

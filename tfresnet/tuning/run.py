@@ -5,9 +5,11 @@ import json
 import os
 from pathlib import Path
 
+from tfresnet.compat import canonical
 from tfresnet.errors import UserError
 from tfresnet.training.assemble import input_size, load_data, make_plan
 from tfresnet.training.checkpoint import atomic_write_text, make_dir
+from tfresnet.training.optim import OPTIMIZERS
 from tfresnet.training.runtime import configure
 from tfresnet.tuning.launch import tuner_role
 from tfresnet.tuning.lr_range import lr_range_test
@@ -69,20 +71,35 @@ class Search:
                             f"(always) and {', '.join(SEARCH_SPACE)}")
 
 
+def check_trial_settings(search, base):
+    """Refuses, in one line, a base setting that some trial would ignore: the base run
+    with each searched optimizer is validated as `train` would validate it (``--momentum``
+    given and ``--search optimizer``, whose Adam trials have none)."""
+    if "optimizer" not in search.search:
+        return
+    for name in OPTIMIZERS:
+        try:
+            base.updated({"optimizer": name}, "search space").validate()
+        except UserError as err:
+            raise UserError(f"--search optimizer tries {name}, where {err}")
+
+
 def tune(search, base):
     """Runs ``search`` from the base run ``base`` (its ``name`` names the search, its
     ``seed`` seeds it); returns the best hyper-parameters written (empty on a keras-tuner
     worker, which runs trials and writes only their own records)."""
     search.validate()
+    check_trial_settings(search, base)
     role = tuner_role()
     name = base.name or f"{base.model}-{Path(base.dataset).name}"
     out_dir = Path(base.output_dir) / "tune" / name
     space = {"method": search.method, "tuner": search.tuner, "search": sorted(search.search),
-             "lr_range": [search.lr_min, search.lr_max], "base": base.to_dict(),
+             "lr_range": [search.lr_min, search.lr_max], "base": canonical(base.to_dict()),
              "subset": search.subset, "epochs_per_trial": search.epochs_per_trial}
     space_path = out_dir / "search.json"
     if space_path.exists() and not (search.fresh and role != "worker"):
         saved = json.loads(space_path.read_text())
+        saved["base"] = canonical(saved.get("base", {}))  # 0.1-0.4 values compare as today's
         if saved != space:
             changed = sorted(k for k in space if saved.get(k) != space[k])
             raise UserError(f"{out_dir} holds a search with another setup ({', '.join(changed)}"

@@ -266,8 +266,9 @@ def test_a_slurm_job_step_is_a_cluster_without_probing_gpus(monkeypatch):
 
 
 # Imports tfresnet with TensorFlow's GPU listing recording CUDA_VISIBLE_DEVICES at its
-# first call (when CUDA starts and reads it), then prints that and the value after a
-# second split.
+# first call (when CUDA starts and reads it); prints whether the import left the variable
+# and the devices alone, the value CUDA saw at tfresnet's first look at the devices, and
+# the value after a second split.
 FIRST_GPU_PROBE = """
 import os, tensorflow as tf
 seen, list_devices = [], tf.config.list_physical_devices
@@ -275,10 +276,13 @@ def recording(*args, **kwargs):
     seen.append(os.environ.get("CUDA_VISIBLE_DEVICES"))
     return list_devices(*args, **kwargs)
 tf.config.list_physical_devices = recording
+before = os.environ.get("CUDA_VISIBLE_DEVICES")
 import tfresnet
-from tfresnet.training.runtime import assign_slurm_gpus
+untouched = not seen and os.environ.get("CUDA_VISIBLE_DEVICES") == before
+from tfresnet.training.runtime import assign_slurm_gpus, gpus
+gpus()
 assign_slurm_gpus()
-print(seen[0], os.environ["CUDA_VISIBLE_DEVICES"])
+print(untouched, seen[0], os.environ["CUDA_VISIBLE_DEVICES"])
 """
 
 
@@ -301,7 +305,8 @@ def test_slurm_tasks_of_a_node_split_its_gpus_before_cuda_starts(slurm, visible,
                                 env={**env, "SLURM_PROCID": proc_id,
                                      "SLURM_LOCALID": str(local_id)}, text=True, timeout=120)
         assert result.returncode == 0, result.stderr[-2000:]
-        assert result.stdout.split() == [share, share]  # a second split changes nothing
+        # import tfresnet changed nothing; the first look split, a second changes nothing
+        assert result.stdout.split() == ["True", share, share]
 
 
 # Configures a run of --strategy mirrored --jit auto on the two logical devices.

@@ -2,17 +2,10 @@
 
 import os
 
+# The one environment variable importing tfresnet sets (only where unset): TensorFlow's
+# C++ log. GPUs are probed, and a Slurm task's share of them chosen, by the first
+# `tfresnet.training.runtime.gpus` call, just before CUDA starts.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from tfresnet.quiet import native_stderr_silenced  # noqa: E402
-
-with native_stderr_silenced():
-    from tfresnet.training.runtime import assign_slurm_gpus
-
-    assign_slurm_gpus()  # before CUDA starts: it reads CUDA_VISIBLE_DEVICES once
-    import tensorflow
-
-    tensorflow.config.list_physical_devices("GPU")  # CUDA probing prints here, once
 
 from tfresnet import losses, models  # noqa: E402  (registers every serializable class)
 from tfresnet.api import Run, classify, draw, fit  # noqa: E402

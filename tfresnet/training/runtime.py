@@ -87,7 +87,10 @@ class Runtime:
 
 @functools.cache
 def gpus():
-    """The visible GPUs (probing CUDA quietly)."""
+    """The visible GPUs, probing CUDA quietly, once: in a Slurm job step first narrowed to
+    this task's share (`assign_slurm_gpus`), since CUDA reads CUDA_VISIBLE_DEVICES when
+    it starts, here."""
+    assign_slurm_gpus()
     with native_stderr_silenced():
         return tf.config.list_physical_devices("GPU")
 
@@ -180,8 +183,9 @@ def assign_slurm_gpus():
     node) consecutive GPUs (SlurmClusterResolver's split; MultiWorkerMirroredStrategy
     wants as many on every worker), taken from the list Slurm set when it holds more, else
     from ``0..n-1``. A list no longer than the share (Slurm's per-task binding, or an
-    earlier call) stays. It must run before anything initialises CUDA: ``import tfresnet``
-    calls it first."""
+    earlier call) stays. It must run before anything initialises CUDA: `gpus`, the
+    process's first look at its devices in commands and the Python API alike, calls it
+    first; ``import tfresnet`` does not."""
     if cluster_environment() != "slurm":
         return
     gpus_on_node = int(os.environ.get("SLURM_GPUS_ON_NODE") or 0)

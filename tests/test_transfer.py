@@ -1,17 +1,27 @@
 import json
 
+import cv2
 import keras
 import numpy as np
 import pytest
 
+import tfresnet
+from conftest import history
 from tfresnet.cli import train as train_command
 from tfresnet.config import TrainConfig
 from tfresnet.data import load_dataset
 from tfresnet.errors import UserError
-from tfresnet.models import TransferNet, get_model
+from tfresnet.models import (
+    Classifier,
+    ImagePreprocessor,
+    RunTransferNet,
+    TransferNet,
+    get_model,
+)
 from tfresnet.models.resnet import BatchNormalization
 from tfresnet.models.transfer import build_base, load_pretrained
 from tfresnet.training import assemble
+from tfresnet.training import run as run_module
 from tfresnet.training.assemble import build_model, input_size, make_plan
 from tfresnet.training.runtime import configure
 
@@ -391,3 +401,225 @@ def test_freezing_is_one_setting_that_the_saved_config_follows():
     assert not again.frozen_base and again.feature_extractor.trainable
     # Files of 0.3 may hold either half of the pair: either freezes.
     assert TransferNet.from_config({**config, "trainable_base": False}).frozen_base
+
+
+# Fine-tuning from a tfresnet run: a tiny run from scratch with the photo defaults (ResNet-18
+# with the CIFAR stem, an image folder at 64 px), then a folder of other classes.
+SOURCE_COLOURS = {"red": (220, 40, 40), "blue": (40, 40, 220)}
+TARGET_COLOURS = {"green": (40, 200, 40), "grey": (128, 128, 128), "yellow": (220, 220, 40)}
+TINY_RUN = ["--width", "0.0625", "--batch-size", "8", "--epochs", "1", "--no-tensorboard",
+            "--no-visualize"]
+
+
+def write_photos(root, colours, per_class, size=(45, 60)):
+    """Per class, ``per_class`` noisy photos (not square: the photo view) of its colour."""
+    rng = np.random.default_rng(1)
+    for name, colour in colours.items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = np.clip(rng.normal(colour, 25, (*size, 3)), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(root / name / f"{i}.jpg"), image[..., ::-1])
+
+
+@pytest.fixture(scope="module")
+def photo_run(tmp_path_factory):
+    """``(run folder, folder of three other classes)``: the run trained from scratch by
+    ``tfresnet.train`` with the photo defaults on two classes."""
+    root = tmp_path_factory.mktemp("photo_run")
+    write_photos(root / "pets" / "train", SOURCE_COLOURS, 12)
+    write_photos(root / "small" / "train", TARGET_COLOURS, 8)
+    assert train_command.main(["--dataset", str(root / "pets"), *TINY_RUN, "--output-dir",
+                               str(root), "--name", "source"]) == 0
+    return root / "source", root / "small"
+
+
+def without_head(network):
+    """A network's weights, its dense classifier's left out."""
+    head = {id(v) for v in network.fc.weights}
+    return [w for w, v in zip(network.get_weights(), network.weights) if id(v) not in head]
+
+
+class StartWatch(keras.callbacks.Callback):
+    """The pretrained network's weights (batch norm statistics included) and the head's
+    when training begins, before the first step; after each epoch, whether the pretrained
+    ones have changed since."""
+
+    start = None
+
+    def on_train_begin(self, logs=None):
+        if self.start is None:  # two-stage and resumed runs call fit more than once
+            network = self.model.network
+            self.start = snapshot(network.feature_extractor.weights)
+            self.head = snapshot(network.fc.weights)
+            self.changed = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = self.model.network.feature_extractor.weights
+        self.changed.append(any(not np.array_equal(a, v.numpy())
+                                for a, v in zip(self.start, now)))
+
+
+@pytest.mark.parametrize("mode,flags,changed", [
+    ("frozen", [], [False]),
+    ("finetune", [], [True]),
+    ("two-stage", ["--head-epochs", "1", "--epochs", "2"], [False, True]),
+])
+def test_a_run_from_scratch_on_photos_fine_tunes_on_other_classes(photo_run, tmp_path,
+                                                                  monkeypatch, mode, flags,
+                                                                  changed):
+    """Model, stem, width, input size and normalisation come from the run: none is given
+    again. The network starts from the run's weights, the head is new."""
+    source, folder = photo_run
+    watch = StartWatch()
+    callbacks = run_module.training_callbacks
+    monkeypatch.setattr(run_module, "training_callbacks",
+                        lambda config: [*callbacks(config), watch])
+    assert train_command.main(["--dataset", str(folder), "--transfer", mode, "--weights",
+                               str(source), *TINY_RUN, *flags, "--output-dir", str(tmp_path),
+                               "--name", "run"]) == 0
+    pretrained = tfresnet.load_model(source)
+    for expected, start in zip(without_head(pretrained.network), watch.start, strict=True):
+        np.testing.assert_array_equal(expected, start)
+    assert watch.head[0].shape == (32, 3)  # ResNet-18 x0.0625's 32 features, 3 new classes
+    assert watch.changed == changed  # frozen, or fixed for the head epoch, then trained
+    model = tfresnet.load_model(tmp_path / "run")
+    assert isinstance(model.network, RunTransferNet)
+    assert model.class_names == list(TARGET_COLOURS) and model.name == "resnet18_classifier"
+    last = keras.saving.load_model(tmp_path / "run" / "last.keras")
+    assert last.network.frozen_base is (mode == "frozen")
+    settings = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (settings["model"], settings["stem"], settings["width"]) == ("resnet18", "cifar",
+                                                                        0.0625)
+    ours, theirs = model.preprocessor, pretrained.preprocessor
+    assert (ours.scale, ours.offset) == (theirs.scale, theirs.offset)  # the run's mean/std
+    assert ours.input_size == ours.network_size == theirs.input_size == (64, 64)
+    assert ours.crop == 0.875  # the new folder's photo view
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--model", "vgg16"], "--model vgg16 contradicts --weights"),
+    (["--model", "resnet18_imagenet"], "--model resnet18_imagenet contradicts --weights"),
+    (["--width", "0.5"], "--width 0.5 contradicts --weights"),
+    (["--stem", "imagenet"], "--stem imagenet contradicts --weights"),
+    (["--zero-init-residual"], "--zero-init-residual does not apply to --transfer finetune"),
+])
+def test_a_flag_that_contradicts_the_run_is_refused_before_any_data(photo_run, tmp_path, flags,
+                                                                    message):
+    source, _ = photo_run
+    with pytest.raises(UserError) as info:  # a data set that would fail to load, later
+        train_command.main(["--dataset", str(tmp_path / "missing"), "--transfer", "finetune",
+                            "--weights", str(source), *flags, "--output-dir", str(tmp_path)])
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_file_that_is_not_a_tfresnet_model_is_refused(tmp_path):
+    foreign = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    foreign.save(tmp_path / "foreign.keras")
+    (tmp_path / "text.keras").write_text("not a Keras archive")
+    for name, message in (("foreign.keras", "holds a Sequential, not a model trained by "
+                                            "tfresnet.train"),
+                          ("text.keras", "is not a Keras archive")):
+        with pytest.raises(UserError) as info:
+            train_command.main(["--dataset", str(tmp_path / "missing"), "--transfer",
+                                "frozen", "--weights", str(tmp_path / name)])
+        assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def assembled(config, data):
+    """The compiled model ``tfresnet.train`` would train for ``config`` on ``data``, before
+    its first step."""
+    runtime = configure(config)
+    return build_model(config, data, runtime, make_plan(config, data, runtime,
+                                                        input_size(config)))
+
+
+def save_classifier(path, network, data, preprocessor=None):
+    """A model file as a tfresnet run writes it; returns its path."""
+    preprocessor = preprocessor or ImagePreprocessor.from_mean_std(data.image_size, data.mean,
+                                                                   data.std)
+    model = Classifier(network, preprocessor, [f"c{i}" for i in range(network.num_classes)],
+                       dataset="elsewhere")
+    model(data.x_test[:1])
+    model.save(path)
+    return path
+
+
+@pytest.mark.parametrize("model,options,generations", [
+    ("resnet18", {"stem": "imagenet", "width": 0.0625}, 1),  # the CIFAR stem: the photo run
+    ("vgg16", {"width": 0.0625}, 1),
+    ("small_cnn", {"width": 0.25}, 2),  # a fine-tuned run is a source in turn
+    ("resnet18_imagenet", {"width": 0.0625, "image_size": 48}, 1),
+])
+def test_a_run_of_any_model_is_a_source_and_the_new_model_saves_and_loads(tmp_path, digits,
+                                                                          model, options,
+                                                                          generations):
+    keras.utils.set_random_seed(5)
+    network = get_model(model, 5, **options)
+    preprocessor = (ImagePreprocessor(digits.image_size, network_size=(48, 48),
+                                      **network.pixels)
+                    if isinstance(network, TransferNet) else None)
+    source = save_classifier(tmp_path / "source.keras", network, digits, preprocessor)
+    for generation in range(generations):
+        config = TrainConfig(transfer="finetune", weights=str(source), batch_size=32,
+                             epochs=1).validate()
+        assert (config.model, config.width) == (model, options["width"])
+        assert input_size(config) == options.get("image_size", 32)
+        built = assembled(config, digits)
+        pretrained = keras.saving.load_model(source).network
+        for expected, found in zip(without_head(pretrained),
+                                   built.network.feature_extractor.get_weights(), strict=True):
+            np.testing.assert_array_equal(expected, found)
+        source = tmp_path / f"generation{generation}.keras"
+        built.save(source)
+        again = keras.saving.load_model(source)  # plain Keras, tfresnet imported
+        images = digits.x_test[:4]
+        np.testing.assert_allclose(again(images, training=False),
+                                   built(images, training=False), rtol=1e-5, atol=1e-5)
+
+
+def test_a_small_cnn_run_has_no_stem_to_give(tmp_path, digits):
+    weights = save_classifier(tmp_path / "cnn.keras", get_model("small_cnn", 3), digits)
+    with pytest.raises(UserError, match="--stem does not apply to the small_cnn of --weights"):
+        TrainConfig(transfer="frozen", weights=str(weights), stem="imagenet").validate()
+
+
+def test_pretraining_at_one_input_size_fine_tunes_at_another(photo_run, tmp_path, digits):
+    """The network runs at the run's size unless --image-size says otherwise; images of
+    another size are resized inside the model."""
+    source, folder = photo_run
+    # 64-px photos -> 32-px digits: the model upsamples them to the network's 64.
+    config = TrainConfig(transfer="frozen", weights=str(source), batch_size=32,
+                         epochs=1).validate()
+    model = assembled(config, digits)
+    assert (model.preprocessor.input_size, model.preprocessor.network_size) == ((32, 32),
+                                                                                (64, 64))
+    # 32-px digits -> photos: decoded at the network's own 32, or it runs at --image-size.
+    weights = str(save_classifier(tmp_path / "digits.keras", get_model("resnet18", 10,
+                                                                       width=0.0625), digits))
+    assert input_size(TrainConfig(transfer="finetune", weights=weights).validate()) == 32
+    assert train_command.main(["--dataset", str(folder), "--transfer", "finetune", "--weights",
+                               weights, *TINY_RUN, "--image-size", "64", "--output-dir",
+                               str(tmp_path), "--name", "at64"]) == 0
+    tuned = tfresnet.load_model(tmp_path / "at64")
+    assert tuned.preprocessor.input_size == tuned.preprocessor.network_size == (64, 64)
+    assert len(history(tmp_path / "at64")) == 1  # trained
+
+
+def test_a_tuner_trial_fine_tunes_a_run_in_two_stages(photo_run, digits):
+    source, _ = photo_run
+    watch = BackboneWatch()
+    hypermodel, hp, model = trial(source, digits, transfer="two-stage", head_epochs=1,
+                                  epochs=2)
+    assert isinstance(model.network, RunTransferNet)
+    hypermodel.fit(hp, model, callbacks=[watch])
+    assert watch.changed == [False, True]
+
+
+def test_fit_fine_tunes_a_run_given_as_a_path(photo_run, tmp_path):
+    source, folder = photo_run
+    run = tfresnet.fit(dataset=folder, transfer="frozen", weights=source, batch_size=8,
+                       epochs=1, tensorboard=False, visualize=False, output_dir=tmp_path,
+                       name="from-python")
+    assert run.summary["config"]["weights"] == str(source)
+    assert isinstance(tfresnet.load_model(run.folder).network, RunTransferNet)

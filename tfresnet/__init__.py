@@ -7,6 +7,11 @@ import os
 # `tfresnet.training.runtime.gpus` call, just before CUDA starts.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tfresnet.quiet import native_stderr_silenced  # noqa: E402
+
+with native_stderr_silenced():  # importing TensorFlow prints CUDA stub lines from C++
+    import tensorflow  # noqa: F401
+
 from tfresnet import losses, models  # noqa: E402  (registers every serializable class)
 from tfresnet.api import Run, classify, draw, fit  # noqa: E402
 from tfresnet.config import TrainConfig  # noqa: E402

@@ -30,11 +30,15 @@ def fit(config=None, *, fresh=False, **settings):
     Args:
         config: a `TrainConfig` to start from (default: the recommended recipe).
         fresh: start the run over instead of resuming it.
-        **settings: any `TrainConfig` field, e.g. ``dataset="cifar10", epochs=30``.
+        **settings: any `TrainConfig` field, e.g. ``dataset="cifar10", epochs=30``; paths
+            may be `Path`s (``weights=run.folder, transfer="finetune"`` fine-tunes the
+            network of an earlier run).
 
     Returns:
         A `Run` (on a worker other than the chief of a cluster: its summary is empty).
     """
+    settings = {name: str(value) if isinstance(value, Path) else value
+                for name, value in settings.items()}
     config = (config or TrainConfig()).updated(settings, "fit()")
     summary = train(config, fresh=fresh)
     return Run(Path(summary.get("run", config.output_dir)), summary)

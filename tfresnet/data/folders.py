@@ -224,6 +224,17 @@ def _class_folders(split_dir):
     return classes
 
 
+def find_images(folder):
+    """The image files under ``folder``, sub-folders included, sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if is_image_file(p) and p.is_file())
+
+
+def _some(names):
+    """The first `SHOWN_NAMES` of ``names``, and how many more there are."""
+    more = f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else ""
+    return ", ".join(str(name) for name in names[:SHOWN_NAMES]) + more
+
+
 def _list_split(split_dir, class_names, every_class=True):
     """``(paths, labels, header sizes, undecodable paths)`` of one split: the image files
     under each class folder, sub-folders included, in sorted order."""
@@ -232,9 +243,8 @@ def _list_split(split_dir, class_names, every_class=True):
         folder = split_dir / name
         if not every_class and not folder.is_dir():
             continue
-        files = sorted(p for p in folder.rglob("*") if is_image_file(p) and p.is_file())
         count = 0
-        for path in files:
+        for path in find_images(folder):
             size = _header_size(path)
             if size is None or size[0] * size[1] > MAX_PIXELS:
                 broken.append(path)
@@ -296,17 +306,52 @@ def load_image_folder(root, image_size=None, view="auto", crop_scale=None, crop_
     files_view = View(kind, size, **settings)
     _warn_small(splits["train"][2], size)
     broken = [p for _, _, _, b in splits.values() for p in b]
-    if broken:
-        names = ", ".join(str(p) for p in broken[:SHOWN_NAMES])
-        more = f" and {len(broken) - SHOWN_NAMES} more" if len(broken) > SHOWN_NAMES else ""
-        print(f"warning: skipped {len(broken)} file(s) that are not readable images: "
-              f"{names}{more}", file=sys.stderr)
+    _warn_unreadable(broken)
     arrays = {"x_test": None, "y_test": None}
     for split, (paths, labels, _, _) in splits.items():
         arrays[f"x_{split}"] = ImageFiles(paths, files_view)
         arrays[f"y_{split}"] = labels
     return Source(**arrays, class_names=class_names, skipped=len(broken))
 
+
+def load_labelled_folder(root, class_names, view):
+    """Every image of a labelled folder, to score a model of ``class_names`` on: those of
+    ``root/test/<class>/**`` when it exists, else those of every class folder (``root``'s,
+    or its ``train/``'s and ``val/``'s). Decodes nothing.
+
+    Returns:
+        ``(ImageFiles in the model's view, labels indexing class_names, split)``, split
+        ``"test"`` or ``"all"``.
+
+    Raises:
+        UserError: a class the model does not know, or no class folders.
+    """
+    root = Path(root).expanduser()
+    if (root / "test").is_dir():
+        split, folders = "test", [root / "test"]
+    else:
+        split = "all"
+        folders = [root / name for name in ("train", "val") if (root / name).is_dir()] or [root]
+    paths, labels, broken = [], [], []
+    for folder in folders:
+        unknown = sorted({p.name for p in _class_folders(folder)} - set(class_names))
+        if unknown:
+            raise UserError(f"{folder} has classes the model does not know: {_some(unknown)} "
+                            f"(it knows {_some(list(class_names))}); remove them or score "
+                            "a folder of its classes")
+        found, found_labels, _, skipped = _list_split(folder, class_names, every_class=False)
+        paths += found
+        labels += found_labels.tolist()
+        broken += skipped
+    _warn_unreadable(broken)
+    return ImageFiles(paths, view), np.asarray(labels, np.int32), split
+
+
+def _warn_unreadable(broken):
+    """One warning line for the files with an image extension that cannot be read."""
+    if broken:
+        print(f"warning: skipped {len(broken)} file(s) that are not readable images: "
+              f"{_some(broken)}", file=sys.stderr)
 
 
 def _warn_small(sizes, size):

@@ -2,14 +2,13 @@
 
 
 import weakref
-from pathlib import Path
 
 import cv2
 import numpy as np
 import tensorflow as tf
 
 from tfresnet.errors import UserError
-from tfresnet.evaluation.predictions import read_images
+from tfresnet.evaluation.predictions import read_images, shown_path
 from tfresnet.training.checkpoint import atomic_write_image, make_dir
 from tfresnet.training.run_folder import load_model
 
@@ -124,7 +123,8 @@ def class_to_index(model, name_or_index):
 
 
 def explain(model_path, target, out_dir, class_name=None, size=224):
-    """Writes ``<image>_cam.png`` per readable image of ``target``; returns their paths."""
+    """Writes ``<image>_cam.png`` per readable image of ``target`` (a folder's in the
+    sub-folders they are in); returns their paths."""
     model = load_model(model_path)
     class_index = class_to_index(model, class_name)
     images, files = read_images(target, model.view)
@@ -136,7 +136,8 @@ def explain(model_path, target, out_dir, class_name=None, size=224):
         caption = f"{model.class_names[shown]} {100 * prob[shown]:.1f}%"
         if class_index is not None:
             caption += f" (predicted {model.class_names[int(np.argmax(prob))]})"
-        out = out_dir / f"{Path(path).stem}_cam.png"
+        name = shown_path(path, target)
+        out = make_dir(out_dir / name.parent) / f"{name.stem}_cam.png"
         atomic_write_image(out, explained_picture(image, cam, caption, size))
         print(f"{out}: {caption}")
         written.append(out)

@@ -2,12 +2,15 @@
 shape) and the metrics."""
 
 import weakref
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from tfresnet.data import load_dataset
+from tfresnet.data import Dataset, load_dataset
+from tfresnet.data.folders import load_labelled_folder
 from tfresnet.data.pipeline import image_batches
+from tfresnet.data.sources import SOURCES
 from tfresnet.errors import UserError
 from tfresnet.training.run_folder import RunFolder, load_model
 
@@ -79,16 +82,24 @@ def test_metrics(model, images, labels, fine_to_coarse=None, batch_size=256):
 def add_run_arguments(parser):
     """The arguments of a command that loads a run: target, --dataset, --data-dir."""
     parser.add_argument("target", help="run folder (with best.keras) or a .keras file")
-    parser.add_argument("--dataset", help="data set to use (default: the run's own)")
+    parser.add_argument("--dataset", help="data set to use (default: the run's own); a "
+                                          "labelled image folder it did not train on is "
+                                          "used whole, or its test/")
     parser.add_argument("--data-dir", help="folder with the CIFAR pickles")
 
 
 def load_run(target, dataset=None, data_dir=None, split="test"):
-    """The model of a run folder or ``.keras`` file and the labelled images to show.
+    """The model of a run folder or ``.keras`` file and the labelled images to show, with
+    the name of their split.
 
-    The data set defaults to the one recorded in the run's config (or the model).
+    The data set defaults to the one recorded in the run's config (or the model): its
+    test split, else its validation split. An image folder other than the run's own is
+    held out (`load_held_out`): its ``test/``, else all of it.
     """
     model = load_model(target)
+    if dataset and _is_held_out(target, model, dataset):
+        data, split = load_held_out(dataset, model)
+        return model, data, data.x_test, data.y_test, split
     data = load_run_data(target, model, dataset, data_dir)
     if split == "test" and data.x_test is None:
         split = "val"
@@ -111,3 +122,24 @@ def load_run_data(target, model, dataset=None, data_dir=None):
         raise UserError(f"{name} has {data.num_classes} classes but the model predicts "
                         f"{len(model.class_names)}; pass the --dataset it was trained on")
     return data
+
+
+def _is_held_out(target, model, dataset):
+    """Whether ``dataset`` is an image folder other than the one the run trained on."""
+    folder = Path(dataset).expanduser()
+    if dataset in SOURCES or not folder.is_dir():
+        return False
+    trained = RunFolder.of(target).config().get("dataset") or model.dataset
+    return not trained or Path(trained).expanduser().resolve() != folder.resolve()
+
+
+def load_held_out(folder, model):
+    """A labelled image folder the run did not train on, as a `Dataset` whose test split
+    is every image to score (`tfresnet.data.folders.load_labelled_folder`: its ``test/``,
+    else all of it) in the model's classes and view; returns it and that split's name
+    (``"test"`` or ``"all"``)."""
+    images, labels, split = load_labelled_folder(folder, model.class_names, model.view)
+    none = np.zeros(0, np.int32)
+    return Dataset(name=str(folder), x_train=images[none], y_train=none, x_val=images[none],
+                   y_val=none, x_test=images, y_test=labels,
+                   class_names=list(model.class_names)), split

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfresnet.data.folders import is_image_file, read_image
+from tfresnet.data.folders import find_images, read_image
 from tfresnet.errors import UserError
 from tfresnet.evaluation.inference import predict_probabilities
 from tfresnet.export.exporter import ExportedModel
@@ -15,12 +15,13 @@ from tfresnet.training.run_folder import load_model
 
 
 def image_files(path):
-    """The image file, or the image files of a folder (sorted)."""
+    """The image file, or the image files of a folder and its sub-folders (sorted)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
+        files = find_images(path)
         if not files:
-            raise UserError(f"folder {path} has no image files to predict")
+            raise UserError(f"folder {path} has no image files to predict, in it or in its "
+                            "sub-folders")
         return files
     if not path.exists():
         raise UserError(f"no such image file or folder: {path}")
@@ -46,9 +47,17 @@ def read_images(target, view):
     return np.stack(images), kept
 
 
+def shown_path(path, target):
+    """How outputs name an image file of ``target``: relative to it when it is a folder,
+    else by its name."""
+    path = Path(path)
+    return path.relative_to(target) if Path(target).is_dir() else Path(path.name)
+
+
 def predict(model_path, target, top_k=5):
-    """Top-k predictions per readable image of a file or folder, by a run's Keras model
-    or by one of its exports (run by its own runtime)."""
+    """Top-k predictions per readable image of a file or folder (sub-folders included), by
+    a run's Keras model or by one of its exports (run by its own runtime); each row's
+    ``file`` is `shown_path`."""
     if format_of(model_path):
         model = ExportedModel(model_path)
         images, kept = read_images(target, model.view)
@@ -57,7 +66,7 @@ def predict(model_path, target, top_k=5):
         model = load_model(model_path)
         images, kept = read_images(target, model.view)
         probabilities = predict_probabilities(model, images)
-    return [{"file": str(path), **row}
+    return [{"file": str(shown_path(path, target)), **row}
             for path, row in zip(kept, top_classes(probabilities, model.class_names, top_k))]
 
 

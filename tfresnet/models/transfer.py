@@ -1,20 +1,28 @@
-"""Pretrained ResNet backbones with a new head: the transfer-learning models.
+"""Pretrained networks with a new head: the transfer-learning models.
 
-`TransferNet` runs the backbone without its ImageNet classifier and ends in a new dense
-head. The resize to the backbone's size (32 px CIFAR images -> e.g. 160 or 224) and its own
-pixel preprocessing (`TransferNet.pixels`) are the `Classifier`'s `ImagePreprocessor`'s job.
-Where the weights come from decides the backbone:
+Both run a pretrained feature extractor without its classifier and end in a new dense head
+(`PretrainedNet`). The resize to the network's size (32 px CIFAR images -> e.g. 160 or 224)
+and its own pixel preprocessing (``pixels``) are the `Classifier`'s `ImagePreprocessor`'s
+job. Where the weights come from decides the network:
 
+- a tfresnet run (its folder, or a ``.keras`` file holding a `Classifier`, `run_source`):
+  `RunTransferNet`, the run's own network of any registered model, stem and width, at the
+  run's input size and with the run's pixel scale and offset;
 - a keras-hub preset (name, ``hf://`` / ``kaggle://`` handle, or a local preset directory)
   or a local timm checkpoint directory (config.json + model.safetensors): keras-hub's
   ``ResNetBackbone`` as the preset describes it, with the preset's pixel scale and offset;
 - ``"imagenet"``: keras-hub's ImageNet ResNet-18 and timm's ResNet-34, Keras Applications'
   download for the ResNet-50/101/152 and V2 variants (`PRETRAINED`, one record each);
-- a local ``.weights.h5`` / ``.h5`` / ``.keras`` file, or none (``--transfer scratch``):
-  Keras Applications' ResNets or the project's own ResNet-18/34 with the ImageNet stem.
+- a local ``.weights.h5`` / ``.h5`` file, a ``.keras`` file of a bare network, or none
+  (``--transfer scratch``): Keras Applications' ResNets or the project's own ResNet-18/34
+  with the ImageNet stem.
+
+The last three make a `TransferNet`.
 """
 
+import copy
 import dataclasses
+import functools
 import json
 import warnings
 import zipfile
@@ -25,6 +33,7 @@ import keras
 from tfresnet.compat import with_added_arguments
 from tfresnet.errors import UserError, missing_extra, require
 from tfresnet.models.preprocessing import ImagePreprocessor
+from tfresnet.models.registry import list_models
 from tfresnet.models.resnet import (
     ClassifierHead,
     check_dropout,
@@ -150,11 +159,102 @@ def _keras_file_input_size(path):
             return next(filter(None, map(find, node)), None)
         return None
 
+    return find(_keras_config(path))
+
+
+def _keras_config(path):
+    """The model config stored in a ``.keras`` file, or None when it is no Keras archive."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return find(json.loads(archive.read("config.json")))
+            return json.loads(archive.read("config.json"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
+
+
+RUN_MODEL = "best.keras"  # what a run folder given as --weights stands for (`RunFolder.BEST`)
+BACKBONE_FILES = ("ResNet", "TransferNet")  # .keras files of a bare network: weights only
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSource:
+    """A tfresnet run to fine-tune from (`run_source`): what the new run takes from it.
+
+    Args:
+        path: its ``.keras`` file.
+        model: the registry name of its network (``resnet18``, ``vgg16``,
+            ``resnet50_imagenet``, ...).
+        options: the network's ``stem`` and ``width``, those it has.
+        image_size: the side the network ran at.
+        pixels: its `ImagePreprocessor`'s scale, offset and channel order.
+        network: the network's Keras config, head included (`RunTransferNet` drops it).
+    """
+
+    path: Path
+    model: str
+    options: dict
+    image_size: int
+    pixels: dict
+    network: dict
+
+
+def run_source(weights):
+    """The `RunSource` of ``--weights`` when it is a tfresnet run: a run folder (its
+    best.keras) or a ``.keras`` file holding a `Classifier`; None for anything else
+    (``imagenet``, a preset, a weights file, a missing path, a bare ResNet's ``.keras``).
+
+    Raises:
+        UserError: a ``.keras`` file that is neither, or one that does not load.
+    """
+    if not weights or weights == "imagenet" or "://" in weights:
+        return None
+    path = Path(weights)
+    if (path / RUN_MODEL).is_file():
+        path = path / RUN_MODEL
+    if path.suffix != ".keras" or not path.is_file():
+        return None
+    config = _keras_config(path)
+    if config is None:
+        raise UserError(f"--weights {weights} is not a Keras archive (truncated or another "
+                        "format); pass a run folder or its best.keras")
+    if config.get("class_name") in BACKBONE_FILES:
+        return None
+    if config.get("class_name") != "Classifier":
+        raise UserError(f"--weights {weights} holds a {config.get('class_name')}, not a model "
+                        "trained by tfresnet.train; pass a run folder or its best.keras")
+    return _read_run(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_run(path, modified):
+    """The `RunSource` of the run model at ``path``, read once per version of the file
+    (``modified``): checks and assembly ask again, and loading draws random numbers."""
+    try:
+        classifier = keras.saving.load_model(path, compile=False)
+    except Exception as err:  # Keras raises many types for a bad archive
+        raise UserError(f"--weights {path} could not be loaded as a tfresnet model "
+                        f"({type(err).__name__}: {str(err).splitlines()[0][:160]})")
+    network, preprocessor = classifier.network, classifier.preprocessor
+    model, options = _registered(network, path)
+    config = keras.saving.serialize_keras_object(network)
+    config.pop("build_config", None)  # built by the new run's first call, headless
+    config["config"].pop("dtype", None)  # the new run's precision policy decides
+    return RunSource(Path(path), model, options,
+                     int((preprocessor.network_size or preprocessor.input_size)[0]),
+                     {"scale": preprocessor.scale, "offset": preprocessor.offset,
+                      "channel_order": preprocessor.channel_order}, config)
+
+
+def _registered(network, path):
+    """``(registry name, {stem, width})`` of a run's network."""
+    if isinstance(network, RunTransferNet):
+        return _registered(network.feature_extractor, path)
+    if isinstance(network, TransferNet):
+        return f"{network.arch}_imagenet", {"stem": "imagenet", "width": network.width}
+    if network.name not in list_models():
+        raise UserError(f"--weights {path} holds a {type(network).__name__} named "
+                        f"{network.name!r}, which is no registered model")
+    return network.name, {name: getattr(network, name) for name in ("stem", "width")
+                          if hasattr(network, name)}
 
 
 def _load_preset(arch, preset, load_weights):
@@ -228,8 +328,29 @@ def build_base(arch, image_size, padding="torch", preset=None, width=1.0):
         name=f"{arch}_base"))
 
 
+class PretrainedNet(ClassifierHead):
+    """A pretrained ``feature_extractor`` -> a new head (``pool``, ``drop``, ``fc``): what
+    fine-tuning needs of a network (`set_frozen`; `TrainingSteps.set_backbone_lr`) and
+    what its `ImagePreprocessor` is made of (``image_size``, the side it runs at, and
+    ``pixels``)."""
+
+    def set_frozen(self, frozen):
+        """The one freezing setting of the backbone, saved with the model: frozen, its
+        weights stay fixed and its batch norm runs in inference mode."""
+        self.feature_extractor.trainable = not frozen
+
+    @property
+    def frozen_base(self):
+        return not self.feature_extractor.trainable
+
+    def feature_map(self, inputs, training=None):
+        """The backbone's last feature map (before pooling)."""
+        return self.feature_extractor(inputs,
+                                      training=False if self.frozen_base else training)
+
+
 @keras.saving.register_keras_serializable(package="tfresnet")
-class TransferNet(ClassifierHead, keras.Model):
+class TransferNet(PretrainedNet, keras.Model):
     """A pretrained backbone (headless) -> a new dense head.
 
     Its inputs are the backbone's own: ``image_size`` square, preprocessed as `pixels`
@@ -284,15 +405,6 @@ class TransferNet(ClassifierHead, keras.Model):
         self.drop = keras.layers.Dropout(dropout, name="dropout") if dropout else None
         self.fc = keras.layers.Dense(num_classes, dtype="float32", name="fc")
 
-    def set_frozen(self, frozen):
-        """The one freezing setting of the backbone, saved with the model: frozen, its
-        weights stay fixed and its batch norm runs in inference mode."""
-        self.feature_extractor.trainable = not frozen
-
-    @property
-    def frozen_base(self):
-        return not self.feature_extractor.trainable
-
     @property
     def trainable_base(self):
         return self.feature_extractor.trainable
@@ -312,11 +424,9 @@ class TransferNet(ClassifierHead, keras.Model):
         return PRETRAINED[self.arch].pixels
 
     def feature_map(self, inputs, training=None):
-        """The backbone's last feature map (before pooling)."""
         if self.own_preprocessor is not None:
             inputs = self.own_preprocessor(inputs)
-        return self.feature_extractor(inputs,
-                                      training=False if self.frozen_base else training)
+        return super().feature_map(inputs, training=training)
 
     def get_config(self):
         config = super().get_config()
@@ -331,12 +441,77 @@ class TransferNet(ClassifierHead, keras.Model):
         return cls(**with_added_arguments(config, ("padding", "takes_pixels")))
 
 
+@keras.saving.register_keras_serializable(package="tfresnet")
+class RunTransferNet(PretrainedNet, keras.Model):
+    """A tfresnet run's network without its classifier -> a new dense head.
+
+    Args:
+        source: the run's network as a Keras config (`RunSource.network`), rebuilt here
+            without its dense classifier; `load_pretrained` copies the run's weights.
+        num_classes: size of the new head.
+        image_size: side the network runs at (the run's own unless ``--image-size``).
+        pixels: the run's `ImagePreprocessor` scale, offset and channel order.
+        dropout: dropout before the head.
+        frozen_base: freeze the run's network (`set_frozen`).
+    """
+
+    def __init__(self, source, num_classes, image_size, pixels, dropout=0.0,
+                 frozen_base=False, **kwargs):
+        check_positive("num_classes", num_classes, int)
+        check_dropout(dropout)
+        super().__init__(**kwargs)
+        self.source = source
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.pixels = pixels
+        self.dropout = dropout
+        network = keras.saving.deserialize_keras_object(copy.deepcopy(source))
+        # The run's own pooling (the small CNN flattens), then the new classifier.
+        self.pool = keras.layers.deserialize(keras.layers.serialize(network.pool))
+        self.feature_extractor = _headless(network)
+        self.set_frozen(frozen_base)
+        self.drop = keras.layers.Dropout(dropout, name="dropout") if dropout else None
+        self.fc = keras.layers.Dense(num_classes, dtype="float32", name="fc")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(source=self.source, num_classes=self.num_classes,
+                      image_size=self.image_size, pixels=self.pixels, dropout=self.dropout,
+                      frozen_base=self.frozen_base)
+        return config
+
+
+HEAD_LAYERS = ("pool", "drop", "fc")  # of a `ClassifierHead`
+
+
+def _headless(network):
+    """A registry network (`ClassifierHead`) without its head: called, it returns its last
+    feature map. Keras forgets the head's layers, so they are never built, trained or
+    saved."""
+    for name in HEAD_LAYERS:
+        network._tracker.untrack(getattr(network, name))
+        setattr(network, name, None)
+    return network
+
+
 def load_pretrained(model, weights):
-    """Loads pretrained weights into ``model.feature_extractor``: a keras-hub preset or
-    timm checkpoint (the model was built from its `preset_spec`), ``"imagenet"`` (Keras'
-    download cache) or a local weights file. Weights of another architecture are refused,
-    never partly loaded."""
+    """Loads pretrained weights into ``model.feature_extractor``: a tfresnet run's network
+    without its head (`RunTransferNet`), or for a `TransferNet` a keras-hub preset or timm
+    checkpoint (the model was built from its `preset_spec`), ``"imagenet"`` (Keras' download
+    cache) or a local weights file. Weights of another architecture are refused, never
+    partly loaded."""
     base = model.feature_extractor
+    if isinstance(model, RunTransferNet):
+        source = run_source(weights)
+        if source is None:
+            raise UserError(f"--weights {weights} is not a tfresnet run; pass a run folder "
+                            "or its best.keras")
+        network = keras.saving.load_model(source.path, compile=False).network
+        head = {id(v) for v in network.fc.weights}
+        _copy_weights([value for value, variable in zip(network.get_weights(), network.weights)
+                       if id(variable) not in head], base, weights)
+        return
+    weights = resolve_weights(model.arch, weights)
     if model.preset is not None:
         source = _load_preset(model.arch, weights, load_weights=True)
         _copy_weights(source.get_weights(), base, weights)
@@ -386,6 +561,6 @@ def _copy_weights(values, base, origin):
     shapes = [tuple(v.shape) for v in base.weights]
     if [tuple(v.shape) for v in values] != shapes:
         raise UserError(f"weights from {origin} do not fit this backbone ({len(values)} "
-                        f"arrays vs {len(shapes)} expected, or different shapes; a tfresnet "
-                        "run must have the ImageNet stem and the same --width)")
+                        f"arrays vs {len(shapes)} expected, or different shapes; a bare "
+                        "tfresnet ResNet must have the ImageNet stem and the same --width)")
     base.set_weights(values)

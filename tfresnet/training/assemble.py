@@ -29,13 +29,15 @@ from tfresnet.data.pipeline import (
 from tfresnet.errors import UserError
 from tfresnet.evaluation.inference import TOP_K, has_top_k
 from tfresnet.losses import cross_entropy
-from tfresnet.models import Classifier, ImagePreprocessor, TransferNet, get_model
+from tfresnet.models import Classifier, ImagePreprocessor, RunTransferNet, TransferNet, get_model
 from tfresnet.models.transfer import (
+    PretrainedNet,
     backbone_input_size,
     is_preset,
     load_pretrained,
     preset_spec,
     resolve_weights,
+    run_source,
 )
 from tfresnet.training import keras_fixes
 from tfresnet.training.callbacks import NanGuard
@@ -48,12 +50,15 @@ from tfresnet.training.optim import (
 
 
 def input_size(config):
-    """The model's input side: ``--image-size``, else a pretrained backbone's own (None
-    from scratch: the data set's)."""
+    """The model's input side: ``--image-size``, else a pretrained network's own (a
+    tfresnet run's or a backbone's; None from scratch: the data set's)."""
     if config.image_size:
         return config.image_size
     if config.transfer == "none":
         return None
+    run = run_source(config.weights)
+    if run is not None:
+        return run.image_size
     arch = config.model.removesuffix("_imagenet")
     return backbone_input_size(arch, config.weights)
 
@@ -229,17 +234,22 @@ def model_options(config):
 
 
 def make_network(config, num_classes, size):
-    """The network from the registry, or a pretrained backbone with a new head taking
-    ``size`` px (`input_size`; None from scratch)."""
+    """The network from the registry, or a pretrained network with a new head running at
+    ``size`` px (`input_size`; None from scratch): a tfresnet run's (`RunTransferNet`) or
+    an ImageNet backbone (`TransferNet`)."""
     pretrained = config.model.endswith("_imagenet")
     if config.transfer == "none":
         if pretrained:
             raise UserError(f"{config.model} is a pretrained backbone: choose --transfer "
                             "frozen, finetune, two-stage or scratch")
         return get_model(config.model, num_classes, **model_options(config))
+    frozen = config.transfer == "frozen"
+    run = run_source(config.weights)
+    if run is not None:
+        return RunTransferNet(run.network, num_classes, image_size=size, pixels=run.pixels,
+                              dropout=config.dropout, frozen_base=frozen)
     arch = config.model.removesuffix("_imagenet")
     weights = resolve_weights(arch, config.weights)
-    frozen = config.transfer == "frozen"
     return TransferNet(arch, num_classes, image_size=size,
                        dropout=config.dropout, frozen_base=frozen,
                        preset=preset_spec(arch, weights) if is_preset(weights) else None,
@@ -261,10 +271,11 @@ def shorten_batch_norm_memory(network, steps):
 
 
 def make_preprocessor(network, data):
-    """The `ImagePreprocessor` of a run: a pretrained backbone's own pixels at its own
-    size, else the training data's mean/std; photos keep their evaluation crop."""
+    """The `ImagePreprocessor` of a run: a pretrained network's own pixels at its own
+    size (resized inside where the data differ), else the training data's mean/std;
+    photos keep their evaluation crop."""
     crop = data.x_train.view.eval_crop if is_photo(data) else None
-    if isinstance(network, TransferNet):
+    if isinstance(network, PretrainedNet):
         return ImagePreprocessor(data.image_size, crop=crop,
                                  network_size=(network.image_size,) * 2, **network.pixels)
     return ImagePreprocessor.from_mean_std(data.image_size, data.mean, data.std, crop=crop)
@@ -305,7 +316,7 @@ def build_model(config, data, runtime, plan, pretrained=True):
         model(np.zeros((1, *data.image_size, 3), np.uint8))
         model.optimizer.build(model.trainable_variables)
     if pretrained and config.weights:
-        load_pretrained(model.network, resolve_weights(model.network.arch, config.weights))
+        load_pretrained(model.network, config.weights)
     return model
 
 

@@ -1,6 +1,6 @@
-"""Each extension point is one registration (README, "How a run is put together"): a toy
-model, augmentation, data source, export format and search name, added at runtime, work
-end to end through the commands."""
+"""Each extension point is one registration (CONTRIBUTING.md, "Adding to tfresnet"): a
+toy model, augmentation, data source, export format and search name, added at runtime,
+work end to end through the commands."""
 
 import json
 import os

@@ -158,7 +158,7 @@ def _tf_config_resolver():
     except (ValueError, KeyError, TypeError) as err:
         raise UserError(f"TF_CONFIG is not valid ({type(err).__name__}: {err}); it must be JSON "
                         '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": '
-                        '"worker", "index": 0}} (see README "Scaling out")')
+                        '"worker", "index": 0}} (see docs/scaling.md)')
     if not isinstance(cluster, dict) or set(cluster) - {"chief", "worker"} or not all(
             isinstance(hosts, list) and hosts for hosts in cluster.values()):
         raise UserError("TF_CONFIG: the cluster must map 'chief' and/or 'worker' to lists of "
@@ -235,7 +235,7 @@ def make_multi_worker_strategy():
     source = cluster_environment()
     if source is None:
         raise UserError("--strategy multiworker needs TF_CONFIG (or a Slurm job step of "
-                        'several tasks) on every worker; see README "Scaling out"')
+                        'several tasks) on every worker; see docs/scaling.md')
     resolver = _tf_config_resolver() if source == "tf_config" else _slurm_resolver()
     with native_stderr_silenced():
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)

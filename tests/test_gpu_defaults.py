@@ -182,8 +182,8 @@ def test_two_devices_with_the_gpu_defaults_train_and_refuse_what_keras_cannot_ru
     result = subprocess.run([sys.executable, "-c", TWO_DEVICES, *args, "--name", "two"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert ("2 replicas on 1 worker(s) | mixed_bfloat16 | XLA off | batch 64 x 20 steps, 1 per "
-            "execution | augmentation in the compiled step") in result.stdout
+    assert ("2 replicas on 1 worker(s) | mixed_bfloat16 | XLA off | batch 64 (32 per replica) x 20 "
+            "steps, 1 per execution | augmentation in the compiled step") in result.stdout
     rows = read_history(tmp_path / "two" / "history.csv")
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["loss"] < rows[0]["loss"]
     refused = subprocess.run([sys.executable, "-c", TWO_DEVICES, *args, "--name", "four",

@@ -230,14 +230,16 @@ TWO_RUNS = """
 from tfresnet.cli.train import main
 
 out = sys.argv[1]
-codes = [main([*sys.argv[2:], *extra, "--strategy", "mirrored", "--output-dir", out, "--name",
-               f"run{i}"]) for i, extra in enumerate((["--sync-bn"], []))]
+common = [*sys.argv[2:], "--strategy", "mirrored", "--output-dir", out]
+codes = [main([*common, "--model", "resnet18", "--sync-bn", "--name", "first"]),
+         main([*common, "--model", "small_cnn", "--name", "second"])]
 print(json.dumps(codes))
 """
 
 
 @pytest.mark.slow
 def test_runs_one_after_another_in_one_process(tmp_path):
-    """A notebook's second fit under MirroredStrategy, after one with --sync-bn."""
-    args = [*TINY, "--model", "resnet18", "--epochs", "1", "--val-size", "0"]
+    """A notebook's second fit under MirroredStrategy, after one with --sync-bn (5 steps
+    each)."""
+    args = [*TINY, "--batch-size", "256", "--epochs", "1", "--val-size", "0"]
     assert run_on_devices(2, TWO_RUNS, tmp_path, *args) == [0, 0]

@@ -388,7 +388,8 @@ def test_two_classes_show_no_top5_and_a_folder_without_test_split_says_where_fig
     out = capsys.readouterr().out
     assert "no test split: validation accuracy" in out and "{}" not in out
     assert ("note: 43 training images at batch 8 make 5 updates an epoch, 5 in all" in out
-            and "fine-tune a pretrained backbone" in out)
+            and "fine-tune weights that know more instead" in out
+            and "--weights saved_models/RUN" in out)
     # Five batches an epoch: batch norm remembers less, so epoch 1 fills its statistics.
     saved = load_model(tmp_path / "run")
     assert np.allclose([layer.momentum for layer in saved._flatten_layers()

@@ -39,18 +39,15 @@ def main():
     parser.add_argument("--out", help="folder to save into (default: a temporary one)")
     args = parser.parse_args()
 
-    from tfresnet.training.assemble import make_pipelines
+    from tfresnet.evaluation.pictures import curves_figure
+    from tfresnet.runs.files import atomic_save_figure, atomic_save_model, atomic_write_text
     from tfresnet.training.bench import bench_config, build_bench_model
-    from tfresnet.training.callbacks import NanGuard, RunRecorder, curves_figure
-    from tfresnet.training.checkpoint import (
-        atomic_save_figure,
-        atomic_save_model,
-        atomic_write_text,
-    )
+    from tfresnet.training.callbacks import NanGuard, RunRecorder
+    from tfresnet.training.pipelines import make_pipelines
 
     config = bench_config("resnet18", 8, precision="float32", jit="off", width=args.width)
     data, runtime, plan, model = build_bench_model(config, 100, 1)
-    model.fit(make_pipelines(config, data, runtime, plan)[0], steps_per_epoch=1, verbose=0)
+    model.fit(make_pipelines(config.augment, data, runtime, plan)[0], steps_per_epoch=1, verbose=0)
     out = Path(args.out or tempfile.mkdtemp(prefix="checkpoint-cost-"))
     out.mkdir(parents=True, exist_ok=True)
     rows = [{"epoch": e, "lr": 0.1, "loss": 1.0 / e, "accuracy": e / 200, "val_loss": 1.1 / e,

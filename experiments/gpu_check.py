@@ -76,7 +76,7 @@ def end_to_end(out, width, tiny):
     otherwise; epoch 1's extra seconds over epoch 3 are compilation (train and
     evaluation)."""
     from tfresnet.cli.train import main
-    from tfresnet.training.run_folder import read_history
+    from tfresnet.runs.run_folder import read_history
 
     run = ["--dataset", "synthetic-cifar100", "--model", "resnet18", "--width", str(width),
            "--epochs", "3", "--no-visualize", "--output-dir", str(out), "--name", "e2e"]

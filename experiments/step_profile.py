@@ -17,7 +17,7 @@ spell of the machine hits every variant alike. Variants:
   the step);
 - ``fit_no_augment``: ``fit`` with ``--augment none`` (tf.data and augmentation's share);
 - ``fit_keras_bn``: ``fit`` with Keras' own batch norm, built from separate ops, in place
-  of tfresnet's fused one (`tfresnet.models.resnet.BatchNormalization`); ``fit_fused_bn``
+  of tfresnet's fused one (`tfresnet.models.layers.BatchNormalization`); ``fit_fused_bn``
   (``resnet50_imagenet``): the reverse, tfresnet's in place of the Keras Applications
   backbone's own;
 - ``call`` (``--task inference``): the compiled call evaluate and predict run, on uint8
@@ -25,7 +25,7 @@ spell of the machine hits every variant alike. Variants:
 - ``raw``: a bare ``tf.function`` step on one fixed batch: forward, CE, backward, SGD with
   Nesterov momentum (no Keras loop, metrics, L2 or tf.data); ``raw_l2`` adds the L2 term;
   ``raw_xla`` compiles ``raw`` with XLA;
-- ``torch_eager`` and ``torch_compile``: experiments/torch_reference.py's twin (CIFAR) or
+- ``torch_eager`` and ``torch_compile``: tfresnet.training.torch_twin (CIFAR) or
   torchvision's ResNet, SGD with momentum on one fixed batch (when torch is installed).
 
 One JSON line per variant and precision (median, min, max img/s over the rounds). Thread
@@ -63,9 +63,9 @@ def keras_fit(spec, jit="off", augment="standard", batch_norm=None):
     one is tfresnet's (Keras Applications' and keras-hub's backbones included)."""
     import keras
 
-    from tfresnet.models.resnet import BatchNormalization
-    from tfresnet.training.assemble import make_pipelines
+    from tfresnet.models.layers import BatchNormalization
     from tfresnet.training.bench import bench_config, build_bench_model
+    from tfresnet.training.pipelines import make_pipelines
 
     config = bench_config(spec.model, spec.batch, KERAS_POLICY[spec.precision], jit,
                           spec.width, augment=augment, image_size=spec.image_size,
@@ -75,7 +75,7 @@ def keras_fit(spec, jit="off", augment="standard", batch_norm=None):
     for layer in model._flatten_layers() if batch_norm else ():
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.__class__ = swap[batch_norm]  # same variables, the other call
-    dataset, _ = make_pipelines(config, data, runtime, plan)
+    dataset, _ = make_pipelines(config.augment, data, runtime, plan)
     seconds = []
 
     class Timer(keras.callbacks.Callback):
@@ -95,7 +95,7 @@ def keras_fit(spec, jit="off", augment="standard", batch_norm=None):
 def keras_inference(spec):
     """``run(steps)`` -> seconds of the compiled call (what evaluate and predict run) over
     ``steps`` batches."""
-    from tfresnet.evaluation.inference import predict_probabilities
+    from tfresnet.runs.probabilities import predict_probabilities
     from tfresnet.training.bench import bench_config, build_bench_model
 
     config = bench_config(spec.model, spec.batch, KERAS_POLICY[spec.precision], "off",
@@ -157,7 +157,7 @@ def torch_network(spec):
 
     torch.manual_seed(0)
     if not spec.model.endswith("_imagenet"):
-        from torch_reference import ResNet18
+        from tfresnet.training.torch_twin import ResNet18
 
         return ResNet18(spec.classes, width=spec.width)
     import torchvision
@@ -172,7 +172,8 @@ def torch_network(spec):
 
 def torch_step(spec, compiled):
     import torch
-    from torch_reference import inference, train_step
+
+    from tfresnet.training.torch_twin import inference_step, train_step
 
     network = torch_network(spec)
     network.train(spec.task == "train")
@@ -180,7 +181,7 @@ def torch_step(spec, compiled):
     x = torch.randn(spec.batch, 3, spec.image_size, spec.image_size)
     bfloat16 = spec.precision == "bfloat16"
     if spec.task == "inference":
-        step = inference(forward, x, bfloat16)
+        step = inference_step(forward, x, bfloat16)
     else:
         optimizer = torch.optim.SGD([p for p in network.parameters() if p.requires_grad],
                                     lr=0.1, momentum=0.9)

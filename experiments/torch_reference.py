@@ -25,7 +25,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,119 +34,20 @@ import torch
 from torch import nn
 
 from tfresnet.errors import run_cli
-
-
-class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.short = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                       nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return torch.relu(out + self.short(x))
-
-
-class ResNet18(nn.Module):
-    """CIFAR stem (3x3 conv, no pool), channels ``round(64 * width * 2**stage)`` as in
-    tfresnet, initialised as tfresnet initialises (He-normal fan-out convs, Glorot dense)."""
-
-    def __init__(self, classes=100, width=1.0):
-        super().__init__()
-        stem = max(1, round(64 * width))
-        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem),
-                                  nn.ReLU())
-        blocks, cin = [], stem
-        for stage in range(4):
-            cout = max(1, round(64 * width * 2**stage))
-            for index in range(2):
-                blocks.append(Block(cin, cout, 2 if stage > 0 and index == 0 else 1))
-                cin = cout
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(cin, classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.xavier_uniform_(self.fc.weight)
-        nn.init.zeros_(self.fc.bias)
-
-    def forward(self, x):
-        x = self.blocks(self.stem(x))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
+from tfresnet.training.torch_twin import ResNet18, autocast, twin_rows
 
 # --- bench --------------------------------------------------------------------------------
 
 
-def timed(step, images, repeats, steps):
-    step()  # warm-up (and compilation)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        rates.append(steps * images / (time.perf_counter() - start))
-    return statistics.median(rates), min(rates), max(rates)
-
-
-def _record(kind, mode, batch, rates, precision):
-    median, low, high = rates
-    print(json.dumps({"kind": kind, "framework": f"torch-{mode}", "batch_size": batch,
-                      "precision": precision,
-                      "images_per_second": round(median, 1), "min": round(low, 1),
-                      "max": round(high, 1), "threads": torch.get_num_threads(),
-                      "torch": torch.__version__}), flush=True)
-
-
-def autocast(bfloat16):
-    """PyTorch's CPU mixed precision: convolutions and matrix products in bfloat16, the
-    rest (batch norm, losses) in float32, when ``bfloat16``; else nothing."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16)
-
-
-def train_step(forward, optimizer, x, y, bfloat16=False):
-    """One SGD step on a fixed batch, as a function of nothing."""
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(bfloat16):
-            loss = nn.functional.cross_entropy(forward(x), y)
-        loss.backward()
-        optimizer.step()
-    return step
-
-
-def inference(forward, x, bfloat16=False):
-    def step():
-        with torch.inference_mode(), autocast(bfloat16):
-            forward(x)
-    return step
-
-
 def bench(args):
     """One JSON line per measurement: train steps per batch size, then inference."""
-    torch.manual_seed(0)
     bfloat16 = args.precision == "bfloat16"
     for mode in ["eager", "compile"] if args.compile else ["eager"]:
         for batch in args.batch_size:
-            model = ResNet18(width=args.width).train()
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-            forward = torch.compile(model) if mode == "compile" else model
-            step = train_step(forward, optimizer, torch.randn(batch, 3, 32, 32),
-                              torch.randint(0, 100, (batch,)), bfloat16)
-            _record("train", mode, batch, timed(step, batch, args.repeats, args.steps),
-                    args.precision)
-        model = ResNet18(width=args.width).eval()
-        forward = torch.compile(model) if mode == "compile" else model
-        step = inference(forward, torch.randn(args.inference_batch, 3, 32, 32), bfloat16)
-        _record("inference", mode, args.inference_batch,
-                timed(step, args.inference_batch, args.repeats, 2), args.precision)
+            print(json.dumps(twin_rows("train", mode, args.width, batch, args.steps,
+                                       args.repeats, bfloat16=bfloat16)), flush=True)
+        print(json.dumps(twin_rows("inference", mode, args.width, args.inference_batch, 2,
+                                   args.repeats, bfloat16=bfloat16)), flush=True)
 
 
 # --- train --------------------------------------------------------------------------------

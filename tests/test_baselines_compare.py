@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from conftest import TINY
 from tfresnet.cli.baselines import main as baselines_main
@@ -38,6 +39,7 @@ def test_knn_cli_on_digits_writes_a_comparable_summary(tmp_path):
     assert len(summary["validation_sweep"]) == 2 * 8
 
 
+@pytest.mark.slow
 def test_compare_runs_and_baselines(tmp_path):
     assert train_main([*TINY, "--model", "small_cnn", "--epochs", "2", "--output-dir",
                        str(tmp_path), "--name", "a"]) == 0

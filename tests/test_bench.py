@@ -9,6 +9,7 @@ FIELDS = {"kind", "batch_size", "images", "images_per_second", "min", "max", "de
           "versions", "threads", "date"}
 
 
+@pytest.mark.slow
 def test_json_has_every_field_and_counts_images(tmp_path):
     out = tmp_path / "bench.jsonl"
     args = build_parser().parse_args(
@@ -29,6 +30,7 @@ def test_json_has_every_field_and_counts_images(tmp_path):
     assert {r.get("method") for r in lines[2:]} == {"predict", "compiled_call"}
 
 
+@pytest.mark.slow
 def test_train_rows_follow_train_defaults_and_sweep_execution_and_augmentation(tmp_path):
     out = tmp_path / "bench.jsonl"
     run(build_parser().parse_args(
@@ -75,6 +77,9 @@ def test_peak_memory_is_each_measurements_own():
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--steps", "-1"], "--steps must be positive"),
     (["--train", "--transfer", "frozen"], "--transfer frozen needs a pretrained backbone"),
+    (["--train", "--model", "resnet34", "--compare-torch"], "mirrors the CIFAR ResNet-18"),
+    (["--train", "--image-size", "64", "--compare-torch"], "mirrors the CIFAR ResNet-18"),
+    (["--train", "--precision", "mixed_float16", "--compare-torch"], "float32 or bfloat16"),
 ])
 def test_nonsense_settings_are_refused(args, message):
     with pytest.raises(UserError, match=message):
@@ -89,20 +94,24 @@ def test_bench_train_is_assembled_like_a_training_run(monkeypatch):
     def spy(name):
         original = getattr(bench, name)
 
-        def recorded(config, *args, **kwargs):
-            calls.append((name, config))
-            return original(config, *args, **kwargs)
+        def recorded(*args, **kwargs):
+            result = original(*args, **kwargs)
+            calls.append((name, args, result))
+            return result
         return recorded
 
-    for name in ("make_plan", "build_model", "make_pipelines"):
+    for name in ("make_plan", "build_settings", "build_model", "make_pipelines"):
         monkeypatch.setattr(bench, name, spy(name))
     [row] = run(build_parser().parse_args(["--train", "--width", "0.0625", "--batch-size", "8",
                                            "--steps", "2", "--repeats", "1", "--warmup", "1"]))
-    # The plan, the model and the pipelines come from tfresnet.training.assemble, from one
-    # TrainConfig; the row records the plan they followed.
-    assert [name for name, _ in calls] == ["make_plan", "build_model", "make_pipelines"]
-    config = calls[0][1]
-    assert calls[1][1] is config and calls[2][1] is config
+    # The plan, the model and the pipelines come from tfresnet.training's plan, build and
+    # pipelines modules, from one TrainConfig and its plan; the row records that plan.
+    assert [name for name, *_ in calls] == ["make_plan", "build_settings", "build_model",
+                                            "make_pipelines"]
+    config, plan = calls[0][1][0], calls[0][2]  # make_plan's config and plan
+    assert calls[1][1][0] is config  # build_settings(config): build_model's views
+    assert calls[2][1][2] is plan and calls[3][1][3] is plan
+    assert calls[3][1][0] == config.augment  # make_pipelines(augment, ...)
     assert row["plan"]["batch_size"] == 8 and row["plan"]["steps_per_epoch"] == 2
     assert (config.model, config.width, config.batch_size, config.augment) == \
         ("resnet18", 0.0625, 8, "standard")
@@ -126,3 +135,21 @@ def test_pipeline_on_a_folder_decodes_its_files_as_train_does(tmp_path, monkeypa
          "standard", "--batch-size", "4", "--steps", "2", "--repeats", "1", "--warmup", "1"]))
     assert record["source"] == f"{tmp_path / 'set'} (photo)" and record["image_size"] == 24
     assert len(decoded) >= 3 * 4  # warm-up and timed batches, every image decoded
+
+
+@pytest.mark.slow
+def test_compare_torch_follows_each_row_with_the_twins_and_its_ratio(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "bench.jsonl"
+    run(build_parser().parse_args(
+        ["--train", "--inference", "--width", "0.0625", "--batch-size", "8", "--steps", "2",
+         "--repeats", "1", "--compare-torch", "eager", "--json", str(out)]))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["kind"], r.get("source", r.get("method"))) for r in rows] == [
+        ("train", None), ("train", "torch-eager"), ("inference", "predict"),
+        ("inference", "compiled_call"), ("inference", "torch-eager")]
+    for twin in (rows[1], rows[4]):
+        assert twin["width"] == 0.0625 and twin["batch_size"] == 8 and twin["min"] > 0
+    shown = capsys.readouterr().out
+    ratio = rows[0]["images_per_second"] / rows[1]["images_per_second"]
+    assert f"tfresnet / torch-eager: {ratio:.2f}x" in shown

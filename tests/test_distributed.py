@@ -15,9 +15,10 @@ import pytest
 from conftest import free_ports, wait_for
 from tfresnet.cli.train import main
 from tfresnet.errors import UserError
-from tfresnet.training import runtime
-from tfresnet.training.run_folder import read_history
-from tfresnet.training.runtime import _slurm_resolver, cluster_environment, make_strategy
+from tfresnet.runs.run_folder import read_history
+from tfresnet.runtime import devices, precision
+from tfresnet.runtime.cluster import _slurm_resolver, make_strategy
+from tfresnet.runtime.devices import cluster_environment
 
 # Splits the CPU into two logical devices before TensorFlow starts, then runs train's main.
 TWO_DEVICES = """
@@ -188,17 +189,19 @@ def test_mirrored_over_two_devices_matches_one_device(single_and_two_workers):
 # and the largest gap between the replicas' moving means.
 BN_GAP = TWO_DEVICES.split("from tfresnet.errors")[0] + """
 import keras, numpy as np
-from tfresnet.training.assemble import build_model, make_pipelines, prepare_run
 from tfresnet.config import TrainConfig
-from tfresnet.training.runtime import configure
+from tfresnet.runtime.session import configure
+from tfresnet.training.build import build_model
+from tfresnet.training.pipelines import make_pipelines
+from tfresnet.training.plan import build_settings, prepare_run
 config = TrainConfig(dataset="digits", model="resnet18", width=0.0625, batch_size=64,
                      augment="none", strategy="mirrored", sync_bn=True)
 config.validate()
-runtime = configure(config)
+runtime = configure(config.runtime_settings, config.model, config.width)
 data, plan = prepare_run(config, runtime)
-model = build_model(config, data, runtime, plan)
-model.fit(make_pipelines(config, data, runtime, plan)[0], steps_per_epoch=3, shuffle=False,
-          verbose=0)
+model = build_model(data, runtime, plan, **build_settings(config))
+model.fit(make_pipelines(config.augment, data, runtime, plan)[0], steps_per_epoch=3,
+          shuffle=False, verbose=0)
 norms = [l for l in model.network._flatten_layers()
          if isinstance(l, keras.layers.BatchNormalization)]
 replicas = [runtime.strategy.experimental_local_results(l.moving_mean.value) for l in norms]
@@ -265,10 +268,10 @@ def test_a_slurm_job_step_is_a_cluster_without_probing_gpus(monkeypatch):
         _slurm_resolver()
 
 
-# Imports tfresnet with TensorFlow's GPU listing recording CUDA_VISIBLE_DEVICES at its
-# first call (when CUDA starts and reads it); prints whether the import left the variable
-# and the devices alone, the value CUDA saw at tfresnet's first look at the devices, and
-# the value after a second split.
+# Records CUDA_VISIBLE_DEVICES at TensorFlow's first GPU listing (when CUDA starts and
+# reads it); prints the value CUDA saw at tfresnet's first look at the devices, and the
+# value after a second split. That importing tfresnet leaves both alone:
+# test_layout.py::test_importing_tfresnet_under_slurm_leaves_cuda_visible_devices_as_it_was.
 FIRST_GPU_PROBE = """
 import os, tensorflow as tf
 seen, list_devices = [], tf.config.list_physical_devices
@@ -276,16 +279,14 @@ def recording(*args, **kwargs):
     seen.append(os.environ.get("CUDA_VISIBLE_DEVICES"))
     return list_devices(*args, **kwargs)
 tf.config.list_physical_devices = recording
-before = os.environ.get("CUDA_VISIBLE_DEVICES")
-import tfresnet
-untouched = not seen and os.environ.get("CUDA_VISIBLE_DEVICES") == before
-from tfresnet.training.runtime import assign_slurm_gpus, gpus
+from tfresnet.runtime.devices import assign_slurm_gpus, gpus
 gpus()
 assign_slurm_gpus()
-print(untouched, seen[0], os.environ["CUDA_VISIBLE_DEVICES"])
+print(seen[0], os.environ["CUDA_VISIBLE_DEVICES"])
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slurm,visible,tasks", [
     # One node, 2 tasks, 4 GPUs, no CUDA_VISIBLE_DEVICES from Slurm.
     ({"STEP_NUM_TASKS": "2", "STEP_NODELIST": "node1", "STEP_TASKS_PER_NODE": "2",
@@ -305,15 +306,15 @@ def test_slurm_tasks_of_a_node_split_its_gpus_before_cuda_starts(slurm, visible,
                                 env={**env, "SLURM_PROCID": proc_id,
                                      "SLURM_LOCALID": str(local_id)}, text=True, timeout=120)
         assert result.returncode == 0, result.stderr[-2000:]
-        # import tfresnet changed nothing; the first look split, a second changes nothing
-        assert result.stdout.split() == ["True", share, share]
+        # the first look split, a second changes nothing
+        assert result.stdout.split() == [share, share]
 
 
 # Configures a run of --strategy mirrored --jit auto on the two logical devices.
 MIRRORED_JIT = TWO_DEVICES.split("from tfresnet.errors")[0] + """
 from tfresnet.config import TrainConfig
-from tfresnet.training.runtime import configure
-run = configure(TrainConfig(strategy="mirrored", jit="auto"))
+from tfresnet.runtime.session import configure
+run = configure(TrainConfig(strategy="mirrored", jit="auto").runtime_settings)
 print(run.strategy.num_replicas_in_sync, run.jit)
 """
 
@@ -335,35 +336,35 @@ def test_xla_is_off_under_several_replicas_and_jit_on_is_refused(tmp_path):
 
 
 def test_jit_auto_is_on_with_one_gpu_replica_only(monkeypatch):
-    monkeypatch.setattr(runtime, "gpus", lambda: ["a GPU"])
-    assert runtime.resolve_jit("auto", 1, False) is True
-    assert runtime.resolve_jit("auto", 2, False) is False
-    assert runtime.resolve_jit("off", 1, False) is False
+    monkeypatch.setattr(devices, "gpus", lambda: ["a GPU"])
+    assert precision.resolve_jit("auto", 1, False) is True
+    assert precision.resolve_jit("auto", 2, False) is False
+    assert precision.resolve_jit("off", 1, False) is False
     with pytest.raises(UserError, match="use --jit auto or --jit off"):
-        runtime.resolve_jit("on", 2, False)
+        precision.resolve_jit("on", 2, False)
 
 
 def test_nvidia_gpus_that_tensorflow_cannot_see_are_one_warning(tmp_path, monkeypatch, capsys):
     for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm"):
         (tmp_path / name).touch()
-    monkeypatch.setattr(runtime, "NVIDIA_DEVICES", (str(tmp_path / "nvidia[0-9]*"),))
-    monkeypatch.setattr(runtime, "gpus", lambda: [])  # TensorFlow without CUDA
+    monkeypatch.setattr(devices, "NVIDIA_DEVICES", (str(tmp_path / "nvidia[0-9]*"),))
+    monkeypatch.setattr(devices, "gpus", lambda: [])  # TensorFlow without CUDA
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert runtime.visible_gpu_ids() == ["0", "1"]
-    runtime.warn_if_gpus_unused()
+    assert devices.visible_gpu_ids() == ["0", "1"]
+    devices.warn_if_gpus_unused()
     assert capsys.readouterr().err == (
         "warning: this machine has 2 NVIDIA GPU(s) but this TensorFlow sees none, so "
         'training runs in float32 on the CPU; pip install "tensorflow[and-cuda]" (pip '
         'install -e ".[gpu]" in a checkout)\n')
     for listed, ids in (("2,3", ["2", "3"]), ("1,-1,0", ["1"]), ("-1", []), ("", [])):
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
-        assert runtime.visible_gpu_ids() == ids
+        assert devices.visible_gpu_ids() == ids
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # GPUs hidden on purpose
-    runtime.warn_if_gpus_unused()
+    devices.warn_if_gpus_unused()
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    monkeypatch.setattr(runtime, "gpus", lambda: ["a GPU"])  # TensorFlow with CUDA
-    runtime.warn_if_gpus_unused()
-    monkeypatch.setattr(runtime, "NVIDIA_DEVICES", (str(tmp_path / "none*"),))  # no GPU
-    monkeypatch.setattr(runtime, "gpus", lambda: [])
-    runtime.warn_if_gpus_unused()
+    monkeypatch.setattr(devices, "gpus", lambda: ["a GPU"])  # TensorFlow with CUDA
+    devices.warn_if_gpus_unused()
+    monkeypatch.setattr(devices, "NVIDIA_DEVICES", (str(tmp_path / "none*"),))  # no GPU
+    monkeypatch.setattr(devices, "gpus", lambda: [])
+    devices.warn_if_gpus_unused()
     assert capsys.readouterr().err == ""

@@ -17,7 +17,7 @@ from tfresnet.data import load_dataset
 from tfresnet.evaluation.gradcam import grad_cam
 from tfresnet.export.exporter import ExportedModel, labels_path
 from tfresnet.models import Classifier, ImagePreprocessor, get_model, list_models
-from tfresnet.training.run_folder import load_model
+from tfresnet.runs.run_folder import load_model
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,7 @@ def small_classifier(name):
                       list("abcde"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_grad_cam_shape_range_and_exact_split_on_every_registered_network(name):
     model = small_classifier(name)
@@ -157,6 +158,7 @@ def test_grad_cam_peak_lies_on_the_object_that_decides_the_class(colour_objects,
     assert hits / len(boxes) >= least, f"{hits} of {len(boxes)} peaks on the object"
 
 
+@pytest.mark.slow
 def test_explain_cli_writes_one_captioned_overlay_per_image(run, tmp_path, capsys):
     images = load_dataset("digits").x_test[:3]
     folder = tmp_path / "in"

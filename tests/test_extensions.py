@@ -1,11 +1,14 @@
 """Each extension point is one registration (CONTRIBUTING.md, "Adding to tfresnet"): a
 toy model, augmentation, data source, export format and search name, added at runtime,
-work end to end through the commands."""
+work end to end through the commands; a toy optimizer flag is two edits of the source."""
 
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import cv2
 import keras
@@ -13,16 +16,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfresnet
 from tfresnet.cli.export import main as export_main
 from tfresnet.cli.predict import main as predict_main
 from tfresnet.cli.train import main as train_main
 from tfresnet.cli.tune import main as tune_main
-from tfresnet.data import pipeline, sources
+from tfresnet.data import augment, sources
 from tfresnet.data.digits import load_digits_rgb
 from tfresnet.export import formats
 from tfresnet.models import registry
-from tfresnet.models.resnet import ClassifierHead
-from tfresnet.training.run_folder import load_model
+from tfresnet.models.layers import ClassifierHead
+from tfresnet.runs.run_folder import load_model
 from tfresnet.tuning import search
 
 
@@ -81,8 +85,8 @@ def load_toy(path):
 def toys():
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(registry._REGISTRY, "tiny_net", tiny_net)
-        patch.setitem(pipeline.AUGMENTATIONS, "brighten", brighten)
-        pipeline.augmentation()(brighten)  # the decorator, as a module would apply it
+        patch.setitem(augment.AUGMENTATIONS, "brighten", brighten)
+        augment.augmentation()(brighten)  # the decorator, as a module would apply it
         patch.setitem(sources.SOURCES, "few_digits", few_digits)
         patch.setitem(formats.FORMATS, "toy", formats.ExportFormat("toy", ".toy", write_toy,
                                                                   load_toy))
@@ -137,3 +141,51 @@ def test_a_model_name_that_is_taken_is_refused():
     with pytest.raises(ValueError, match="'resnet18' is already registered"):
         registry.register_model("resnet18")(tiny_net)
     assert registry._REGISTRY["resnet18"] is not tiny_net
+
+
+# A toy optimizer with a flag of its own is two edits, both in tfresnet/optim/: its entry in
+# the `OPTIMIZERS` registry (optimizers.py), and its setting as a field of
+# `OptimizerSettings` (settings.py), which gives `TrainConfig` the key and ``train`` the
+# flag. A dataclass's fields are fixed when its module is imported, so the test makes the
+# two edits, (text, the line it goes before), in a copy of the package and trains through
+# the command in a process of its own.
+TOY_OPTIMIZER_EDITS = {
+    "optim/optimizers.py": ("""\
+    "toy_rmsprop": lambda settings, lr, decay, common: keras.optimizers.RMSprop(
+        lr, rho=settings.toy_rho, weight_decay=decay, **common),
+""", '    "sgd": lambda settings, lr, decay, common'),
+    "optim/settings.py": ("""\
+    toy_rho: float = setting(0.9, "toy_rmsprop: decay of the mean squared gradient",
+                             "optimizer")
+""", "    clip_norm: float = setting("),
+}
+
+
+@pytest.mark.slow
+def test_a_toy_optimizer_flag_is_two_edits(tmp_path):
+    package = tmp_path / "source" / "tfresnet"
+    shutil.copytree(Path(tfresnet.__file__).parent, package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for module, (added, before) in TOY_OPTIMIZER_EDITS.items():
+        text = (package / module).read_text()
+        assert text.count(before) == 1, module
+        (package / module).write_text(text.replace(before, added + before))
+    for label in range(2):  # two classes of 8 images: one step of 14, 2 held out
+        for index in range(8):
+            image = tmp_path / "folder" / "train" / f"class {label}" / f"{index}.png"
+            image.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(image), np.full((16, 16, 3), 60 + 120 * label + index, np.uint8))
+    done = subprocess.run(
+        [sys.executable, "-m", "tfresnet.train", "--dataset", str(tmp_path / "folder"),
+         "--model", "small_cnn", "--width", "0.25", "--epochs", "1", "--batch-size", "16",
+         "--optimizer", "toy_rmsprop", "--toy-rho", "0.8", "--no-tensorboard",
+         "--no-visualize", "--output-dir", str(tmp_path / "runs"), "--name", "toy"],
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "source")}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=600)  # cwd: not this checkout's tfresnet
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "runs" / "toy"
+    config = json.loads((run / "config.json").read_text())
+    assert config["optimizer"] == "toy_rmsprop" and config["toy_rho"] == 0.8
+    optimizer = load_model(run / "last.keras").optimizer
+    assert isinstance(optimizer, keras.optimizers.RMSprop) and optimizer.rho == 0.8
+    assert int(optimizer.iterations.numpy()) == 1

@@ -20,7 +20,7 @@ from conftest import TINY, run_cli, wait_for, write_cifar100
 from tfresnet.cli.train import main as train_main
 from tfresnet.data import load_dataset
 from tfresnet.errors import run_cli as wrap_cli
-from tfresnet.training.run_folder import read_history
+from tfresnet.runs.run_folder import read_history
 
 # Checkpoint safety does not depend on the network: the small CNN runs in half the time.
 EPOCHS = 5

@@ -26,7 +26,8 @@ from tfresnet import load_model
 from tfresnet.cli.evaluate import main as evaluate_main
 from tfresnet.cli.export import main as export_main
 from tfresnet.data import channel_stats, folders, load_dataset
-from tfresnet.data.folders import View, choose_view, decode, random_crop_box
+from tfresnet.data.folders import choose_view
+from tfresnet.data.images import View, decode, random_crop_box
 from tfresnet.data.pipeline import make_train_pipeline
 from tfresnet.errors import UserError
 from tfresnet.evaluation.predictions import predict
@@ -350,7 +351,7 @@ def test_two_workers_each_read_their_own_share_of_the_files(photo_folder, tmp_pa
 def test_transfer_defaults_to_the_backbones_input_size(tmp_path):
     from tfresnet.config import TrainConfig
     from tfresnet.models import TransferNet
-    from tfresnet.training.assemble import input_size
+    from tfresnet.training.plan import input_size
 
     scratch = TrainConfig(model="resnet18_imagenet", transfer="scratch")
     assert input_size(scratch) == 224 and input_size(TrainConfig()) is None
@@ -364,22 +365,21 @@ def test_transfer_defaults_to_the_backbones_input_size(tmp_path):
 
 
 def test_photos_take_the_random_crop_only_when_the_spec_has_one(tmp_path):
-    from tfresnet.config import TrainConfig
-    from tfresnet.training.assemble import training_images
+    from tfresnet.training.pipelines import training_images
 
     write_photos(tmp_path / "set", 2, size=(60, 80))
     files = load_dataset(str(tmp_path / "set"), val_size=0, image_size=(32, 32)).x_train
     for spec, cropped in (("standard", True), ("shift_flip", True), ("flip", False),
                           ("none", False)):
-        assert training_images(TrainConfig(augment=spec), files).view.random_crop is cropped
+        assert training_images(spec, files).view.random_crop is cropped
     image = np.zeros((4, 32, 32, 3), np.uint8)  # arrays pass unchanged
-    assert training_images(TrainConfig(), image) is image
+    assert training_images("standard", image) is image
 
 
 def test_two_classes_show_no_top5_and_a_folder_without_test_split_says_where_figures_are_from(
         tmp_path, capsys):
     from tfresnet.cli.train import main as train_main
-    from tfresnet.training.run_folder import read_history
+    from tfresnet.runs.run_folder import read_history
 
     write_photos(tmp_path / "pets" / "train", 24)
     run = ["--dataset", str(tmp_path / "pets"), *PHOTO_RUN, "--epochs", "1",

@@ -5,6 +5,7 @@ bfloat16 (the default on A100/H100). A two-stage transfer trial under float16 is
 test_transfer.py, MirroredStrategy with several steps per execution in test_distributed.py."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -17,8 +18,8 @@ from test_distributed import TWO_DEVICES
 
 from conftest import TINY, history, kill_after_first_epoch, run_cli, weights
 from tfresnet.cli import bench, evaluate, export, predict, train, tune, visualize
-from tfresnet.training import runtime
-from tfresnet.training.run_folder import read_history
+from tfresnet.runs.run_folder import read_history
+from tfresnet.runtime import cpu, devices, precision
 
 # Steps per execution stay automatic: with XLA, the largest divisor of the epoch up to 16.
 GPU_DEFAULTS = ["--precision", "mixed_float16", "--jit", "on", "--augment-on", "device"]
@@ -103,9 +104,9 @@ def simulate_device(monkeypatch, cpu_flags=(), capability=None, onednn=None, swi
     TFRESNET_CPU_BFLOAT16."""
     monkeypatch.delenv("TFRESNET_CPU_BFLOAT16")  # conftest's switch, off for the suite
     monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "fma", *cpu_flags})
-    monkeypatch.setattr(runtime, "gpus", lambda: ["GPU:0"] if capability else [])
-    monkeypatch.setattr(runtime.tf.config.experimental, "get_device_details",
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "fma", *cpu_flags})
+    monkeypatch.setattr(devices, "gpus", lambda: ["GPU:0"] if capability else [])
+    monkeypatch.setattr(precision.tf.config.experimental, "get_device_details",
                         lambda device: {"compute_capability": capability})
     for name, value in (("TF_ENABLE_ONEDNN_OPTS", onednn), ("TFRESNET_CPU_BFLOAT16", switch)):
         if value is not None:
@@ -129,18 +130,47 @@ def test_precision_auto_resolves_for_the_device(monkeypatch, device, resolved):
     device = dict(device)
     network = {"model": device.pop("model", "resnet18"), "width": device.pop("width", 1.0)}
     simulate_device(monkeypatch, **device)
-    assert runtime.resolve_precision("auto", **network) == resolved
-    assert runtime.resolve_precision("float32", **network) == "float32"  # turned off
+    assert precision.resolve_precision("auto", **network) == resolved
+    assert precision.resolve_precision("float32", **network) == "float32"  # turned off
 
 
 def test_cpu_flags_reads_linux_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16 amx_bf16\n\n"
                        "processor\t: 1\nflags\t\t: fpu avx2 avx512_bf16 amx_bf16\n")
-    assert runtime.cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16", "amx_bf16"}
+    assert cpu.cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16", "amx_bf16"}
     cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")  # ARM: not read
-    assert runtime.cpu_flags(cpuinfo) == set()
-    assert runtime.cpu_flags(tmp_path / "absent") == set()
+    assert cpu.cpu_flags(cpuinfo) == set()
+    assert cpu.cpu_flags(tmp_path / "absent") == set()
+
+
+@pytest.mark.parametrize("environ, flags, system, loaded, value, reason", [
+    ({}, {"avx2", "fma"}, "Linux", False, "1", "tfresnet's default"),  # AVX2: TF leaves it off
+    ({}, {"avx2", "fma", "avx512f", "avx512_vnni"}, "Linux", False, "1", "TensorFlow's default"),
+    ({"TF_ENABLE_ONEDNN_OPTS": "0"}, {"avx2", "fma"}, "Linux", False, None, "=0"),  # the user's
+    ({}, {"avx2", "fma"}, "Linux", True, None, "imported before tfresnet"),  # too late to set
+    ({}, {"sse4_2"}, "Linux", False, None, "without AVX2"),
+    ({}, set(), "Darwin", False, None, "this platform"),
+])
+def test_onednn_is_turned_on_before_tensorflow_loads_on_x86_cpus(environ, flags, system, loaded,
+                                                                 value, reason):
+    said, chosen = cpu.decide_onednn(environ, flags, system, "x86_64", loaded)
+    assert chosen == value and reason in said
+
+
+def test_importing_tfresnet_turns_onednn_on_unless_the_user_chose(tmp_path):
+    probe = ("import os, tfresnet; from tensorflow.python.util import _pywrap_util_port as p; "
+             "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), p.IsMklEnabled())")
+    x86 = {"avx2", "fma"} <= cpu.cpu_flags()
+    for user, expected in ((None, "1 True" if x86 else None), ("0", "0 False")):
+        env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+        if user is not None:
+            env["TF_ENABLE_ONEDNN_OPTS"] = user
+        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        if expected:
+            assert done.stdout.split() == expected.split()
 
 
 @pytest.mark.parametrize("flags, resolved", [((), "float32"),
@@ -156,6 +186,7 @@ def test_train_with_the_default_precision_follows_the_cpu(tmp_path, monkeypatch,
     assert summary["precision"] == resolved and summary["config"]["precision"] == "auto"
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_trains(tmp_path):
     args = [*TINY, "--precision", "mixed_bfloat16", "--epochs", "2", "--val-size", "0",
             "--name", "bf16", "--output-dir", tmp_path]

@@ -11,22 +11,14 @@ from tfresnet.data import load_dataset
 from tfresnet.errors import UserError
 from tfresnet.losses import l2_penalty, l2_variables
 from tfresnet.models import get_model
+from tfresnet.optim.optimizers import base_learning_rate, current_learning_rate, make_optimizer
+from tfresnet.optim.schedules import OneCycle, make_schedule
+from tfresnet.runtime.session import configure
 from tfresnet.training import run as run_module
-from tfresnet.training.assemble import (
-    batch_and_steps,
-    build_model,
-    make_pipelines,
-    make_plan,
-    shorten_batch_norm_memory,
-)
-from tfresnet.training.optim import (
-    OneCycle,
-    base_learning_rate,
-    current_learning_rate,
-    make_optimizer,
-    make_schedule,
-)
-from tfresnet.training.runtime import configure
+from tfresnet.training.build import build_model
+from tfresnet.training.network import shorten_batch_norm_memory
+from tfresnet.training.pipelines import make_pipelines
+from tfresnet.training.plan import batch_and_steps, build_settings, make_plan
 
 
 def built(name="resnet18", stem="cifar"):
@@ -53,14 +45,14 @@ def test_l2_all_minus_kernels_is_exactly_the_bn_and_bias_terms():
 
 def test_legacy_adam_decay_is_inverse_time_per_step():
     config = TrainConfig(optimizer="adam", lr=1e-3, schedule="inverse_time", decay=0.004)
-    schedule = make_schedule(config, 100, 128)
+    schedule = make_schedule(config.schedule_settings, config.lr, 100)
     for step in (0, 1, 10, 703, 10_000):
         assert float(schedule(step)) == pytest.approx(1e-3 / (1 + 0.004 * step), rel=1e-6)
 
 
 def test_cosine_warmup_rises_linearly_then_decays_to_zero():
     config = TrainConfig(lr=0.1, epochs=10, warmup_epochs=2, schedule="cosine")
-    schedule = make_schedule(config, 10, 128)
+    schedule = make_schedule(config.schedule_settings, config.lr, 10)
     assert float(schedule(0)) == pytest.approx(0.0, abs=1e-9)
     assert float(schedule(10)) == pytest.approx(0.05, rel=1e-5)
     assert float(schedule(20)) == pytest.approx(0.1, rel=1e-5)
@@ -72,7 +64,8 @@ def applied_rates(config, updates_per_epoch, steps):
     """The learning rate SGD without momentum applies at each of its first ``steps``
     updates (the change of a weight whose gradient is 1), and `current_learning_rate`'s
     reading of the last one from the optimizer's saved config."""
-    optimizer = make_optimizer(config, updates_per_epoch, 128)
+    optimizer = make_optimizer(config.optimizer_settings, config.schedule_settings, config.lr,
+                               updates_per_epoch)
     weight = keras.Variable(0.0)
     rates = []
     for _ in range(steps):
@@ -105,7 +98,7 @@ def test_only_cosine_warms_up_by_default(schedule):
     config = TrainConfig(lr=0.1, schedule=schedule, epochs=5, momentum=0.0, nesterov=False)
     rates, _ = applied_rates(config.validate(), 10, 1)
     assert rates[0] == pytest.approx(0.1 / 25 if schedule == "onecycle" else 0.1, rel=1e-5)
-    cosine = make_schedule(TrainConfig(lr=0.1, epochs=10), 10, 128)
+    cosine = make_schedule(TrainConfig(epochs=10).schedule_settings, 0.1, 10)
     assert [float(cosine(s)) for s in (0, 10)] == pytest.approx([0.0, 0.05], abs=1e-7)
 
 
@@ -133,8 +126,8 @@ def test_defaults_and_used_settings_are_never_refused():
 
 
 def test_step_schedule_multiplies_by_gamma_at_milestones():
-    config = TrainConfig(lr=0.1, schedule="step", milestones=[2, 4], gamma=0.1)
-    schedule = make_schedule(config, 5, 128)
+    config = TrainConfig(schedule="step", milestones=[2, 4], gamma=0.1)
+    schedule = make_schedule(config.schedule_settings, 0.1, 5)
     values = [float(schedule(s)) for s in (0, 9, 10, 19, 20)]
     assert values == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001], rel=1e-5)
 
@@ -149,10 +142,10 @@ def test_onecycle_shape_and_serialization():
 
 
 def test_scale_lr_follows_the_samples_of_one_update():
-    config = TrainConfig(lr=0.1, scale_lr=True, schedule="constant")
-    assert make_schedule(config, 10, 512) == pytest.approx(0.4)  # the resolved global batch
-    accumulated = TrainConfig(lr=0.1, scale_lr=True, schedule="constant", grad_accum=4)
-    assert make_schedule(accumulated, 10, 128) == pytest.approx(0.4)
+    config = TrainConfig(lr=0.1, scale_lr=True, batch_size=512)
+    assert base_learning_rate(config.optimizer_settings, 512, False) == pytest.approx(0.4)
+    accumulated = TrainConfig(lr=0.1, scale_lr=True, grad_accum=4).optimizer_settings
+    assert base_learning_rate(accumulated, 128, True) == pytest.approx(0.4)
 
 
 def test_scale_lr_with_the_default_batch_uses_the_batch_that_ran(tmp_path):
@@ -168,9 +161,10 @@ def test_scale_lr_with_the_default_batch_uses_the_batch_that_ran(tmp_path):
 def test_a_lowered_default_batch_scales_the_lr_and_an_explicit_batch_does_not():
     """Without --batch-size a small set's batch of 16 trains at --lr x 16 / 128 (+3.0 points
     on 246 real photos, experiments/README); a --batch-size 16 asked for keeps --lr."""
-    assert base_learning_rate(TrainConfig(lr=0.1), 16) == pytest.approx(0.0125)
-    assert base_learning_rate(TrainConfig(lr=0.1), 128) == pytest.approx(0.1)
-    assert base_learning_rate(TrainConfig(lr=0.1, batch_size=16), 16) == pytest.approx(0.1)
+    settings = TrainConfig(lr=0.1).optimizer_settings
+    assert base_learning_rate(settings, 16, batch_is_default=True) == pytest.approx(0.0125)
+    assert base_learning_rate(settings, 128, batch_is_default=True) == pytest.approx(0.1)
+    assert base_learning_rate(settings, 16, batch_is_default=False) == pytest.approx(0.1)
 
 
 def batch_norm_momenta(model):
@@ -190,7 +184,8 @@ def test_short_epochs_shorten_batch_norm_memory_and_long_ones_keep_it():
 
 def test_decoupled_weight_decay_skips_bn_and_biases():
     model = built(stem="seed")
-    optimizer = make_optimizer(TrainConfig(optimizer="sgd", weight_decay=0.01), 10, 128)
+    config = TrainConfig(optimizer="sgd", weight_decay=0.01)
+    optimizer = make_optimizer(config.optimizer_settings, config.schedule_settings, 0.1, 10)
     optimizer.build(model.trainable_variables)
     decayed = {v.path.rsplit("/", 1)[1] for v in model.trainable_variables
                if optimizer._use_weight_decay(v)}
@@ -231,6 +226,7 @@ def test_accumulating_two_batches_equals_one_batch_twice_as_large(tmp_path):
     assert [r["lr"] for r in rows[0]] == [r["lr"] for r in rows[1]]
 
 
+@pytest.mark.slow
 def test_ema_weights_are_the_running_average_and_resume_exactly(tmp_path):
     class Record(keras.callbacks.Callback):  # the trained weights after every update
         def on_train_batch_end(self, batch, logs=None):
@@ -271,11 +267,11 @@ def test_clip_norm_bounds_every_update():
     config = TrainConfig(model="small_cnn", width=0.0625, batch_size=64, lr=0.5, momentum=0.0,
                          nesterov=False, schedule="constant", augment="none", clip_norm=0.01,
                          epochs=1, strategy="one").validate()
-    runtime = configure(config)
+    runtime = configure(config.runtime_settings, config.model, config.width)
     plan = make_plan(config, data, runtime, None)
-    model = build_model(config, data, runtime, plan)
+    model = build_model(data, runtime, plan, **build_settings(config))
     before = [v.numpy() for v in model.trainable_variables]
-    train, _ = make_pipelines(config, data, runtime, plan)
+    train, _ = make_pipelines(config.augment, data, runtime, plan)
     model.fit(train, steps_per_epoch=1, epochs=1, verbose=0)
     step = np.sqrt(sum(np.sum(np.square(v.numpy() - b))
                        for v, b in zip(model.trainable_variables, before)))

@@ -8,9 +8,10 @@ import tensorflow as tf
 import tfresnet
 from conftest import run_cli
 from tfresnet.errors import UserError
-from tfresnet.models import ImagePreprocessor, get_model, list_models, transfer
-from tfresnet.models.resnet import BasicBlock, BatchNormalization
-from tfresnet.training import runtime
+from tfresnet.models import ImagePreprocessor, backbones, get_model, list_models
+from tfresnet.models.blocks import BasicBlock
+from tfresnet.models.layers import BatchNormalization
+from tfresnet.runtime import cpu
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -39,6 +40,7 @@ PARAMETER_COUNTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,stem,classes,trainable", PARAMETER_COUNTS,
                          ids=[f"{n}-{s}-{c}-trainable{t}" for n, s, c, t in PARAMETER_COUNTS])
 def test_parameter_counts_match_reference(name, stem, classes, trainable):
@@ -173,7 +175,7 @@ def test_bfloat16_batch_norm_runs_in_float32_only_where_the_cpu_kernel_is_slow(
     # AMX: oneDNN's bfloat16 kernel was 5x slower, so float32 inside; without AMX the
     # bfloat16 kernel was the faster one from 16 channels on. Either way Keras' numbers,
     # to bfloat16 precision.
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: flags)
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
     x = tf.constant(np.random.default_rng(0).normal(2, 3, (8, 6, 6, channels)), "float32")
     results = []
@@ -268,7 +270,7 @@ def test_a_pretrained_backbone_s_preprocessor_computes_keras_preprocess_input(ar
     # as Keras Applications defines it (torchvision's mean/std, Caffe's BGR mean, -1..1).
     pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype("float32")
     preprocessor = ImagePreprocessor((32, 32), network_size=(48, 48),
-                                     **transfer.PRETRAINED[arch].pixels)
+                                     **backbones.PRETRAINED[arch].pixels)
     expected = keras.applications.imagenet_utils.preprocess_input(
         keras.ops.image.resize(pixels, (48, 48)), mode=mode)
     np.testing.assert_allclose(preprocessor(pixels), expected, rtol=1e-5, atol=1e-4)
@@ -333,7 +335,7 @@ def test_synchronized_batch_norm_is_the_fused_one_on_one_device():
     E[x]^2) was off by 0.5 in the outputs at this mean and spread."""
     import tensorflow as tf
 
-    from tfresnet.models.resnet import BatchNormalization
+    from tfresnet.models.layers import BatchNormalization
 
     x = tf.constant(np.random.default_rng(0).normal(30.0, 0.1, (64, 4, 4, 8)), tf.float32)
     upstream = tf.constant(np.random.default_rng(1).normal(size=(64, 4, 4, 8)), tf.float32)

@@ -1,9 +1,8 @@
 """The ResNets equal their PyTorch references: stride-2 windows padded as PyTorch pads them
 (checked against NumPy), whole networks against keras-hub's ResNet (which matches timm's
 PyTorch models), files written with the old Keras "same" padding keep their outputs, and
-the PyTorch twin of experiments/torch_reference.py is the same CIFAR ResNet-18."""
+the PyTorch twin (`tfresnet.training.torch_twin`) is the same CIFAR ResNet-18."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -233,7 +232,7 @@ def test_whole_network_equals_pytorch_with_copied_weights(name):
 
 
 def twin_key(path):
-    """Our CIFAR ResNet-18's variable path -> the key of experiments/torch_reference.py's."""
+    """Our CIFAR ResNet-18's variable path -> the key of the PyTorch twin's."""
     *_, layer, kind = path.split("/")
     suffix = TORCH_SUFFIX[kind]
     if layer in ("stem_conv", "stem_bn", "fc"):
@@ -246,10 +245,9 @@ def twin_key(path):
 @pytest.mark.slow
 def test_pytorch_twin_is_the_same_network_and_writes_a_run_compare_reads(cifar10_dir, tmp_path):
     torch = pytest.importorskip("torch")
-    spec = importlib.util.spec_from_file_location("torch_reference", TORCH_REFERENCE)
-    twin_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(twin_module)
-    twin = twin_module.ResNet18(10, width=0.125).eval()
+    from tfresnet.training.torch_twin import ResNet18
+
+    twin = ResNet18(10, width=0.125).eval()
     ours = get_model("resnet18", 10, width=0.125)
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     ours(x)

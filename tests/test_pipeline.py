@@ -2,20 +2,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfresnet.data.pipeline import (
-    AUGMENTATIONS,
-    PRESETS,
-    Augmenter,
-    _beta,
-    _log_gamma,
-    crop,
-    cutout,
-    flip,
-    make_eval_pipeline,
-    make_train_pipeline,
-    mixup,
-    parse_augment,
-)
+from tfresnet.data.augment import AUGMENTATIONS, PRESETS, Augmenter, parse_augment
+from tfresnet.data.augment_ops import _beta, _log_gamma, crop, cutout, flip, mixup
+from tfresnet.data.pipeline import make_eval_pipeline, make_train_pipeline
 from tfresnet.errors import UserError
 
 
@@ -198,7 +187,7 @@ def test_default_batch_gives_small_data_sets_enough_steps():
     from types import SimpleNamespace
 
     from tfresnet.config import TrainConfig
-    from tfresnet.training.assemble import batch_and_steps
+    from tfresnet.training.plan import batch_and_steps
 
     def images(count):
         return SimpleNamespace(x_train=np.zeros((count, 1), "uint8"))
@@ -216,18 +205,19 @@ def test_the_default_batch_keeps_each_replicas_work_and_scales_the_lr():
     from types import SimpleNamespace
 
     from tfresnet.config import TrainConfig
-    from tfresnet.training.assemble import batch_and_steps
-    from tfresnet.training.optim import base_learning_rate
+    from tfresnet.optim.optimizers import base_learning_rate
+    from tfresnet.training.plan import batch_and_steps
 
     cifar = SimpleNamespace(x_train=np.zeros((45_000, 1), "uint8"))
     for replicas, batch, steps in ((1, 128, 351), (2, 256, 175), (8, 1024, 43)):
         assert batch_and_steps(TrainConfig(), cifar, replicas) == (batch, steps)
-        assert base_learning_rate(TrainConfig(lr=0.1), batch) == pytest.approx(
-            0.1 * replicas)
+        assert base_learning_rate(TrainConfig(lr=0.1).optimizer_settings, batch,
+                                  batch_is_default=True) == pytest.approx(0.1 * replicas)
     # A small set still gets enough steps, never below 16 per replica.
     small = SimpleNamespace(x_train=np.zeros((4_500, 1), "uint8"))
     assert batch_and_steps(TrainConfig(), small, 8) == (256, 17)
     assert batch_and_steps(TrainConfig(), SimpleNamespace(x_train=np.zeros((100, 1))), 8) == (
         96, 1)
     assert batch_and_steps(TrainConfig(batch_size=128), cifar, 8) == (128, 351)
-    assert base_learning_rate(TrainConfig(lr=0.1, batch_size=128), 128) == pytest.approx(0.1)
+    assert base_learning_rate(TrainConfig(lr=0.1).optimizer_settings, 128,
+                              batch_is_default=False) == pytest.approx(0.1)

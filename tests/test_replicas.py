@@ -1,7 +1,7 @@
 """Several replicas compute what one device computes: two logical CPU devices stand in for
 two GPUs (the CPU is split before TensorFlow starts, so each check runs in a fresh
 process). The references are one device on the same global gradient or the same global
-batches (`tfresnet.training.keras_fixes` names the Keras behaviours each check covers)."""
+batches (`tfresnet.keras_fixes` names the Keras behaviours each check covers)."""
 
 import json
 import subprocess
@@ -35,18 +35,19 @@ def run_on_devices(count, body, *args, timeout=300):
 OPTIMIZER_CHECKS = """
 import numpy as np
 from tfresnet.config import TrainConfig
-from tfresnet.training.assemble import build_model, prepare_run
-from tfresnet.training.runtime import Runtime, configure
+from tfresnet.runtime.session import Runtime, configure
+from tfresnet.training.build import build_model
+from tfresnet.training.plan import build_settings, prepare_run
 
 config = TrainConfig(dataset="digits", model="resnet18", width=0.0625, batch_size=64,
                      precision="mixed_float16", strategy="mirrored", clip_norm=1.0,
                      optimizer="sgd", momentum=0.0, schedule="constant", lr=0.5,
                      epochs=1).validate()
-runtime = configure(config)
+runtime = configure(config.runtime_settings, config.model, config.width)
 data, plan = prepare_run(config, runtime)
-mirrored = build_model(config, data, runtime, plan)
-single = build_model(config, data, Runtime(tf.distribute.get_strategy(), plan.precision,
-                                           False, "cpu"), plan)
+mirrored = build_model(data, runtime, plan, **build_settings(config))
+one_device = Runtime(tf.distribute.get_strategy(), plan.precision, False, "cpu")
+single = build_model(data, one_device, plan, **build_settings(config))
 single.set_weights(mirrored.get_weights())
 variables = mirrored.trainable_variables
 rng = np.random.default_rng(0)
@@ -158,7 +159,7 @@ def test_batch_norm_statistics_come_from_every_replica(tmp_path):
 
 AUGMENTATION_CHECKS = """
 import numpy as np
-from tfresnet.data.pipeline import Augmenter
+from tfresnet.data.augment import Augmenter
 from tfresnet.models import get_model
 from tfresnet.models.classifier import Classifier
 from tfresnet.models.preprocessing import ImagePreprocessor
@@ -198,8 +199,8 @@ def test_each_replica_draws_its_own_augmentation():
 # The plan each device count gets without --batch-size, through `train`'s own assembly.
 PLANS = """
 from tfresnet.config import TrainConfig
-from tfresnet.training.assemble import describe_run, prepare_run
-from tfresnet.training.runtime import Runtime
+from tfresnet.runtime.session import Runtime
+from tfresnet.training.plan import describe_run, prepare_run
 
 devices = [d.name for d in tf.config.list_logical_devices("CPU")]
 config = TrainConfig(dataset="digits", model="small_cnn", lr=0.1).validate()

@@ -54,6 +54,7 @@ def report(tmp_path_factory):
     return run / "report.html"
 
 
+@pytest.mark.slow
 def test_the_report_holds_every_section_and_embeds_every_picture(report):
     page = report.read_text()
     for section in SECTIONS:

@@ -17,16 +17,17 @@ from tfresnet.cli.train import build_parser, main
 from tfresnet.data import load_dataset
 from tfresnet.errors import UserError
 from tfresnet.errors import run_cli as wrap_cli
-from tfresnet.evaluation.inference import predict_probabilities
+from tfresnet.evaluation.pictures import curves_figure
 from tfresnet.models import Classifier, ImagePreprocessor, get_model
+from tfresnet.runs.probabilities import predict_probabilities
+from tfresnet.runtime.provenance import source_commit
 from tfresnet.training import run as run_module
-from tfresnet.training.callbacks import curves_figure
-from tfresnet.training.runtime import source_commit
 
 RUN_FILES = {"best.keras", "last.keras", "history.csv", "curves.png", "summary.json",
              "config.json", "class_indices.json", "tensorboard"}
 
 
+@pytest.mark.slow
 def test_run_writes_every_file_and_best_keras_reproduces_test_accuracy(tmp_path):
     args = [*TINY, "--epochs", "2", "--name", "r", "--output-dir", tmp_path, "--tensorboard"]
     assert main([str(a) for a in args]) == 0
@@ -91,6 +92,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_kill_inside_an_epoch_resumes_from_its_step_with_the_uninterrupted_weights(tmp_path):
     # 1,293 digits at batch 16: 80 steps an epoch; the kill lands after step 20 of epoch 1.
     common = [*TINY, "--model", "small_cnn", "--epochs", "2", "--batch-size", "16",
@@ -218,7 +220,7 @@ def test_augmentation_goes_into_the_xla_step_only_when_xla_can_compile_it():
     from types import SimpleNamespace
 
     from tfresnet.config import TrainConfig
-    from tfresnet.training.assemble import augments_in_step
+    from tfresnet.training.plan import augments_in_step
 
     xla, eager = SimpleNamespace(jit=True), SimpleNamespace(jit=False)
     assert augments_in_step(TrainConfig(augment="strong"), xla)
@@ -263,7 +265,7 @@ def test_steps_per_execution_auto_divides_the_epoch_and_is_one_under_several_rep
     from types import SimpleNamespace
 
     from tfresnet.config import TrainConfig
-    from tfresnet.training.assemble import steps_per_execution
+    from tfresnet.training.plan import steps_per_execution
 
     def runtime(jit, replicas=1):
         return SimpleNamespace(jit=jit, strategy=SimpleNamespace(num_replicas_in_sync=replicas))
@@ -312,16 +314,19 @@ def test_background_checkpoints_hold_the_state_of_their_epoch_end(tmp_path):
     """The files are written while the next epoch trains: they must hold the state of the
     moment they were asked for, optimizer included."""
     from tfresnet.config import TrainConfig
-    from tfresnet.training.assemble import build_model, make_pipelines, prepare_run
+    from tfresnet.runtime.session import configure
+    from tfresnet.training.build import build_model
     from tfresnet.training.checkpoint import BackgroundSaver
-    from tfresnet.training.runtime import configure
+    from tfresnet.training.pipelines import make_pipelines
+    from tfresnet.training.plan import build_settings, prepare_run
 
     config = TrainConfig(dataset="digits", model="small_cnn", width=0.25, batch_size=64,
                          augment="none").validate()
-    runtime = configure(config)
+    runtime = configure(config.runtime_settings, config.model, config.width)
     data, plan = prepare_run(config, runtime)
-    model = build_model(config, data, runtime, plan)
-    model.fit(make_pipelines(config, data, runtime, plan)[0], steps_per_epoch=2, verbose=0)
+    model = build_model(data, runtime, plan, **build_settings(config))
+    model.fit(make_pipelines(config.augment, data, runtime, plan)[0], steps_per_epoch=2,
+              verbose=0)
     saver = BackgroundSaver(model)
     state = [v.numpy().copy() for v in model.variables]
     iterations = int(model.optimizer.iterations.numpy())
@@ -339,18 +344,19 @@ def test_background_checkpoints_hold_the_state_of_their_epoch_end(tmp_path):
             np.testing.assert_array_equal(expected, got.numpy())
 
 
+@pytest.mark.slow
 def test_train_and_tune_decide_once_through_one_plan(tmp_path, monkeypatch):
     """Assembly's decisions (input size, batch and steps, augmentation placement, steps per
     execution) are made only inside `make_plan`, once per run or trial; summary.json holds
     the plan, and a tuner trial of the same settings follows the same one."""
     from tfresnet.cli.tune import main as tune_main
-    from tfresnet.training import assemble
+    from tfresnet.training import pipelines, plan
     from tfresnet.tuning import run as tuning_run
     from tfresnet.tuning import search
 
     inside, calls, plans = [], [], []
     decisions = ("input_size", "batch_and_steps", "augments_in_step", "steps_per_execution")
-    make_plan = assemble.make_plan
+    make_plan = plan.make_plan
 
     def planning(*args):
         inside.append(True)
@@ -361,11 +367,11 @@ def test_train_and_tune_decide_once_through_one_plan(tmp_path, monkeypatch):
         return plans[-1]
 
     def spy(name):
-        original = getattr(assemble, name)
+        original = getattr(plan, name)
         return lambda *args: calls.append((name, bool(inside))) or original(*args)
 
     spies = {**{name: spy(name) for name in decisions}, "make_plan": planning}
-    for module in (assemble, tuning_run, search):  # wherever a name was imported
+    for module in (plan, pipelines, tuning_run, search):  # wherever a name was imported
         for name, spy in spies.items():
             if hasattr(module, name):
                 monkeypatch.setattr(module, name, spy)

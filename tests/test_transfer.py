@@ -18,12 +18,15 @@ from tfresnet.models import (
     TransferNet,
     get_model,
 )
-from tfresnet.models.resnet import BatchNormalization
-from tfresnet.models.transfer import build_base, load_pretrained
-from tfresnet.training import assemble
+from tfresnet.models.backbones import build_base
+from tfresnet.models.layers import BatchNormalization
+from tfresnet.models.weights import load_pretrained
+from tfresnet.runtime.session import configure
 from tfresnet.training import run as run_module
-from tfresnet.training.assemble import build_model, input_size, make_plan
-from tfresnet.training.runtime import configure
+from tfresnet.training.build import build_model
+from tfresnet.training.callbacks import TransferStages
+from tfresnet.training.network import make_network
+from tfresnet.training.plan import build_settings, input_size, make_plan
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +51,9 @@ def one_step_model(transfer, weights_file, digits, **overrides):
     config = TrainConfig(model="resnet18", transfer=transfer, weights=str(weights_file),
                          image_size=32, batch_size=32, lr=0.05, epochs=1, **overrides)
     config.validate()
-    runtime = configure(config)
+    runtime = configure(config.runtime_settings, config.model, config.width)
     plan = make_plan(config, digits, runtime, input_size(config))
-    return build_model(config, digits, runtime, plan), config
+    return build_model(digits, runtime, plan, **build_settings(config)), config
 
 
 def snapshot(variables):
@@ -97,7 +100,7 @@ def test_finetune_changes_the_backbone_and_its_bn_statistics(weights_file, digit
     kernels = snapshot(base.trainable_weights)
     moving = [v for v in base.non_trainable_weights if "moving_mean" in v.path]
     stats = snapshot(moving)
-    fit_steps(model, digits, [assemble.TransferStages(config)])
+    fit_steps(model, digits, [TransferStages(config.transfer_settings)])
     assert any(not np.array_equal(a, v.numpy()) for a, v in zip(kernels, base.trainable_weights))
     assert any(not np.array_equal(a, v.numpy()) for a, v in zip(stats, moving))
 
@@ -154,7 +157,7 @@ def test_local_weights_round_trip_and_mismatch(tmp_path, weights_file):
 def test_transfer_bad_input(overrides, message):
     config = TrainConfig(**overrides)
     with pytest.raises(UserError, match=message):
-        assemble.make_network(config, 10, assemble.input_size(config))
+        make_network(config.model_settings, config.transfer_settings, 10, input_size(config))
 
 
 @pytest.mark.parametrize("settings,message", [
@@ -186,7 +189,7 @@ def test_the_model_settings_a_backbone_takes_act(weights_file):
     config = TrainConfig(model="resnet18_imagenet", transfer="two-stage",
                          weights=str(weights_file), stem="imagenet", width=0.125,
                          dropout=0.2, backbone_lr=0.5, head_epochs=1).validate()
-    network = assemble.make_network(config, 10, 32)
+    network = make_network(config.model_settings, config.transfer_settings, 10, 32)
     assert (network.width, network.dropout) == (0.125, 0.2)
 
 
@@ -204,8 +207,8 @@ def trial(weights_file, digits, **overrides):
 
     config = TrainConfig(**{"model": "resnet18", "weights": str(weights_file), "image_size": 32,
                             "batch_size": 32, "lr": 0.05, **overrides}).validate()
-    hypermodel = ResNetHyperModel(config, digits, configure(config), [], (0.05, 0.05),
-                                  input_size(config))
+    runtime = configure(config.runtime_settings, config.model, config.width)
+    hypermodel = ResNetHyperModel(config, digits, runtime, [], (0.05, 0.05), input_size(config))
     hp = kt.HyperParameters()
     return hypermodel, hp, hypermodel.build(hp)
 
@@ -226,6 +229,7 @@ def test_frozen_tuner_trial_trains_on_the_weights_files_backbone(weights_file, d
     assert not np.array_equal(head[0], model.network.fc.kernel.numpy())
 
 
+@pytest.mark.slow
 def test_two_stage_tuner_trial_under_float16_unfreezes_after_head_epochs(weights_file, digits):
     # The GPU's float16 path (float32: the timm checkpoint trial below).
     watch = BackboneWatch()
@@ -368,7 +372,7 @@ def test_preset_weights_that_cannot_be_used_are_one_line_errors(tmp_path, hub_so
         config = TrainConfig(model=f"{model}_imagenet", transfer="frozen", weights=str(weights),
                              image_size=32).validate()
         with pytest.raises(UserError) as info:
-            assemble.make_network(config, 10, assemble.input_size(config))
+            make_network(config.model_settings, config.transfer_settings, 10, input_size(config))
         assert message in str(info.value) and "\n" not in str(info.value)
 
 
@@ -459,6 +463,7 @@ class StartWatch(keras.callbacks.Callback):
                                 for a, v in zip(self.start, now)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,flags,changed", [
     ("frozen", [], [False]),
     ("finetune", [], [True]),
@@ -473,7 +478,7 @@ def test_a_run_from_scratch_on_photos_fine_tunes_on_other_classes(photo_run, tmp
     watch = StartWatch()
     callbacks = run_module.training_callbacks
     monkeypatch.setattr(run_module, "training_callbacks",
-                        lambda config: [*callbacks(config), watch])
+                        lambda *args: [*callbacks(*args), watch])
     assert train_command.main(["--dataset", str(folder), "--transfer", mode, "--weights",
                                str(source), *TINY_RUN, *flags, "--output-dir", str(tmp_path),
                                "--name", "run"]) == 0
@@ -529,9 +534,9 @@ def test_a_file_that_is_not_a_tfresnet_model_is_refused(tmp_path):
 def assembled(config, data):
     """The compiled model ``tfresnet.train`` would train for ``config`` on ``data``, before
     its first step."""
-    runtime = configure(config)
-    return build_model(config, data, runtime, make_plan(config, data, runtime,
-                                                        input_size(config)))
+    runtime = configure(config.runtime_settings, config.model, config.width)
+    plan = make_plan(config, data, runtime, input_size(config))
+    return build_model(data, runtime, plan, **build_settings(config))
 
 
 def save_classifier(path, network, data, preprocessor=None):
@@ -584,6 +589,7 @@ def test_a_small_cnn_run_has_no_stem_to_give(tmp_path, digits):
         TrainConfig(transfer="frozen", weights=str(weights), stem="imagenet").validate()
 
 
+@pytest.mark.slow
 def test_pretraining_at_one_input_size_fine_tunes_at_another(photo_run, tmp_path, digits):
     """The network runs at the run's size unless --image-size says otherwise; images of
     another size are resized inside the model."""

@@ -24,6 +24,7 @@ def rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_random_search_writes_results_and_train_consumes_them(tmp_path):
     assert tune_main([*SEARCH, "--max-trials", "2", "--output-dir", str(tmp_path),
                       "--name", "s"]) == 0
@@ -45,6 +46,7 @@ def test_random_search_writes_results_and_train_consumes_them(tmp_path):
     assert saved["lr"] == pytest.approx(hparams["lr"])
 
 
+@pytest.mark.slow
 def test_every_trial_trains_in_the_runs_precision(tmp_path):
     """keras-tuner clears Keras' session, the global dtype policy with it, before each
     trial's build: each trial sets the run's policy again."""
@@ -57,6 +59,7 @@ def test_every_trial_trains_in_the_runs_precision(tmp_path):
         assert trial["compile_seconds"] > 0 and len(trial["history"]) == 1
 
 
+@pytest.mark.slow
 def test_a_trial_trains_exactly_as_train_does_with_its_values(tmp_path, monkeypatch):
     """The second trial (after one trial and a cleared session) against a `train` run of
     its learning rate: the same dtype policy and, epoch by epoch, bit-equal figures. The
@@ -192,17 +195,21 @@ def in_declared_range(declaration, value):
     return config["min_value"] <= value <= config["max_value"]
 
 
+@pytest.mark.slow
 def test_one_trial_searches_every_searchable_name(tmp_path, monkeypatch):
     """A real trial over every name at once completes, records each in its declared range,
-    and builds and trains the model from a config holding exactly those values."""
+    builds the model from a config holding exactly those values and trains it with their
+    augmentation, batch and learning rate."""
     from tfresnet.tuning import search
 
     built, trained = [], []
-    for name, seen in (("build_model", built), ("make_pipelines", trained)):
-        original = getattr(search, name)
-        monkeypatch.setattr(search, name,
-                            lambda config, *a, _f=original, _s=seen, **k:
-                            _s.append(config) or _f(config, *a, **k))
+    settings, pipelines = search.build_settings, search.make_pipelines
+    monkeypatch.setattr(search, "build_settings",
+                        lambda config: built.append(config) or settings(config))
+    monkeypatch.setattr(search, "make_pipelines",
+                        lambda augment, data, runtime, plan, **k:
+                        trained.append((augment, plan)) or pipelines(augment, data, runtime,
+                                                                     plan, **k))
     # Base values outside the searched ranges: a trial that kept them would show.
     assert tune_main([*SEARCH, "--max-trials", "1", "--search", *SEARCH_SPACE,
                       "--l2", "0.05", "--weight-decay", "0.05", "--label-smoothing", "0.3",
@@ -219,9 +226,10 @@ def test_one_trial_searches_every_searchable_name(tmp_path, monkeypatch):
         assert in_declared_range(space[name], values[name]), (name, values[name])
         assert values[name] != base[name], f"{name}: the trial drew the base's value"
     # keras-tuner builds once with the defaults to declare the space; then the trial's.
-    assert len(trained) == 1
-    for config in (built[-1], trained[0]):
-        assert {name: getattr(config, name) for name in values} == values
+    assert {name: getattr(built[-1], name) for name in values} == values
+    [(augment, plan)] = trained
+    assert (augment, plan.batch_size, plan.learning_rate) == (
+        values["augment"], values["batch_size"], values["lr"])
     [row] = rows(out / "trials.csv")
     assert {name: row[name] for name in values} == {n: str(v) for n, v in values.items()}
 
@@ -246,7 +254,8 @@ def test_lr_range_test_records_the_lr_each_update_applied_under_several_steps_pe
 
     models = []
     build = lr_range.build_model
-    monkeypatch.setattr(lr_range, "build_model", lambda *a: models.append(build(*a)) or models[-1])
+    monkeypatch.setattr(lr_range, "build_model",
+                        lambda *a, **k: models.append(build(*a, **k)) or models[-1])
     low, high, steps = 1e-3, 1.0, 30
     assert tune_main(["--method", "lr-range", "--dataset", "digits", "--model", "small_cnn",
                       "--width", "0.25", "--batch-size", "32", "--steps-per-execution", "4",
@@ -270,6 +279,7 @@ def test_steepest_descent_finds_the_fastest_fall():
     assert 1.0e-2 < steepest_descent(rates, losses) < 2.0e-2
 
 
+@pytest.mark.slow
 def test_folder_of_another_search_space_is_refused(tmp_path):
     assert tune_main([*SEARCH, "--max-trials", "1", "--output-dir", str(tmp_path),
                       "--name", "x"]) == 0
@@ -294,21 +304,24 @@ def test_a_setting_some_trials_would_ignore_is_refused_before_the_search(tmp_pat
 def test_trials_in_one_process_leave_no_step_graphs_behind():
     """Keras sums gradients over replicas even when there is one; TF's all_reduce then
     registers a custom gradient per traced step in its global registry, which keeps every
-    trial's step graph alive (`tfresnet.training.keras_fixes.sum_gradients_first`)."""
+    trial's step graph alive (`tfresnet.keras_fixes.sum_gradients_first`)."""
     from tensorflow.python.framework import ops
 
     from tfresnet.config import TrainConfig
-    from tfresnet.training.assemble import build_model, make_pipelines, prepare_run
-    from tfresnet.training.runtime import configure
+    from tfresnet.runtime.session import configure
+    from tfresnet.training.build import build_model
+    from tfresnet.training.pipelines import make_pipelines
+    from tfresnet.training.plan import build_settings, prepare_run
 
     config = TrainConfig(dataset="digits", model="small_cnn", width=0.25, batch_size=32,
                          epochs=1, strategy="one").validate()
-    runtime = configure(config)
+    runtime = configure(config.runtime_settings, config.model, config.width)
     data, plan = prepare_run(config, runtime)
 
     def trial():
-        model = build_model(config, data, runtime, plan)
-        model.fit(make_pipelines(config, data, runtime, plan)[0], steps_per_epoch=1, verbose=0)
+        model = build_model(data, runtime, plan, **build_settings(config))
+        model.fit(make_pipelines(config.augment, data, runtime, plan)[0], steps_per_epoch=1,
+                  verbose=0)
 
     trial()
     before = len(ops._gradient_registry.list())

@@ -1,5 +1,6 @@
 import cv2
 import numpy as np
+import pytest
 
 from conftest import TINY, run_cli
 from tfresnet.cli.train import main as train_main
@@ -60,6 +61,7 @@ def test_per_row_limit_top_and_spread():
         assert [spread[(row, c)] for c in range(3)] == [ranked[0], middle, ranked[-1]]
 
 
+@pytest.mark.slow
 def test_visualize_cli_on_a_trained_run(tmp_path):
     assert train_main([*TINY, "--epochs", "1", "--name", "v", "--output-dir", str(tmp_path),
                        "--visualize"]) == 0

@@ -1,6 +1,8 @@
-"""The Python API: what the commands do, from a notebook or a script (see README, "From
-Python"; ``tfresnet.load_model`` is `tfresnet.training.run_folder.load_model`). Like the
-commands, it calls the library; it never goes through a command module."""
+"""The Python API: what the commands do, from a notebook or a script.
+
+See README, "From Python"; ``tfresnet.load_model`` is `tfresnet.runs.run_folder.load_model`.
+Like the commands, it calls the library; it never goes through a command module.
+"""
 
 import dataclasses
 from pathlib import Path
@@ -8,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from tfresnet.config import TrainConfig
-from tfresnet.data.folders import read_image
+from tfresnet.data.images import read_image
 from tfresnet.errors import UserError
-from tfresnet.evaluation.inference import predict_probabilities
 from tfresnet.evaluation.pictures import draw_run
 from tfresnet.evaluation.predictions import read_images, top_classes
+from tfresnet.runs.probabilities import predict_probabilities
 from tfresnet.training.run import train
 
 

@@ -1,4 +1,4 @@
-"""The names of earlier versions, in one declared map.
+"""tfresnet's version, and the names of earlier versions in one declared map.
 
 Configs, ``--hparams`` files, run folders, the command line and ``.keras`` files written by
 tfresnet 0.1 may hold names that 0.2 replaced; every reader maps them here, so a file of
@@ -10,6 +10,10 @@ hold ``warmup_epochs`` 2.0 for every schedule, which only cosine used
 (`FORMER_DEFAULTS`).
 """
 
+# Follows the on-disk formats: 0.2 renamed the saved model's parts, 0.3 added the photo
+# models' evaluation crop to it, 0.4 put all preprocessing in its `ImagePreprocessor`
+# (files of every version load). ``tfresnet.__version__``.
+VERSION = "0.4.0"
 # Setting values renamed in 0.2: setting -> {old value: today's}.
 VALUE_ALIASES = {
     "stem": {"seed": "biased_valid"},

@@ -7,12 +7,34 @@ default (``l2_on="kernels"``); ``l2_on="all"`` reproduces the seed's variant. Th
 `Classifier` model adds it in ``compute_loss`` and logs ``ce`` and ``l2`` separately.
 """
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
 from tfresnet.errors import UserError
+from tfresnet.settings import Settings, setting
 
 L2_TARGETS = ("kernels", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings(Settings):
+    """The loss a run trains on: its L2 penalty and its label smoothing."""
+
+    l2: float = setting(5e-4, "L2 weight: loss = ce + l2/2 * sum(w^2)", "loss")
+    l2_on: str = setting("kernels", "variables the L2 covers", "loss", list(L2_TARGETS))
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy", "loss")
+
+    def validate(self):
+        """Raises a one-line `UserError` for settings no loss can use; returns self."""
+        self.check_choices()
+        if self.l2 < 0:
+            raise UserError(f"--l2 must be >= 0. Received: {self.l2}")
+        if self.is_set("l2_on") and not self.l2:
+            raise UserError("--l2-on picks the variables --l2 decays, and --l2 is 0; set --l2 "
+                            "or drop --l2-on")
+        return self
 
 
 def l2_variables(model, l2_on="kernels"):

@@ -1,6 +1,8 @@
-"""Silences TensorFlow's native start-up chatter (oneDNN notices, CUDA probing), which is
-written straight to file descriptor 2 before any log setting applies. Python exceptions
-still propagate; ``TFRESNET_VERBOSE=1`` shows everything."""
+"""Silences TensorFlow's native start-up chatter (oneDNN notices, CUDA probing).
+
+It is written straight to file descriptor 2 before any log setting applies. Python
+exceptions still propagate; ``TFRESNET_VERBOSE=1`` shows everything.
+"""
 
 import contextlib
 import os

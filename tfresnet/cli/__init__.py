@@ -1,2 +1,4 @@
-"""The commands: one thin module each (parser, ``main``, ``cli``) over the library;
-``python -m tfresnet.<command>`` runs them."""
+"""The commands: one thin module each (parser, ``main``, ``cli``) over the library.
+
+``python -m tfresnet.<command>`` and the ``tfresnet-<command>`` scripts run them.
+"""

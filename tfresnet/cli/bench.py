@@ -1,11 +1,11 @@
-"""``python -m tfresnet.bench``: images per second of training, inference and the input
-pipeline, through the same code the product runs.
+"""``python -m tfresnet.bench``: images per second of training, inference, the input pipeline.
 
-Each measurement runs warm-up steps first (excluded), then ``--repeats`` timed repetitions
-of ``--steps`` batches; the median, the spread (min-max) and the peak memory of that
-measurement alone are printed. ``--json FILE`` appends one JSON line per measurement, as it
-is taken, with device, versions and thread settings. Unset, every setting is train's
-default (XLA, steps per execution, precision and where augmentation runs follow the device).
+Every measurement runs through the same code the product runs: warm-up steps first
+(excluded), then ``--repeats`` timed repetitions of ``--steps`` batches; the median, the
+spread (min-max) and the peak memory of that measurement alone are printed. ``--json FILE``
+appends one JSON line per measurement, as it is taken, with device, versions and thread
+settings. Unset, every setting is train's default (XLA, steps per execution, precision and
+where augmentation runs follow the device).
 
 Example:
     python -m tfresnet.bench --pipeline                          # augmentation only
@@ -14,16 +14,27 @@ Example:
     python -m tfresnet.bench --train --precision mixed_float16 --jit on --batch-size 512
     python -m tfresnet.bench --train --jit on --steps-per-execution 1 16 --augment-on host device
     python -m tfresnet.bench --train --model resnet50_imagenet --image-size 224 --transfer frozen
+    python -m tfresnet.bench --train --inference --width 0.125 --compare-torch
+
+``--compare-torch`` follows each training and inference row of the CIFAR ResNet-18 with the
+PyTorch twin's (`tfresnet.training.torch_twin`: eager, then torch.compile, each in a process
+of its own) and the ratio. The twin trains on one fixed batch, without tfresnet's input
+pipeline, augmentation, metrics or L2, so the ratio understates tfresnet's own step.
 """
 
 
 
+import importlib.util
 import itertools
+import json
+import os
+import subprocess
 import sys
 
-from tfresnet.data.pipeline import AUGMENT_PLACES
+from tfresnet.data.augment import AUGMENT_PLACES
 from tfresnet.errors import UserError, command_parser, run_cli
 from tfresnet.models import list_models
+from tfresnet.runtime.precision import JIT_MODES, PRECISIONS, resolve_precision
 from tfresnet.training.bench import (
     PIPELINE_PRESETS,
     TRANSFER_STEPS,
@@ -33,7 +44,48 @@ from tfresnet.training.bench import (
     bench_pipeline,
     bench_train,
 )
-from tfresnet.training.runtime import JIT_MODES, PRECISIONS, resolve_precision
+
+
+def torch_twin_rows(row, modes, steps, repeats, num_classes):
+    """The PyTorch twin's rows for tfresnet's ``row``, one per mode (eager, compile), each
+    run by ``torch_twin.py`` in a process of its own; a failed one is a row with its error."""
+    script = importlib.util.find_spec("tfresnet.training.torch_twin").origin
+    precision = "bfloat16" if row["precision"] == "mixed_bfloat16" else "float32"
+    rows = []
+    for mode in modes:
+        done = subprocess.run(
+            [sys.executable, script, row["kind"], mode, str(row["width"]), str(row["batch_size"]),
+             str(steps), str(repeats), str(num_classes), precision],
+            capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if done.returncode == 0:
+            rows.append(json.loads(done.stdout.splitlines()[-1]))
+        else:
+            reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            rows.append({"kind": row["kind"], "source": f"torch-{mode}",
+                         "error": f"PyTorch's process ended with {reason!r}"})
+    return rows
+
+
+def compare_torch(row, args, record):
+    """Records the twin's rows after ``row`` and prints tfresnet's ratio to each."""
+    for twin in torch_twin_rows(row, args.compare_torch, args.steps, args.repeats,
+                                args.num_classes):
+        record(twin)
+        if "error" not in twin:
+            print(f"  tfresnet / {twin['source']}: "
+                  f"{row['images_per_second'] / twin['images_per_second']:.2f}x", flush=True)
+
+
+def check_compare_torch(args):
+    """Refuses what the twin cannot mirror, in one line each."""
+    if args.model != ["resnet18"] or (args.image_size or 32) != 32:
+        raise UserError("--compare-torch mirrors the CIFAR ResNet-18 on 32 px images: drop "
+                        "--model and --image-size")
+    if "mixed_float16" in args.precision:
+        raise UserError("--compare-torch runs float32 or bfloat16; drop --precision "
+                        "mixed_float16")
+    if importlib.util.find_spec("torch") is None:
+        raise UserError("--compare-torch needs PyTorch: pip install torch")
 
 
 def run(args):
@@ -52,6 +104,9 @@ def run(args):
     for precision in args.precision:
         resolve_precision(precision)
     everything = not (args.pipeline or args.train or args.inference)
+    if args.compare_torch is not None:
+        args.compare_torch = args.compare_torch or ["eager", "compile"]
+        check_compare_torch(args)
     record = RowLog(args.json)
 
     if args.pipeline or everything:
@@ -67,11 +122,16 @@ def run(args):
                     args.steps_per_execution, args.augment_on, args.transfer):
                 config = bench_config(name, batch, precision, jit, args.width, spe, place,
                                       image_size=size, transfer=transfer)
-                record(bench_train(config, args.steps, args.repeats, args.num_classes))
+                row = bench_train(config, args.steps, args.repeats, args.num_classes)
+                record(row)
+                if args.compare_torch:
+                    compare_torch(row, args, record)
         if args.inference or everything:  # neither setting above applies to inference
             config = bench_config(name, batch, precision, jit, args.width, image_size=size)
             for result in bench_inference(config, args.steps, args.repeats, args.num_classes):
                 record(result)
+            if args.compare_torch:  # against the compiled call, evaluation's path
+                compare_torch(result, args, record)
     return record.rows
 
 
@@ -108,6 +168,9 @@ def build_parser():
     parser.add_argument("--dataset", help="--pipeline: an image folder to stream (default: "
                                           "synthetic images in memory)")
     parser.add_argument("--json", metavar="FILE", help="append one JSON line per measurement")
+    parser.add_argument("--compare-torch", nargs="*", choices=("eager", "compile"),
+                        help="follow each ResNet-18 row with the PyTorch twin's, eager and "
+                             "torch.compile unless one is named (needs torch)")
     return parser
 
 

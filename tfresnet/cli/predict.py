@@ -19,7 +19,7 @@ import sys
 
 from tfresnet.errors import UserError, command_parser, run_cli
 from tfresnet.evaluation.predictions import predict
-from tfresnet.training.checkpoint import atomic_write_text
+from tfresnet.runs.files import atomic_write_text
 
 
 def main(argv=None):

@@ -21,8 +21,8 @@ from pathlib import Path
 from tfresnet.errors import command_parser, run_cli
 from tfresnet.evaluation.inference import add_run_arguments
 from tfresnet.evaluation.report import build_report
-from tfresnet.training.checkpoint import atomic_write_text
-from tfresnet.training.run_folder import RunFolder
+from tfresnet.runs.files import atomic_write_text
+from tfresnet.runs.run_folder import RunFolder
 
 
 def main(argv=None):

@@ -1,5 +1,8 @@
-"""Data sets: ``load_dataset(name, ...)`` is the one entry point. CIFAR and digits are
-uint8 arrays in memory; an image folder's splits are `ImageFiles`, streamed from disk."""
+"""Data sets: ``load_dataset(name, ...)`` is the one entry point.
+
+CIFAR and digits are uint8 arrays in memory; an image folder's splits are `ImageFiles`,
+streamed from disk.
+"""
 
 import dataclasses
 import functools
@@ -7,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tfresnet.data import cifar, digits  # noqa: F401  (they register their sources)
+from tfresnet.data import augment_ops, cifar, digits  # noqa: F401  (they register)
 from tfresnet.data.folders import ImageFiles, load_image_folder
-from tfresnet.data.pipeline import image_batches, parse_augment
+from tfresnet.data.pipeline import image_batches
 from tfresnet.data.sources import SOURCES
 from tfresnet.data.splits import stratified_split
 from tfresnet.errors import UserError
@@ -118,55 +121,6 @@ def channel_stats(images, chunk_pixels=2**20):
     mean = counts @ values / total
     variance = counts @ np.square(values) / total - np.square(mean)
     return mean.tolist(), np.maximum(np.sqrt(np.maximum(variance, 0.0)), 1e-3).tolist()
-
-
-def check_data_settings(config):
-    """A one-line `UserError` for data and augmentation settings (of a `TrainConfig`) no
-    run can use, before anything is loaded or downloaded."""
-    if config.image_size is not None and config.image_size < 8:
-        raise UserError(f"--image-size must be at least 8. Received: {config.image_size}")
-    scale, ratio = config.crop_scale, config.crop_ratio
-    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-        raise UserError("--crop-scale takes two fractions 0 < low <= high <= 1. "
-                        f"Received: {config.crop_scale}")
-    if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
-        raise UserError("--crop-ratio takes two ratios 0 < low <= high. "
-                        f"Received: {config.crop_ratio}")
-    if not 0 < config.eval_crop <= 1:
-        raise UserError(f"--eval-crop must be in (0, 1]. Received: {config.eval_crop}")
-    parse_augment(config.augment)
-    _refuse_unused(config)
-
-
-PHOTO_SETTINGS = ("crop_scale", "crop_ratio", "eval_crop")  # of `folders.View`
-
-
-def _refuse_unused(config):
-    """A one-line `UserError` for a data setting given (not its default) that the data set
-    would ignore: an image folder's preprocessing for a registered source, the photo
-    view's crops under ``--preprocess small``, ``--data-dir`` for an image folder."""
-    crops = [f"--{name.replace('_', '-')}" for name in PHOTO_SETTINGS if config.is_set(name)]
-    if config.dataset in SOURCES:
-        given = (["--preprocess"] if config.is_set("preprocess") else []) + crops
-        if given:
-            raise UserError(f"{_flags(given)} only on image folders, and {config.dataset} "
-                            f"is not one; drop {_them(given)}")
-        return
-    if crops and config.preprocess == "small":
-        raise UserError(f"{_flags(crops)} only on the photo view, which --preprocess small "
-                        f"does not use; drop {_them(crops)} or pass --preprocess photo")
-    if config.data_dir is not None:
-        raise UserError(f"--data-dir locates a registered data set's files; the image folder "
-                        f"{config.dataset} does not use it: drop it")
-
-
-def _flags(flags):
-    """``flags`` joined, with the verb that agrees."""
-    return " and ".join(flags) + (" act" if len(flags) > 1 else " acts")
-
-
-def _them(flags):
-    return "them" if len(flags) > 1 else "it"
 
 
 def load_dataset(name, data_dir=None, val_size=None, seed=0, image_size=None, download=True,

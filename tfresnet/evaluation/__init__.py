@@ -1,2 +1,4 @@
-"""Evaluation: inference and metrics, scores, predictions, Grad-CAM, pictures, the report,
-comparisons and the classical baselines."""
+"""Evaluation: metrics, scores, predictions, Grad-CAM, pictures, the report, comparisons.
+
+It also holds the classical baselines: kNN and a linear probe on pixels or a run's features.
+"""

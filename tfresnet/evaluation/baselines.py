@@ -8,9 +8,10 @@ import tensorflow as tf
 
 from tfresnet.data import in_memory, load_dataset
 from tfresnet.errors import UserError, require
-from tfresnet.evaluation.inference import TOP_K, has_top_k, topk_accuracy
-from tfresnet.training.checkpoint import make_dir
-from tfresnet.training.run_folder import RunFolder, load_model
+from tfresnet.evaluation.inference import TOP_K, has_top_k
+from tfresnet.runs.files import make_dir
+from tfresnet.runs.probabilities import topk_accuracy
+from tfresnet.runs.run_folder import RunFolder, load_model
 
 K_VALUES = (1, 3, 5, 7, 10, 15, 20, 30)
 

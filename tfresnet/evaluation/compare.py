@@ -4,8 +4,8 @@ import csv
 import io
 from itertools import accumulate
 
-from tfresnet.training.checkpoint import atomic_save_figure, atomic_write_text
-from tfresnet.training.run_folder import RunFolder
+from tfresnet.runs.files import atomic_save_figure, atomic_write_text
+from tfresnet.runs.run_folder import RunFolder
 
 COLUMNS = ("run", "model", "dataset", "transfer", "epochs", "best_val_accuracy",
            "test_accuracy", "test_top5", "wall_seconds", "train_images_per_second")

@@ -9,8 +9,8 @@ import tensorflow as tf
 
 from tfresnet.errors import UserError
 from tfresnet.evaluation.predictions import read_images, shown_path
-from tfresnet.training.checkpoint import atomic_write_image, make_dir
-from tfresnet.training.run_folder import load_model
+from tfresnet.runs.files import atomic_write_image, make_dir
+from tfresnet.runs.run_folder import load_model
 
 _COMPILED = weakref.WeakKeyDictionary()  # model -> its compiled Grad-CAM step
 

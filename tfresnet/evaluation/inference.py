@@ -1,49 +1,14 @@
-"""Loading a run for inference, the fast inference path (one compiled function, fixed batch
-shape) and the metrics."""
+"""Loading a run to evaluate it, and the test metrics."""
 
-import weakref
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
-from tfresnet.data import Dataset, load_dataset
+from tfresnet.data import Dataset
 from tfresnet.data.folders import load_labelled_folder
-from tfresnet.data.pipeline import image_batches
 from tfresnet.data.sources import SOURCES
-from tfresnet.errors import UserError
-from tfresnet.training.run_folder import RunFolder, load_model
-
-_COMPILED = weakref.WeakKeyDictionary()  # model -> its compiled softmax call
-
-
-def compiled_softmax(model):
-    """``softmax(model(x))`` as one tf.function, built once per model."""
-    if model not in _COMPILED:
-        _COMPILED[model] = tf.function(lambda x: tf.nn.softmax(model(x, training=False)),
-                                       reduce_retracing=True)
-    return _COMPILED[model]
-
-
-def predict_probabilities(model, images, batch_size=256, flip=False):
-    """Softmax probabilities for uint8 ``images`` (an array, or `ImageFiles` decoded as
-    they stream), batch by batch; ``flip``: of the images mirrored left-right.
-
-    Every batch, the last one padded, has the same shape, so the compiled call is traced
-    once and never re-traced.
-    """
-    call = compiled_softmax(model)
-    batch_size = max(1, min(batch_size, len(images)))
-    outputs = []
-    for batch in image_batches(images, batch_size):
-        if flip:
-            batch = batch[:, :, ::-1]
-        missing = batch_size - len(batch)
-        if missing:
-            batch = np.concatenate([batch, np.zeros((missing, *batch.shape[1:]), batch.dtype)])
-        outputs.append(call(tf.constant(batch)).numpy()[: batch_size - missing])
-    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
-
+from tfresnet.runs.probabilities import predict_probabilities, topk_accuracy
+from tfresnet.runs.run_folder import RunFolder, load_model, load_run_data
 
 TOP_K = 5  # the second accuracy every report gives
 
@@ -52,13 +17,6 @@ def has_top_k(num_classes):
     """Whether top-5 accuracy says anything: only with more than 5 classes (with 5 or
     fewer it is always 100 %)."""
     return num_classes > TOP_K
-
-
-def topk_accuracy(probabilities, labels, k):
-    """Fraction of rows whose true label is among the ``k`` most probable classes."""
-    k = min(k, probabilities.shape[1])
-    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    return float(np.mean(np.any(top == np.asarray(labels)[:, None], axis=1)))
 
 
 def coarse_accuracy(probabilities, labels, fine_to_coarse):
@@ -105,23 +63,6 @@ def load_run(target, dataset=None, data_dir=None, split="test"):
         split = "val"
     images, labels = (data.x_test, data.y_test) if split == "test" else (data.x_val, data.y_val)
     return model, data, images, labels, split
-
-
-def load_run_data(target, model, dataset=None, data_dir=None):
-    """The data set of a run: ``dataset``, else the one its config (or model) records."""
-    config = RunFolder.of(target).config()
-    name = dataset or config.get("dataset") or model.dataset
-    if name is None:
-        raise UserError(f"{target} does not record its data set; pass --dataset")
-    data = load_dataset(name, data_dir=data_dir or config.get("data_dir"),
-                        val_size=config.get("val_size"), seed=config.get("seed", 0),
-                        image_size=model.image_size,
-                        view=model.view.kind,  # as it was trained
-                        eval_crop=model.eval_crop)
-    if data.num_classes != len(model.class_names):
-        raise UserError(f"{name} has {data.num_classes} classes but the model predicts "
-                        f"{len(model.class_names)}; pass the --dataset it was trained on")
-    return data
 
 
 def _is_held_out(target, model, dataset):

@@ -1,6 +1,7 @@
-"""``test_visualisation.png``: the test images in rows by predicted class, drawn with OpenCV."""
+"""The pictures: ``test_visualisation.png`` (test images by predicted class), learning curves."""
 
 import dataclasses
+import math
 from pathlib import Path
 
 import cv2
@@ -8,9 +9,10 @@ import numpy as np
 
 from tfresnet.data import in_memory
 from tfresnet.evaluation.gradcam import grad_cam, overlay
-from tfresnet.evaluation.inference import load_run, predict_probabilities, topk_accuracy
-from tfresnet.training.checkpoint import atomic_write_image
-from tfresnet.training.run_folder import RunFolder
+from tfresnet.evaluation.inference import load_run
+from tfresnet.runs.files import atomic_write_image
+from tfresnet.runs.probabilities import predict_probabilities, topk_accuracy
+from tfresnet.runs.run_folder import RunFolder
 
 GREEN = (60, 180, 60)  # BGR
 
@@ -164,3 +166,28 @@ def draw_run(target, dataset=None, data_dir=None, out=None, per_row=None, scale=
     print(f"{out}: {picture.shape[1]}x{picture.shape[0]} px, {len(model.class_names)} rows")
     return out
 
+
+def curves_figure(rows, title):
+    """Loss and accuracy against epoch, train vs validation (a matplotlib Figure)."""
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] for r in rows]
+    figure = Figure(figsize=(11, 4))
+    loss_ax, acc_ax = figure.subplots(1, 2)
+    for ax, key, label in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
+        # Markers too: a run of one epoch is one point, which a bare line would not show.
+        ax.plot(epochs, [r[key] for r in rows], ".-", color="tab:red", label=f"train {label}")
+        if any(f"val_{key}" in r for r in rows):
+            ax.plot(epochs, [r.get(f"val_{key}", math.nan) for r in rows], ".-",
+                    color="tab:blue", label=f"validation {label}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
+        ax.set_ylabel(label)
+        if key == "loss":  # one huge early loss (BN statistics of a few batches) stays readable
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tfresnet.data.folders import find_images, read_image
+from tfresnet.data.images import find_images, read_image
 from tfresnet.errors import UserError
-from tfresnet.evaluation.inference import predict_probabilities
 from tfresnet.export.exporter import ExportedModel
 from tfresnet.export.formats import format_of
-from tfresnet.training.run_folder import load_model
+from tfresnet.runs.probabilities import predict_probabilities
+from tfresnet.runs.run_folder import load_model
 
 
 def image_files(path):

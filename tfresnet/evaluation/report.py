@@ -10,11 +10,11 @@ import numpy as np
 
 from tfresnet.data import in_memory
 from tfresnet.evaluation.gradcam import cams_and_probabilities, explained_picture
-from tfresnet.evaluation.inference import load_run, predict_probabilities
-from tfresnet.evaluation.pictures import HEADER_HEIGHT, draw_predictions
+from tfresnet.evaluation.inference import load_run
+from tfresnet.evaluation.pictures import HEADER_HEIGHT, curves_figure, draw_predictions
 from tfresnet.evaluation.scores import confusion_figure, scores
-from tfresnet.training.callbacks import curves_figure
-from tfresnet.training.run_folder import RunFolder
+from tfresnet.runs.probabilities import predict_probabilities
+from tfresnet.runs.run_folder import RunFolder
 
 EXCERPT_ROWS = 10  # classes of test_visualisation.png the page shows
 

@@ -1,5 +1,7 @@
-"""A model's scores on a labelled split: top-k, superclass accuracy, calibration, the confusion
-matrix and its figure, and the files ``tfresnet.evaluate`` writes."""
+"""A model's scores on a labelled split, and the files ``tfresnet.evaluate`` writes.
+
+Top-k and superclass accuracy, calibration, the confusion matrix and its figure.
+"""
 
 import csv
 import io
@@ -8,16 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tfresnet.evaluation.inference import (
-    TOP_K,
-    coarse_accuracy,
-    has_top_k,
-    load_run,
-    predict_probabilities,
-    topk_accuracy,
-)
-from tfresnet.training.checkpoint import atomic_save_figure, atomic_write_text
-from tfresnet.training.run_folder import RunFolder
+from tfresnet.evaluation.inference import TOP_K, coarse_accuracy, has_top_k, load_run
+from tfresnet.runs.files import atomic_save_figure, atomic_write_text
+from tfresnet.runs.probabilities import predict_probabilities, topk_accuracy
+from tfresnet.runs.run_folder import RunFolder
 
 
 def expected_calibration_error(probabilities, labels, bins=15):

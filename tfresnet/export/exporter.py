@@ -1,6 +1,8 @@
-"""An export of a trained model, declared done only once it ran: `export` writes one in a
-registered format (`tfresnet.export.formats`) and compares it with the Keras model;
-`ExportedModel` runs one by its own runtime."""
+"""An export of a trained model, declared done only once it ran.
+
+`export` writes one in a registered format (`tfresnet.export.formats`) and compares it with
+the Keras model; `ExportedModel` runs one by its own runtime.
+"""
 
 import json
 from pathlib import Path
@@ -9,16 +11,12 @@ import keras
 import numpy as np
 
 from tfresnet.data import in_memory
-from tfresnet.data.folders import evaluation_view
+from tfresnet.data.images import evaluation_view
 from tfresnet.errors import UserError
-from tfresnet.evaluation.inference import (
-    load_run_data,
-    predict_probabilities,
-    topk_accuracy,
-)
 from tfresnet.export.formats import FORMATS, format_of, get_format
-from tfresnet.training.checkpoint import atomic_write_text, make_dir
-from tfresnet.training.run_folder import RunFolder, load_model
+from tfresnet.runs.files import atomic_write_text, make_dir
+from tfresnet.runs.probabilities import predict_probabilities, topk_accuracy
+from tfresnet.runs.run_folder import RunFolder, load_model, load_run_data
 
 CALIBRATION_IMAGES = 200  # representative training images for int8
 

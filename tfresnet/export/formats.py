@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from tfresnet.errors import UserError, require
 from tfresnet.quiet import native_stderr_silenced
-from tfresnet.training.checkpoint import atomic_write
+from tfresnet.runs.files import atomic_write
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,14 +3,14 @@
 import keras
 from keras import layers
 
-from tfresnet.models.registry import register_model
-from tfresnet.models.resnet import (
+from tfresnet.models.layers import (
     HE_NORMAL_FAN_OUT,
     BatchNormalization,
     ClassifierHead,
     check_dropout,
     check_positive,
 )
+from tfresnet.models.registry import register_model
 
 # Simonyan & Zisserman, arXiv 1409.1556, configuration D; "M" is a 2x2 max-pool.
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",

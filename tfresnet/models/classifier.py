@@ -4,7 +4,7 @@
 entropy plus an L2 penalty. Everything needed to use a saved model travels inside the
 ``.keras`` file: the preprocessing (input size, evaluation crop, scale and offset), the
 class names and the data set, so ``predict`` never has to re-guess them. What ``fit`` does
-beyond the loss is `tfresnet.training.step.TrainingSteps`.
+beyond the loss is `tfresnet.models.step.TrainingSteps`.
 """
 
 import keras
@@ -13,7 +13,7 @@ import tensorflow as tf
 from tfresnet.compat import current_arguments
 from tfresnet.losses import l2_penalty, l2_variables
 from tfresnet.models.preprocessing import ImagePreprocessor
-from tfresnet.training.step import TrainingSteps
+from tfresnet.models.step import TrainingSteps
 
 
 @keras.saving.register_keras_serializable(package="tfresnet")

@@ -16,7 +16,7 @@ size, and needs no keras-hub.
 
 import keras
 
-from tfresnet.data.folders import evaluation_view
+from tfresnet.data.images import evaluation_view
 from tfresnet.errors import UserError
 
 CHANNEL_ORDERS = ("rgb", "bgr")

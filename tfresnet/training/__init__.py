@@ -1,2 +1,1 @@
-"""Training: assembly of a run from its config, the runtime (devices, strategy, precision),
-optimizers, callbacks, checkpoints, the run itself and its benchmark."""
+"""Training: a run's plan, model and pipelines, its callbacks, the run itself, its benchmark."""

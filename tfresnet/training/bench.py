@@ -1,5 +1,4 @@
-"""Throughput measurements of exactly what ``tfresnet.train`` runs: the input pipeline, the
-training step and inference."""
+"""Throughput of exactly what ``tfresnet.train`` runs: input pipeline, training step, inference."""
 
 import dataclasses
 import json
@@ -15,19 +14,17 @@ import tensorflow as tf
 
 from tfresnet.config import TrainConfig
 from tfresnet.data import Dataset
-from tfresnet.data.pipeline import Augmenter, make_train_pipeline
+from tfresnet.data.augment import Augmenter
+from tfresnet.data.pipeline import make_train_pipeline
 from tfresnet.errors import UserError
-from tfresnet.evaluation.inference import predict_probabilities
-from tfresnet.training.assemble import (
-    build_model,
-    input_size,
-    load_data,
-    make_augmenter,
-    make_pipelines,
-    make_plan,
-    training_images,
-)
-from tfresnet.training.runtime import configure, describe_device, gpus, versions
+from tfresnet.models.settings import Transfer
+from tfresnet.runs.probabilities import predict_probabilities
+from tfresnet.runtime.devices import gpus
+from tfresnet.runtime.provenance import describe_device, versions
+from tfresnet.runtime.session import configure
+from tfresnet.training.build import build_model
+from tfresnet.training.pipelines import load_data, make_augmenter, make_pipelines, training_images
+from tfresnet.training.plan import build_settings, input_size, make_plan
 
 PIPELINE_PRESETS = ("standard", "strong")
 
@@ -77,10 +74,10 @@ def bench_pipeline(preset, batch_size, steps, repeats, warmup, num_classes=100, 
     if dataset:
         config = TrainConfig(dataset=dataset, image_size=image_size, augment=preset,
                              val_size=0).validate()
-        data = load_data(config, input_size(config))
-        images = training_images(config, data.x_train)
+        data = load_data(config.data_settings, config.seed, input_size(config))
+        images = training_images(config.augment, data.x_train)
         labels, num_classes = data.y_train, data.num_classes
-        augmenter = make_augmenter(config, data)
+        augmenter = make_augmenter(config.augment, data, config.seed)
         source = f"{dataset} ({data.x_train.view.kind})" if data.streamed else dataset
     else:
         images, labels = synthetic_cifar(50_000 if not image_size else 2_000, num_classes,
@@ -141,8 +138,9 @@ def bench_config(model, batch_size, precision="auto", jit="auto", width=1.0,
     if transfer not in TRANSFER_STEPS:
         raise UserError(f"--transfer must be one of {', '.join(TRANSFER_STEPS)}. "
                         f"Received: {transfer!r}")
-    pretrained = model.endswith("_imagenet")
-    if transfer == "frozen" and not pretrained:
+    head_only = Transfer(transfer) is Transfer.FROZEN
+    pretrained = TrainConfig(model=model).model_settings.imagenet_name
+    if head_only and not pretrained:
         raise UserError(f"--transfer frozen needs a pretrained backbone (resnet18_imagenet, "
                         f"resnet50_imagenet, ...). Received: --model {model}")
     config = TrainConfig(model=model, batch_size=batch_size, precision=precision, jit=jit,
@@ -150,34 +148,35 @@ def bench_config(model, batch_size, precision="auto", jit="auto", width=1.0,
                          steps_per_execution=steps_per_execution, strategy=strategy,
                          image_size=image_size, tensorboard=False, visualize=False,
                          transfer="scratch" if pretrained else "none").validate()
-    if pretrained and transfer == "frozen":  # validated as scratch: frozen needs --weights
-        config = dataclasses.replace(config, transfer="frozen")
+    if pretrained and head_only:  # validated as scratch: frozen needs --weights
+        config = dataclasses.replace(config, transfer=Transfer.FROZEN)
     return config
 
 
 def build_bench_model(config, num_classes, steps):
     """Synthetic data, runtime, plan and compiled `Classifier` of a measurement, assembled
-    exactly as ``tfresnet.train`` assembles a run (`tfresnet.training.assemble`)."""
-    runtime = configure(config)
+    exactly as ``tfresnet.train`` assembles a run (`tfresnet.training.plan`, `build`,
+    `pipelines`)."""
+    runtime = configure(config.runtime_settings, config.model, config.width)
     images, labels = synthetic_cifar(max(config.batch_size * steps, config.batch_size),
                                      num_classes, size=config.image_size)
     data = Dataset("synthetic", images, labels, images[:0], labels[:0], None, None,
                    [str(i) for i in range(num_classes)])
     plan = make_plan(config, data, runtime, input_size(config))
-    return data, runtime, plan, build_model(config, data, runtime, plan)
+    return data, runtime, plan, build_model(data, runtime, plan, **build_settings(config))
 
 
 def bench_train(config, steps, repeats, num_classes):
     """Training images/s of ``model.fit`` on the product's pipeline, loss and optimizer."""
     data, runtime, plan, classifier = build_bench_model(config, num_classes, steps)
-    dataset, _ = make_pipelines(config, data, runtime, plan)
+    dataset, _ = make_pipelines(config.augment, data, runtime, plan)
     timer = _StepTimer()
     epochs = 1 + repeats  # epoch 0 is the warm-up: compilation and the first steps
     reset_peak_memory()
     classifier.fit(dataset, steps_per_epoch=steps, epochs=epochs, verbose=0,
                    callbacks=[timer.callback], shuffle=False)
     rates = [steps * config.batch_size / s for s in timer.epoch_seconds[1:]]
-    return {"kind": "train", "model": config.model, "transfer": config.transfer,
+    return {"kind": "train", "model": config.model, "transfer": config.transfer.value,
             "width": config.width, "image_size": config.image_size,
             "batch_size": plan.batch_size, "precision": plan.precision, "jit": plan.jit,
             "replicas": plan.replicas, "steps_per_execution": plan.steps_per_execution,
@@ -229,6 +228,9 @@ def _print(record):
     label = " ".join(f"{k}={record[k]}" for k in (
         "kind", "method", "source", "model", "width", "augment", "image_size", "batch_size",
         "precision", "jit", "steps_per_execution", "augment_on") if k in record)
+    if "error" in record:
+        print(f"{label}: failed ({record['error']})", flush=True)
+        return
     extra = f"  compile {record['compile_seconds']}s" if "compile_seconds" in record else ""
     memory = f"  peak {record['peak_memory_mb']} MB" if "peak_memory_mb" in record else ""
     print(f"{label}: {record['images_per_second']:,.1f} img/s "

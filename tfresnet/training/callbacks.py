@@ -1,5 +1,4 @@
-"""Training callbacks: the run recorder (checkpoints, history, curves, progress) and the
-NaN guard."""
+"""Training callbacks: transfer stages, the NaN guard, the run recorder and the step log."""
 
 import contextlib
 import csv
@@ -11,9 +10,12 @@ from pathlib import Path
 
 import keras
 
-from tfresnet.training.checkpoint import BackgroundSaver, atomic_save_figure, atomic_write_text
-from tfresnet.training.optim import current_learning_rate
-from tfresnet.training.run_folder import RunFolder
+from tfresnet import keras_fixes
+from tfresnet.evaluation.pictures import curves_figure
+from tfresnet.optim.optimizers import current_learning_rate
+from tfresnet.runs.files import atomic_save_figure, atomic_write_text
+from tfresnet.runs.run_folder import RunFolder
+from tfresnet.training.checkpoint import BackgroundSaver
 
 HISTORY_FIELDS = ("epoch", "lr", "loss", "ce", "l2", "accuracy", "top5", "val_loss", "val_ce",
                   "val_l2", "val_accuracy", "val_top5", "seconds")
@@ -37,38 +39,43 @@ class NanGuard(keras.callbacks.TerminateOnNaN):
             self.bad_epoch = self.epoch + 1
 
 
-def curves_figure(rows, title):
-    """Loss and accuracy against epoch, train vs validation (a matplotlib Figure)."""
-    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays
-    from matplotlib.ticker import MaxNLocator
+class TransferStages(keras.callbacks.Callback):
+    """Sets the pretrained backbone's training mode at each epoch, as the
+    `TransferSettings` say: two-stage trains only the head (backbone fixed, BN in inference
+    mode) for ``head_epochs``, then everything with the backbone's updates scaled by
+    ``backbone_lr``; finetune scales them from the start."""
 
-    epochs = [r["epoch"] for r in rows]
-    figure = Figure(figsize=(11, 4))
-    loss_ax, acc_ax = figure.subplots(1, 2)
-    for ax, key, label in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
-        # Markers too: a run of one epoch is one point, which a bare line would not show.
-        ax.plot(epochs, [r[key] for r in rows], ".-", color="tab:red", label=f"train {label}")
-        if any(f"val_{key}" in r for r in rows):
-            ax.plot(epochs, [r.get(f"val_{key}", math.nan) for r in rows], ".-",
-                    color="tab:blue", label=f"validation {label}")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
-        ax.set_ylabel(label)
-        if key == "loss":  # one huge early loss (BN statistics of a few batches) stays readable
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    figure.suptitle(title)
-    figure.tight_layout()
-    return figure
+    def __init__(self, settings):
+        super().__init__()
+        self.settings = settings
+
+    def on_epoch_begin(self, epoch, logs=None):
+        two_stage = self.settings.transfer.trains_head_first
+        head_only = two_stage and epoch < self.settings.head_epochs
+        multiplier = 0.0 if head_only else self.settings.backbone_lr
+        if self.model.backbone_lr != multiplier:
+            self.model.set_backbone_lr(multiplier)
+            self.model.make_train_function(force=True)
+            if two_stage and epoch == self.settings.head_epochs:
+                print(f"epoch {epoch + 1}: unfreezing the backbone (LR x {multiplier})")
+
+
+def training_callbacks(settings, ema):
+    """The callbacks every run trains with: the transfer stages (when the `TransferSettings`
+    fine-tune), batch norm's statistics averaged over replicas (a no-op on one device), the
+    NaN guard and, with an ``ema`` (``--ema``), Keras' swap to the averaged weights for
+    validation."""
+    stages = [TransferStages(settings)] if settings.transfer.scales_backbone else []
+    ema = [keras.callbacks.SwapEMAWeights()] if ema else []
+    return [*stages, keras_fixes.AverageBatchNormAcrossReplicas(), NanGuard(), *ema]
 
 
 class RunRecorder(keras.callbacks.Callback):
     """After every epoch: best.keras (on a new best validation accuracy), history.csv,
     curves.png (at most every `CURVES_SECONDS`, and at the end), then last.keras -- all
     written atomically, the two models in the background while the next epoch trains
-    (`tfresnet.training.checkpoint.BackgroundSaver`) -- and a one-line summary with the run's ETA.
-    Epochs with a non-finite loss are never recorded.
+    (`tfresnet.training.checkpoint.BackgroundSaver`) -- and a one-line summary with the
+    run's ETA. Epochs with a non-finite loss are never recorded.
 
     best.keras is the deployable model: weights and the model's own state, no optimizer
     (half the size). last.keras also holds the optimizer: what resuming needs.

@@ -1,5 +1,8 @@
-"""One training run, start to finish: the run folder (resume or refuse), assembly, `model.fit`,
-the test evaluation and ``summary.json``."""
+"""One training run, start to finish: folder, assembly, `model.fit`, test, ``summary.json``.
+
+The run folder is resumed or refused before anything is assembled; the test evaluation and
+``summary.json`` close the run.
+"""
 
 import tempfile
 import time
@@ -7,22 +10,25 @@ from pathlib import Path
 
 import keras
 
+from tfresnet import keras_fixes
 from tfresnet.config import TrainConfig, checkpoint_interval
 from tfresnet.errors import UserError
 from tfresnet.evaluation.inference import test_metrics
 from tfresnet.evaluation.pictures import draw_run
-from tfresnet.training import keras_fixes
-from tfresnet.training.assemble import (
-    build_model,
-    describe_run,
-    few_updates_note,
-    make_pipelines,
-    prepare_run,
+from tfresnet.runs.run_folder import RunFolder, load_model
+from tfresnet.runtime.cluster import cluster_faults
+from tfresnet.runtime.provenance import versions
+from tfresnet.runtime.session import configure
+from tfresnet.training.build import build_model
+from tfresnet.training.callbacks import (
+    NanGuard,
+    RunRecorder,
+    StepLog,
+    interactive,
     training_callbacks,
 )
-from tfresnet.training.callbacks import NanGuard, RunRecorder, StepLog, interactive
-from tfresnet.training.run_folder import RunFolder, load_model
-from tfresnet.training.runtime import cluster_faults, configure, versions
+from tfresnet.training.pipelines import make_pipelines
+from tfresnet.training.plan import build_settings, describe_run, few_updates_note, prepare_run
 
 
 def _restore(model, run_dir, updates_per_epoch):
@@ -47,11 +53,11 @@ def _load_state(model, path):
 
 
 def make_callbacks(config, run_dir, rows, data, plan, chief=True):
-    """The run's training callbacks (`tfresnet.training.assemble`), then the run folder's: the
+    """The run's training callbacks (`training_callbacks`), then the run folder's: the
     recorder and TensorBoard (into ``run_dir``: a scratch folder on workers other than
     the chief, which must write the same checkpoints in step with it), and on the chief,
     outside a terminal or notebook, the step log."""
-    callbacks = training_callbacks(config)
+    callbacks = training_callbacks(config.transfer_settings, config.ema)
     guard = next(c for c in callbacks if isinstance(c, NanGuard))
     ema = next((c for c in callbacks if isinstance(c, keras.callbacks.SwapEMAWeights)), None)
     every = checkpoint_interval(config.checkpoint_every) if config.checkpoint_every else (
@@ -85,14 +91,14 @@ def train(config: TrainConfig, fresh=False):
     config.validate()
     run_dir = RunFolder.for_config(config)
     resuming = run_dir.check(config, fresh)
-    runtime = configure(config)
+    runtime = configure(config.runtime_settings, config.model, config.width)
     runtime.agree({k: v for k, v in config.to_dict().items() if k != "output_dir"},
                   "the workers were started with different settings; start every worker "
                   "with the same command and flags")
     data, plan = prepare_run(config, runtime)
     if runtime.chief:
         print(data.describe())
-    model = build_model(config, data, runtime, plan, pretrained=not resuming)
+    model = build_model(data, runtime, plan, **build_settings(config), pretrained=not resuming)
     if runtime.chief:
         print(describe_run(config, plan))
         note = few_updates_note(config, data, plan)
@@ -139,7 +145,7 @@ def _fit(config, model, run_dir, data, runtime, plan, start, rows):
     for first, step, end in phases:
         if first >= end or guard.bad_epoch:
             continue
-        train_data, val_data = make_pipelines(config, data, runtime, plan, first,
+        train_data, val_data = make_pipelines(config.augment, data, runtime, plan, first,
                                               start_step=step)
         with cluster_faults():
             model.fit(train_data, steps_per_epoch=plan.steps_per_epoch - step, epochs=end,

@@ -1,5 +1,4 @@
-"""keras-tuner's distributed mode: the role of this process, and a chief plus workers
-started on this machine."""
+"""keras-tuner's distributed mode: this process's role, or a chief and workers started here."""
 
 import os
 import socket
@@ -8,7 +7,7 @@ import sys
 import time
 
 from tfresnet.errors import UserError
-from tfresnet.training.runtime import visible_gpu_ids
+from tfresnet.runtime.devices import visible_gpu_ids
 
 
 def tuner_role():

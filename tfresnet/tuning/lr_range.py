@@ -1,5 +1,7 @@
-"""The LR range test: one short run with the learning rate growing exponentially per
-step; the suggestion is where the smoothed loss falls fastest, before it diverges."""
+"""The LR range test: one short run with the learning rate growing exponentially per step.
+
+The suggestion is where the smoothed loss falls fastest, before it diverges.
+"""
 
 import dataclasses
 import io
@@ -9,8 +11,10 @@ import keras
 import numpy as np
 
 from tfresnet.errors import UserError
-from tfresnet.training.assemble import build_model, make_pipelines
-from tfresnet.training.checkpoint import atomic_write_text
+from tfresnet.runs.files import atomic_write_text
+from tfresnet.training.build import build_model
+from tfresnet.training.pipelines import make_pipelines
+from tfresnet.training.plan import build_settings
 from tfresnet.tuning.results import plot_search
 
 
@@ -30,13 +34,12 @@ def lr_range_test(base, data, runtime, plan, lr_range, steps, out_dir):
     if base.steps_per_execution > 1:
         print(f"note: the LR range test runs one step per execution (not "
               f"{base.steps_per_execution}) to record every update")
-    base = base.updated({"steps_per_execution": 1}, "LR range test")
     plan = dataclasses.replace(plan, steps_per_execution=1)
     low, high = lr_range
     schedule = keras.optimizers.schedules.ExponentialDecay(low, max(1, steps - 1), high / low)
-    model = build_model(base, data, runtime, plan)
+    model = build_model(data, runtime, plan, **build_settings(base))
     model.optimizer.learning_rate = schedule
-    train_data, _ = make_pipelines(base, data, runtime, plan)
+    train_data, _ = make_pipelines(base.augment, data, runtime, plan)
     record = []  # (update, applied LR, loss)
 
     class Recorder(keras.callbacks.Callback):

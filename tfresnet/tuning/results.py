@@ -7,7 +7,7 @@ import json
 import keras_tuner as kt
 
 from tfresnet.errors import UserError
-from tfresnet.training.checkpoint import atomic_save_figure, atomic_write_text
+from tfresnet.runs.files import atomic_save_figure, atomic_write_text
 
 
 def read_trial_stats(out_dir):
@@ -22,8 +22,9 @@ def finished_trials(tuner):
             if t.status == kt.engine.trial.TrialStatus.COMPLETED and t.score is not None]
 
 
-def write_search_results(tuner, out_dir, base, epochs_per_trial):
-    """trials.csv, lr_search.png and best_hparams.json from the finished trials."""
+def write_search_results(tuner, out_dir, model, dataset, epochs_per_trial):
+    """trials.csv, lr_search.png and best_hparams.json from the finished trials of a search
+    for ``model`` on ``dataset``."""
     trials = sorted(finished_trials(tuner), key=lambda t: int(t.trial_id))
     if not trials:
         raise UserError("no trial finished; see the errors above")
@@ -43,13 +44,13 @@ def write_search_results(tuner, out_dir, base, epochs_per_trial):
     atomic_write_text(out_dir / "trials.csv", out.getvalue())
 
     best = max(trials, key=lambda t: t.score)
-    hparams = {"model": base.model, **{k: v for k, v in best.hyperparameters.values.items()
-                                       if not k.startswith("tuner/")}}
+    hparams = {"model": model, **{k: v for k, v in best.hyperparameters.values.items()
+                                  if not k.startswith("tuner/")}}
     atomic_write_text(out_dir / "best_hparams.json", json.dumps(hparams, indent=2) + "\n")
     plot_search(out_dir / "lr_search.png", "learning rate", "best validation accuracy",
           [t.hyperparameters.values["lr"] for t in trials], [t.score for t in trials],
           marker=(best.hyperparameters.values["lr"], best.score),
-          title=f"{base.model} on {base.dataset}: {len(trials)} trials")
+          title=f"{model} on {dataset}: {len(trials)} trials")
     return hparams, trials
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from tfresnet.compat import canonical
 from tfresnet.errors import UserError
-from tfresnet.training.assemble import input_size, load_data, make_plan
-from tfresnet.training.checkpoint import atomic_write_text, make_dir
-from tfresnet.training.optim import OPTIMIZERS
-from tfresnet.training.runtime import configure
+from tfresnet.optim.optimizers import OPTIMIZERS
+from tfresnet.runs.files import atomic_write_text, make_dir
+from tfresnet.runtime.session import configure
+from tfresnet.training.pipelines import load_data
+from tfresnet.training.plan import input_size, make_plan
 from tfresnet.tuning.launch import tuner_role
 from tfresnet.tuning.lr_range import lr_range_test
 from tfresnet.tuning.results import write_search_results
@@ -104,9 +105,9 @@ def tune(search, base):
             changed = sorted(k for k in space if saved.get(k) != space[k])
             raise UserError(f"{out_dir} holds a search with another setup ({', '.join(changed)}"
                             "); use another --name, or --fresh to start over")
-    runtime = configure(base)
+    runtime = configure(base.runtime_settings, base.model, base.width)
     size = input_size(base)
-    data = subset(load_data(base, size), search.subset, base.seed)
+    data = subset(load_data(base.data_settings, base.seed, size), search.subset, base.seed)
     plan = make_plan(base, data, runtime, size)  # trials plan their own (their batch)
     if not len(data.x_val):
         raise UserError("tuning needs a validation split; drop --val-size 0")
@@ -130,7 +131,8 @@ def tune(search, base):
         if role == "worker":
             print(f"{os.environ['KERASTUNER_TUNER_ID']}: the search is complete")
             return {}
-        hparams, trials = write_search_results(tuner, out_dir, base, search.epochs_per_trial)
+        hparams, trials = write_search_results(tuner, out_dir, base.model, base.dataset,
+                                               search.epochs_per_trial)
         print(f"{len(trials)} trials; best: {json.dumps(hparams)}")
     print(f"results: {out_dir}")
     return hparams

@@ -8,18 +8,16 @@ import keras
 import keras_tuner as kt
 import tensorflow as tf
 
+from tfresnet.data.augment import PRESETS
 from tfresnet.data.folders import ImageFiles
-from tfresnet.data.pipeline import PRESETS
 from tfresnet.data.splits import stratified_split
-from tfresnet.training.assemble import (
-    build_model,
-    make_pipelines,
-    make_plan,
-    training_callbacks,
-)
-from tfresnet.training.checkpoint import atomic_write_text, make_dir
-from tfresnet.training.optim import OPTIMIZERS
-from tfresnet.training.runtime import set_session_state
+from tfresnet.optim.optimizers import OPTIMIZERS
+from tfresnet.runs.files import atomic_write_text, make_dir
+from tfresnet.runtime.session import set_session_state
+from tfresnet.training.build import build_model
+from tfresnet.training.callbacks import training_callbacks
+from tfresnet.training.pipelines import make_pipelines
+from tfresnet.training.plan import build_settings, make_plan
 from tfresnet.tuning.memory import release_memory, resident_memory_mb
 
 # The searchable hyper-parameters besides the learning rate: name (a `TrainConfig` key) ->
@@ -78,7 +76,7 @@ class ResNetHyperModel(kt.HyperModel):
     Args:
         base: the `TrainConfig` every trial starts from.
         data: the (possibly subset) `Dataset`, with a validation split.
-        runtime: the resolved `tfresnet.training.runtime.Runtime`.
+        runtime: the resolved `tfresnet.runtime.session.Runtime`.
         search: names from `SEARCH_SPACE` to search besides the learning rate.
         lr_range: ``(low, high)`` of the log-uniform learning rate.
         size: the network's input side (`Plan.input_size`), the base run's.
@@ -119,16 +117,17 @@ class ResNetHyperModel(kt.HyperModel):
         config = self.trial_config(hp)
         # keras-tuner clears Keras' session before each trial's build, and with it the
         # seeds and the dtype policy `configure` set: a trial builds as `train` would.
-        set_session_state(config.seed, self.runtime.precision)
+        set_session_state(self.runtime.seed, self.runtime.precision)
         self.plan = make_plan(config, self.data, self.runtime, self.size)
-        return build_model(config, self.data, self.runtime, self.plan)
+        return build_model(self.data, self.runtime, self.plan, **build_settings(config))
 
     def fit(self, hp, model, *args, **kwargs):
         config = self.trial_config(hp)
-        train_data, val_data = make_pipelines(config, self.data, self.runtime, self.plan,
-                                              arrays=self.tensors)
+        train_data, val_data = make_pipelines(config.augment, self.data, self.runtime,
+                                              self.plan, arrays=self.tensors)
         self.recorder = TrialRecorder()  # first: the others' end-of-batch work is not timed
-        callbacks = [self.recorder, *training_callbacks(config), *kwargs.get("callbacks", [])]
+        callbacks = [self.recorder, *training_callbacks(config.transfer_settings, config.ema),
+                     *kwargs.get("callbacks", [])]
         return model.fit(train_data, steps_per_epoch=self.plan.steps_per_epoch,
                          epochs=kwargs.pop("epochs", config.epochs),
                          initial_epoch=kwargs.pop("initial_epoch", 0),

@@ -1,21 +1,21 @@
-"""What Keras 3.15 gets wrong for tfresnet's training, worked around in this one place.
+"""What Keras 3.15 gets wrong or keeps private that tfresnet needs, in this one place.
 
 Each fix names the Keras behaviour and the test that fails without it, and applies only
 where that behaviour occurs; `tfresnet.models.Classifier` always trains in Keras' own
 ``fit`` loop. Nothing here is saved with a model.
 
-Two Keras behaviours are avoided by the run's settings instead (`tfresnet.training.assemble.
-steps_per_execution`): Keras runs the steps of an execution inside a ``tf.cond``, where
-tf.distribute's cross-replica ops fail, so several replicas run one step per execution;
-and it runs whole executions past the end of an epoch, so an execution always divides
-the epoch.
+Two Keras behaviours are avoided by the run's settings instead
+(`tfresnet.training.plan.steps_per_execution`): Keras runs the steps of an execution inside
+a ``tf.cond``, where tf.distribute's cross-replica ops fail, so several replicas run one
+step per execution; and it runs whole executions past the end of an epoch, so an execution
+always divides the epoch.
 """
 
 import keras
 import tensorflow as tf
 from keras import tree
 
-from tfresnet.training.runtime import worker_count
+from tfresnet.runtime.cluster import worker_count
 
 
 def multi_worker(model):
@@ -80,10 +80,37 @@ def sum_gradients_first(optimizer, replicas):
     optimizer.apply = apply_summed
 
 
+def every_layer(model):
+    """``model`` and every layer nested in it, at any depth, in Keras' order.
+
+    Keras 3 has no public walk over nested layers (``Model.layers`` lists the direct
+    children only), so this calls its private ``Layer._flatten_layers``, present from 3.0
+    to 3.15. Sync batch norm, the fused batch norm in pretrained backbones, batch norm's
+    momentum and the background checkpoints' trainable flags depend on it
+    (``test_distributed.py::test_sync_bn_gives_every_replica_the_same_statistics``,
+    ``test_transfer.py::test_frozen_run_from_a_keras_hub_preset_keeps_its_backbone_and_preprocessing``,
+    ``test_train.py::test_background_checkpoints_hold_the_state_of_their_epoch_end``)."""
+    return list(model._flatten_layers())
+
+
+def forget_layer(model, name):
+    """Sets attribute ``name`` of ``model`` (a layer) to None so that Keras no longer
+    tracks, builds, trains or saves it. Keras 3 tracks every layer assigned to an attribute
+    and has no public way to drop one; this calls its private ``_tracker.untrack``
+    (``test_transfer.py::test_a_run_of_any_model_is_a_source_and_the_new_model_saves_and_loads``)."""
+    model._tracker.untrack(getattr(model, name))
+    setattr(model, name, None)
+
+
+def batch_norm_layers(model):
+    """Every Keras batch norm layer of ``model``, at any depth."""
+    return [layer for layer in every_layer(model)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
 def batch_norm_statistics(model):
     """The moving means and variances of every batch norm layer of ``model``."""
-    return [variable for layer in model._flatten_layers()
-            if isinstance(layer, keras.layers.BatchNormalization)
+    return [variable for layer in batch_norm_layers(model)
             for variable in (layer.moving_mean, layer.moving_variance)]
 
 

@@ -1,8 +1,9 @@
-"""`RunFolder`: one run's folder -- which file holds what, whether a run may resume in it,
-and what it recorded -- and `load_model`, the model of a run folder or ``.keras`` file.
+"""A run's folder (`RunFolder`), its model (`load_model`) and its data set (`load_run_data`).
 
 Every command that reads or writes a run goes through it (README, "What a run leaves
-behind")."""
+behind"): which file holds what, whether a run may resume in it, what it recorded; the
+model of a run folder or ``.keras`` file, and the data set the run recorded.
+"""
 
 import csv
 import json
@@ -14,9 +15,10 @@ import keras
 
 from tfresnet.compat import canonical
 from tfresnet.config import TrainConfig
+from tfresnet.data import load_dataset
 from tfresnet.errors import UserError
-from tfresnet.models import Classifier
-from tfresnet.training.checkpoint import atomic_write_text
+from tfresnet.models import Classifier, Transfer
+from tfresnet.runs.files import atomic_write_text
 
 # Settings a resumed run may change; any other difference means a different run.
 RESUMABLE_CHANGES = {"epochs", "tensorboard", "visualize", "name", "output_dir", "log_every",
@@ -131,7 +133,8 @@ class RunFolder:
             raw = canonical(json.loads(config_path.read_text()))
             saved = {**TrainConfig().to_dict(), **raw}
             if "preprocess" not in raw and Path(str(raw.get("dataset"))).is_dir():
-                if saved["transfer"] != "none":  # decoded at 64 px, resized inside to 224
+                # a transfer then decoded the folder at 64 px, resized inside to 224
+                if Transfer(saved["transfer"]) is not Transfer.NONE:
                     raise UserError(f"{self} trained on a folder before version 0.3, which "
                                     "decoded it otherwise; rerun with --fresh to start over")
                 saved.update(preprocess="small", image_size=saved["image_size"] or 64)
@@ -223,3 +226,20 @@ def load_model(path):
         raise UserError(f"{path} holds a {type(model).__name__}, not a model trained by "
                         "tfresnet.train (no class names or normalisation inside)")
     return model
+
+
+def load_run_data(target, model, dataset=None, data_dir=None):
+    """The data set of a run: ``dataset``, else the one its config (or model) records."""
+    config = RunFolder.of(target).config()
+    name = dataset or config.get("dataset") or model.dataset
+    if name is None:
+        raise UserError(f"{target} does not record its data set; pass --dataset")
+    data = load_dataset(name, data_dir=data_dir or config.get("data_dir"),
+                        val_size=config.get("val_size"), seed=config.get("seed", 0),
+                        image_size=model.image_size,
+                        view=model.view.kind,  # as it was trained
+                        eval_crop=model.eval_crop)
+    if data.num_classes != len(model.class_names):
+        raise UserError(f"{name} has {data.num_classes} classes but the model predicts "
+                        f"{len(model.class_names)}; pass the --dataset it was trained on")
+    return data

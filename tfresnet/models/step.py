@@ -2,13 +2,13 @@
 
 A mixin of the training state that is never saved with a model: augmentation inside the
 compiled step, the learning-rate multiplier of a pretrained backbone, and the fixes for
-several workers (`tfresnet.training.keras_fixes`). Keras' own ``train_step`` does the rest.
+several workers (`tfresnet.keras_fixes`). Keras' own ``train_step`` does the rest.
 """
 
 import keras
 import tensorflow as tf
 
-from tfresnet.training import keras_fixes
+from tfresnet import keras_fixes
 
 
 class TrainingSteps:

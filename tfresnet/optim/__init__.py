@@ -1,0 +1,1 @@
+"""Optimizers and learning-rate schedules: their registries, their builds, their settings."""

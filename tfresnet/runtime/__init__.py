@@ -1,0 +1,1 @@
+"""Where and how a run computes: devices, cluster and strategy, precision, provenance."""

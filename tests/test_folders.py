@@ -365,7 +365,7 @@ def test_transfer_defaults_to_the_backbones_input_size(tmp_path):
 
 
 def test_photos_take_the_random_crop_only_when_the_spec_has_one(tmp_path):
-    from tfresnet.training.pipelines import training_images
+    from tfresnet.data.folders import training_images
 
     write_photos(tmp_path / "set", 2, size=(60, 80))
     files = load_dataset(str(tmp_path / "set"), val_size=0, image_size=(32, 32)).x_train

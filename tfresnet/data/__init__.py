@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tfresnet.data import augment_ops, cifar, digits  # noqa: F401  (they register)
-from tfresnet.data.folders import ImageFiles, load_image_folder
+from tfresnet.data.folders import ImageFiles, load_image_folder, training_images
 from tfresnet.data.pipeline import image_batches
 from tfresnet.data.sources import SOURCES
 from tfresnet.data.splits import stratified_split
@@ -55,6 +55,30 @@ class Dataset:
         """Whether the images are files decoded on demand (an image folder)."""
         return isinstance(self.x_train, ImageFiles)
 
+    @property
+    def preprocessing(self):
+        """How the images reach the network: ``in_memory`` arrays, or the streamed folder's
+        view (``photo``, ``whole``, ...)."""
+        return self.x_train.view.kind if self.streamed else "in_memory"
+
+    @property
+    def eval_crop(self):
+        """The central crop photos are evaluated through (None for other images)."""
+        return self.x_train.view.eval_crop if self.preprocessing == "photo" else None
+
+    def training_images(self, augment, images=None):
+        """The training images (or ``images`` in their place) as the ``augment`` spec
+        streams them (`tfresnet.data.folders.training_images`)."""
+        return training_images(augment, self.x_train if images is None else images)
+
+    def splits_once(self):
+        """``(x_train, y_train, x_val, y_val)`` for many pipelines of one process (a
+        search's trials): arrays become tensors once, files stay as they are."""
+        import tensorflow as tf
+
+        return [a if isinstance(a, ImageFiles) else tf.constant(a)
+                for a in (self.x_train, self.y_train, self.x_val, self.y_val)]
+
     @functools.cached_property
     def _stats(self):
         images = self.x_train
@@ -80,7 +104,7 @@ class Dataset:
     def describe(self):
         """One line for the start of a run: the splits, the input and how it is made."""
         counts = self.counts()
-        how = (f", {self.x_train.view.kind} preprocessing, streamed from disk"
+        how = (f", {self.preprocessing} preprocessing, streamed from disk"
                if self.streamed else "")
         skipped = f"; {self.skipped} unreadable file(s) skipped" if self.skipped else ""
         return (f"{self.name}: {counts['train']:,} training, {counts['val']:,} validation, "

@@ -7,11 +7,13 @@ is decoded in the folder's `View` (`tfresnet.data.images`): ``small`` when every
 image is square and at most `SMALL_SIDE` px, ``photo`` otherwise (`choose_view`).
 """
 
+import dataclasses
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from tfresnet.data.augment import PHOTO_REPLACED, parse_augment
 from tfresnet.data.images import MAX_PIXELS, View, decode, find_images, header_size
 from tfresnet.data.sources import Source
 from tfresnet.errors import UserError
@@ -215,3 +217,12 @@ def _warn_small(sizes, size):
         print(f"note: {smaller} of {len(sizes)} training images have a shorter side below "
               f"the {size[0]}x{size[1]} input (median {int(np.median(shorter))} px); they are "
               "upsampled. Pass a smaller --image-size to avoid it", file=sys.stderr)
+
+
+def training_images(augment, images):
+    """``images`` as training streams them: a photo folder takes its random-resized crop
+    only when the ``augment`` spec has an operation it replaces."""
+    if not (isinstance(images, ImageFiles) and images.view.kind == "photo"):
+        return images
+    cropped = any(name in PHOTO_REPLACED for name, _ in parse_augment(augment))
+    return ImageFiles(images.paths, dataclasses.replace(images.view, random_crop=cropped))

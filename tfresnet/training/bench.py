@@ -23,7 +23,7 @@ from tfresnet.runtime.devices import gpus
 from tfresnet.runtime.provenance import describe_device, versions
 from tfresnet.runtime.session import configure
 from tfresnet.training.build import build_model
-from tfresnet.training.pipelines import load_data, make_augmenter, make_pipelines, training_images
+from tfresnet.training.pipelines import load_data, make_augmenter, make_pipelines
 from tfresnet.training.plan import build_settings, input_size, make_plan
 
 PIPELINE_PRESETS = ("standard", "strong")
@@ -75,10 +75,10 @@ def bench_pipeline(preset, batch_size, steps, repeats, warmup, num_classes=100, 
         config = TrainConfig(dataset=dataset, image_size=image_size, augment=preset,
                              val_size=0).validate()
         data = load_data(config.data_settings, config.seed, input_size(config))
-        images = training_images(config.augment, data.x_train)
+        images = data.training_images(config.augment)
         labels, num_classes = data.y_train, data.num_classes
         augmenter = make_augmenter(config.augment, data, config.seed)
-        source = f"{dataset} ({data.x_train.view.kind})" if data.streamed else dataset
+        source = f"{dataset} ({data.preprocessing})" if data.streamed else dataset
     else:
         images, labels = synthetic_cifar(50_000 if not image_size else 2_000, num_classes,
                                          size=image_size or 32)

@@ -13,7 +13,7 @@ from tfresnet.models import (
 )
 from tfresnet.models.backbones import is_preset, preset_spec, resolve_weights
 from tfresnet.models.transfer import PretrainedNet
-from tfresnet.training.pipelines import is_photo, make_augmenter
+from tfresnet.training.pipelines import make_augmenter
 
 
 def make_network(model, transfer, num_classes, size):
@@ -56,7 +56,7 @@ def make_preprocessor(network, data):
     """The `ImagePreprocessor` of a run: a pretrained network's own pixels at its own
     size (resized inside where the data differ), else the training data's mean/std;
     photos keep their evaluation crop."""
-    crop = data.x_train.view.eval_crop if is_photo(data) else None
+    crop = data.eval_crop
     if isinstance(network, PretrainedNet):
         return ImagePreprocessor(data.image_size, crop=crop,
                                  network_size=(network.image_size,) * 2, **network.pixels)

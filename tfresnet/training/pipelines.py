@@ -1,10 +1,8 @@
 """A run's data: loaded at its input size, its augmenter, then streamed in `tf.data`."""
 
-import dataclasses
 
 from tfresnet.data import load_dataset
-from tfresnet.data.augment import PHOTO_REPLACED, Augmenter, parse_augment
-from tfresnet.data.folders import ImageFiles
+from tfresnet.data.augment import PHOTO_REPLACED, Augmenter
 from tfresnet.data.pipeline import make_eval_pipeline, make_train_pipeline
 
 
@@ -19,25 +17,11 @@ def load_data(settings, seed, size):
                         eval_crop=settings.eval_crop)
 
 
-def is_photo(data):
-    """Whether the data are an image folder in the photo view."""
-    return data.streamed and data.x_train.view.kind == "photo"
-
-
 def make_augmenter(augment, data, seed):
     """The batch augmentations of a run: the ``--augment`` spec, for photos without the
     operations each image's random-resized crop replaces."""
     return Augmenter(augment, data.num_classes, seed,
-                     skip=PHOTO_REPLACED if is_photo(data) else ())
-
-
-def training_images(augment, images):
-    """``images`` as training streams them: a photo folder takes its random-resized crop
-    only when the ``augment`` spec has an operation it replaces."""
-    if not (isinstance(images, ImageFiles) and images.view.kind == "photo"):
-        return images
-    cropped = any(name in PHOTO_REPLACED for name, _ in parse_augment(augment))
-    return ImageFiles(images.paths, dataclasses.replace(images.view, random_crop=cropped))
+                     skip=PHOTO_REPLACED if data.preprocessing == "photo" else ())
 
 
 def make_pipelines(augment, data, runtime, plan, start_epoch=0, arrays=None, start_step=0):
@@ -56,7 +40,7 @@ def make_pipelines(augment, data, runtime, plan, start_epoch=0, arrays=None, sta
                                                 data.y_val)
     seed = runtime.seed
     augmenter = make_augmenter(augment, data, seed) if plan.augment_on == "tf.data" else None
-    x_train = training_images(augment, x_train)  # each tuner trial's own spec
+    x_train = data.training_images(augment, x_train)  # each tuner trial's own spec
 
     def stream(split=None):
         return make_train_pipeline(x_train, y_train, data.num_classes, batch, augmenter,

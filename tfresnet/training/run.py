@@ -179,7 +179,7 @@ def summarize(config, run_dir, data, plan, recorder, wall_seconds):
         "steps_per_execution": plan.steps_per_execution,
         "augment_in_step": plan.augment_on == "step",
         "data": {**data.counts(), "image_size": list(data.image_size),
-                 "preprocess": data.x_train.view.kind if data.streamed else "in_memory"},
+                 "preprocess": data.preprocessing},
         "parameters": int(best.network.count_params()),
         "trainable_parameters": int(sum(v.numpy().size for v in best.trainable_variables)),
         "epochs": len(rows),

@@ -6,10 +6,8 @@ import time
 
 import keras
 import keras_tuner as kt
-import tensorflow as tf
 
 from tfresnet.data.augment import PRESETS
-from tfresnet.data.folders import ImageFiles
 from tfresnet.data.splits import stratified_split
 from tfresnet.optim.optimizers import OPTIMIZERS
 from tfresnet.runs.files import atomic_write_text, make_dir
@@ -88,8 +86,7 @@ class ResNetHyperModel(kt.HyperModel):
         self.data = data
         # The arrays become tensors once for the whole search: converting them again in
         # every trial's pipeline made the process grow by their size per trial.
-        self.tensors = [a if isinstance(a, ImageFiles) else tf.constant(a)
-                        for a in (data.x_train, data.y_train, data.x_val, data.y_val)]
+        self.tensors = data.splits_once()
         self.runtime = runtime
         self.search = set(search)
         self.lr_range = lr_range

@@ -20,6 +20,9 @@ one line; this shows that what trains computes what it claims:
   numbers than TensorFlow's kernels.)
 - ``bn-bfloat16``: tfresnet's batch norm in mixed_bfloat16 under XLA against float32.
 - ``resume``: a run killed after epoch 1 and resumed against the uninterrupted run.
+- ``onednn-avx2``: on an AVX2 CPU (this one capped with ``ONEDNN_MAX_CPU_ISA=AVX2`` where
+  it has AVX-512), tfresnet's default, oneDNN on, against TensorFlow's own default there,
+  its Eigen kernels; within 3 times the floor of Eigen on one thread against two.
 
     python experiments/equivalences.py --out /tmp/eq                  # every pair
     python experiments/equivalences.py --out /tmp/eq --only resume,trial
@@ -87,7 +90,7 @@ def train(out, name, args, strategy="one", timeout=600):
 
 
 def curve(run_dir, key="loss"):
-    from tfresnet.training.run_folder import read_history
+    from tfresnet.runs.run_folder import read_history
 
     return np.array([row[key] for row in read_history(run_dir / "history.csv")])
 
@@ -116,16 +119,44 @@ def record(cell, reference, measure, difference, tolerance, why):
             "equal": bool(difference <= tolerance)}
 
 
-def train_with_one_thread(out, name, args):
-    """The one-device run again on one intra-op thread: the same arithmetic summed in
-    another order, the floor that reordering alone reaches."""
+def train_with(out, name, args, **variables):
+    """`train` with these environment variables set (a value of None unsets one)."""
     saved = dict(ENV)
-    ENV.update(TF_NUM_INTRAOP_THREADS="1", OMP_NUM_THREADS="1")
+    ENV.update({k: v for k, v in variables.items() if v is not None})
+    for k in [k for k, v in variables.items() if v is None]:
+        ENV.pop(k, None)
     try:
         return train(out, name, args)
     finally:
         ENV.clear()
         ENV.update(saved)
+
+
+ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def train_with_one_thread(out, name, args, **variables):
+    """The one-device run again on one intra-op thread: the same arithmetic summed in
+    another order, the floor that reordering alone reaches."""
+    return train_with(out, name, args, **ONE_THREAD, **variables)
+
+
+def gaps(a, b):
+    """The loss curves', weights' and moving statistics' differences of two runs."""
+    wa, wb = network_weights(a), network_weights(b)
+    return {"loss curve, max relative difference":
+            float(np.abs(curve(a) / curve(b) - 1).max()),
+            "final weights, max abs difference": weights_gap(wa, wb),
+            "batch norm moving statistics, max abs difference":
+                statistics_gap(wa, wb) if any("moving" in k for k in wa) else 0.0}
+
+
+def within_floor(cell, reference, floor, found, against):
+    """A row per measure: ``found`` within 3 times ``floor`` (at least 1e-6)."""
+    return [record(cell, reference, measure, found[measure],
+                   max(3 * floor[measure], 1e-6),
+                   f"3x the floor {floor[measure]:.2g} ({against})")
+            for measure in found]
 
 
 def replicas_against_one(out, strategy, model=("--model", "resnet18")):
@@ -139,21 +170,71 @@ def replicas_against_one(out, strategy, model=("--model", "resnet18")):
     floor_run = train_with_one_thread(out, f"{strategy}-one-thread", args)
     many = train(out, f"{strategy}-two", args, strategy=strategy)
 
-    def gaps(a, b):
-        wa, wb = network_weights(a), network_weights(b)
-        return {"loss curve, max relative difference":
-                float(np.abs(curve(a) / curve(b) - 1).max()),
-                "final weights, max abs difference": weights_gap(wa, wb),
-                "batch norm moving statistics, max abs difference":
-                    statistics_gap(wa, wb) if any("moving" in k for k in wa) else 0.0}
-
-    floor, found = gaps(one, floor_run), gaps(one, many)
     kind = "replicas" if strategy == "mirrored" else "workers on 127.0.0.1"
-    cell = f"{strategy}: 2 {kind}, {model[1]}, --sync-bn"
-    return [record(cell, "one device", measure, found[measure],
-                   max(3 * floor[measure], 1e-6),
-                   f"3x the floor {floor[measure]:.2g} (one device on 1 thread vs 2)")
-            for measure in found]
+    return within_floor(f"{strategy}: 2 {kind}, {model[1]}, --sync-bn", "one device",
+                        gaps(one, floor_run), gaps(one, many), "one device on 1 thread vs 2")
+
+
+STEP_GRADIENTS = """
+import sys, numpy as np, keras, tensorflow as tf
+from tfresnet.models import get_model
+keras.utils.set_random_seed(0)
+network = get_model("resnet18", 10, width=0.25)
+x = tf.random.stateless_uniform([32, 32, 32, 3], seed=[1, 2])
+y = tf.random.stateless_uniform([32], seed=[3, 4], maxval=10, dtype=tf.int32)
+with tf.GradientTape() as tape:
+    loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+        y, network(x, training=True), from_logits=True))
+gradients = tape.gradient(loss, network.trainable_variables)
+np.savez(sys.argv[1], *[g.numpy() for g in [loss, *gradients]])
+"""
+
+
+def step_gradients(path, **variables):
+    """The loss and gradients of one training step of ResNet-18 x0.25 (seeded weights and
+    batch) in a process with these environment variables."""
+    env = {k: v for k, v in {**ENV, **variables}.items() if v is not None}
+    subprocess.run([sys.executable, "-c", STEP_GRADIENTS, str(path)], env=env, check=True,
+                   timeout=300, capture_output=True)
+    with np.load(path) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+
+def relative_gap(a, b):
+    """The largest difference between two lists of arrays, over the largest magnitude."""
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b)) / max(
+        float(np.abs(x).max()) for x in a)
+
+
+def onednn_against_eigen(out):
+    """On an AVX2 CPU, oneDNN (which ``import tfresnet`` turns on there) against
+    TensorFlow's Eigen kernels (TensorFlow's own default there). Other kernels sum in
+    another order, so the bound is the replicas': 3 times Eigen on one thread against
+    two. The oneDNN run leaves the variable to tfresnet, as a user would."""
+    avx2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    args = [*RUN, "--model", "resnet18"]
+    eigen = train_with(out, "eigen", args, TF_ENABLE_ONEDNN_OPTS="0", **avx2)
+    floor_run = train_with_one_thread(out, "eigen-one-thread", args,
+                                      TF_ENABLE_ONEDNN_OPTS="0", **avx2)
+    onednn = train_with(out, "onednn", args, TF_ENABLE_ONEDNN_OPTS=None, **avx2)
+    device = json.loads((onednn / "summary.json").read_text())["device"]
+    if "oneDNN on" not in device:
+        raise RuntimeError(f"the default run did not turn oneDNN on: {device}")
+    cell = "onednn-avx2: oneDNN on an AVX2 CPU (tfresnet's default), resnet18"
+    step = {name: step_gradients(Path(out) / f"{name}.npz", **avx2, **extra)
+            for name, extra in (("eigen", {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+                                ("eigen-one-thread", {"TF_ENABLE_ONEDNN_OPTS": "0",
+                                                      **ONE_THREAD}),
+                                ("onednn", {"TF_ENABLE_ONEDNN_OPTS": None}))}
+    floor = relative_gap(step["eigen"], step["eigen-one-thread"])
+    found = relative_gap(step["eigen"], step["onednn"])
+    return [record(cell, "TensorFlow's Eigen kernels", "one step's loss and gradients (x0.25, "
+                   "batch 32), max abs difference over the largest", found,
+                   max(3 * floor, 1e-4), f"3x the floor {floor:.2g} (Eigen on 1 thread vs "
+                   "2), at least 1e-4: float32 sums of 10^3-10^4 terms in another order, "
+                   "through about 20 layers"),
+            *within_floor(cell, "TensorFlow's Eigen kernels", gaps(eigen, floor_run),
+                          gaps(eigen, onednn), "Eigen on 1 thread vs 2")]
 
 
 def batch_norm_over_replicas(out):
@@ -214,7 +295,7 @@ def augmentation_draws(compiled, replicas=None, steps=400, batch=16):
     flip."""
     import tensorflow as tf
 
-    from tfresnet.data.pipeline import Augmenter
+    from tfresnet.data.augment import Augmenter
 
     side = 32
     rows, cols = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
@@ -281,7 +362,7 @@ def bfloat16_batch_norm(out):
     import keras
     import tensorflow as tf
 
-    from tfresnet.models.resnet import BatchNormalization
+    from tfresnet.models.layers import BatchNormalization
 
     x = np.random.default_rng(0).normal(3.0, 2.0, (32, 8, 8, 64)).astype("float32")
     results = {}
@@ -349,6 +430,7 @@ PAIRS = {
     "augment-step": augmentation_in_step,
     "bn-bfloat16": bfloat16_batch_norm,
     "resume": resumed_against_whole,
+    "onednn-avx2": onednn_against_eigen,
 }
 
 

@@ -147,7 +147,8 @@ def build_parser():
     parser.add_argument("--jit", nargs="+", default=["auto"], choices=JIT_MODES,
                         help="XLA (auto: as train, on with a GPU)")
     parser.add_argument("--steps-per-execution", type=int, nargs="+", default=[0],
-                        help="train steps per compiled call (0: as train, 16 with XLA)")
+                        help="train steps per compiled call (0: as train: with XLA the largest "
+                        "divisor of the epoch up to 16, else 1)")
     parser.add_argument("--augment-on", nargs="+", default=["auto"], choices=AUGMENT_PLACES,
                         help="where training augments (auto: as train, in the step with "
                              "XLA)")

@@ -58,22 +58,27 @@ sys.exit(run_cli("tfresnet.train", main, sys.argv[1:]))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def train(out, name, args, strategy="one", timeout=600):
-    """Runs ``tfresnet.train`` as a user would (two workers for ``workers``); returns the
-    run folder."""
+def environment(**variables):
+    """`ENV` with these variables set (a value of None unsets one)."""
+    return {k: v for k, v in {**ENV, **variables}.items() if v is not None}
+
+
+def train(out, name, args, strategy="one", timeout=600, env=ENV):
+    """Runs ``tfresnet.train`` as a user would (two workers for ``workers``) in the
+    environment ``env``; returns the run folder."""
     from tfresnet.tuning.launch import free_ports
 
     common = [*args, "--output-dir", str(out), "--name", name]
     if strategy == "one":
-        commands = [([sys.executable, "-m", "tfresnet.train", *common], ENV)]
+        commands = [([sys.executable, "-m", "tfresnet.train", *common], env)]
     elif strategy == "mirrored":
         commands = [([sys.executable, "-c", TWO_DEVICES, *common, "--strategy", "mirrored"],
-                     ENV)]
+                     env)]
     else:
         cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
         commands = [([sys.executable, "-m", "tfresnet.train", *common, "--strategy",
                       "multiworker"],
-                     {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {
+                     {**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {
                          "type": "worker", "index": i}})}) for i in range(2)]
     processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
@@ -121,15 +126,7 @@ def record(cell, reference, measure, difference, tolerance, why):
 
 def train_with(out, name, args, **variables):
     """`train` with these environment variables set (a value of None unsets one)."""
-    saved = dict(ENV)
-    ENV.update({k: v for k, v in variables.items() if v is not None})
-    for k in [k for k, v in variables.items() if v is None]:
-        ENV.pop(k, None)
-    try:
-        return train(out, name, args)
-    finally:
-        ENV.clear()
-        ENV.update(saved)
+    return train(out, name, args, env=environment(**variables))
 
 
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -193,8 +190,8 @@ np.savez(sys.argv[1], *[g.numpy() for g in [loss, *gradients]])
 def step_gradients(path, **variables):
     """The loss and gradients of one training step of ResNet-18 x0.25 (seeded weights and
     batch) in a process with these environment variables."""
-    env = {k: v for k, v in {**ENV, **variables}.items() if v is not None}
-    subprocess.run([sys.executable, "-c", STEP_GRADIENTS, str(path)], env=env, check=True,
+    subprocess.run([sys.executable, "-c", STEP_GRADIENTS, str(path)],
+                   env=environment(**variables), check=True,
                    timeout=300, capture_output=True)
     with np.load(path) as saved:
         return [saved[f"arr_{i}"] for i in range(len(saved.files))]
